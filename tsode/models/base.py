@@ -1,0 +1,301 @@
+"""Shared LightningModule base for every tsode model.
+
+What a subclass must implement
+------------------------------
+``forecast(batch, times) -> dict[str, Tensor]``
+    Predict at arbitrary per-series times ``times (B, M)`` (hours, same time axis as
+    ``batch.context.times``), conditioning on ``batch.context`` only. Must return ``"mean"``
+    ``(B, M, C)`` in normalized units; probabilistic models add ``"samples"`` ``(K, B, M, C)``
+    and may add ``"quantiles"`` ``(Q, B, M, C)`` with ``"quantile_levels"`` ``(Q,)``.
+
+What a subclass may override
+----------------------------
+``compute_loss(batch) -> StepResult``
+    Default: masked MSE between ``forecast(batch, batch.target.times)["mean"]`` and the observed
+    target entries. Probabilistic models (latent ODE) return their own loss (negative ELBO), the
+    target-time prediction used for metrics, and extra scalars to log (``logs``).
+
+NFE: vector fields whose evaluations should be counted subclass
+:class:`tsode.models.blocks.NFECounter` (e.g. :class:`~tsode.models.blocks.ODEFunc`); the base
+finds them among the submodules automatically. ODE solves go through ``tsode.solvers`` with a
+``SolverConfig`` constructor argument, so method / tolerances / adjoint are a recipe choice.
+
+Constructor contract: subclasses take plain typed arguments, call
+``super().__init__(num_channels=..., lr=..., ...)`` with the common arguments below, then
+``self.save_hyperparameters()``.
+
+Logged per stage (``train`` / ``val`` / ``test``): ``{stage}/loss``, ``{stage}/mse``,
+``{stage}/mae`` (normalized units, observed target entries only), ``{stage}/mse_orig``,
+``{stage}/mae_orig`` (original units, only when ``channel_stds`` is given), ``{stage}/nfe_forward``,
+and ``train/nfe_backward`` (vector-field calls during backward: 0 for backprop through the solver,
+> 0 for the adjoint). At test end, per-channel ``test/mse/<channel>`` and ``test/mae/<channel>``
+(``test/mse_orig/<channel>`` ... in original units when ``channel_stds`` is given).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from tsode.data.batch import IrregularBatch
+from tsode.models.blocks import NFECounter
+
+_STAGES = ("train", "val", "test")
+
+
+@dataclass
+class StepResult:
+    """What ``compute_loss`` returns.
+
+    loss: scalar tensor to minimise (None for parameter-free models).
+    prediction: ``(B, Lt, C)`` predicted mean at ``batch.target.times`` (normalized units), used
+        for the MSE / MAE metrics; None to skip metrics.
+    logs: extra scalar tensors to log as ``{stage}/{name}``.
+    """
+
+    loss: Tensor | None
+    prediction: Tensor | None
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MaskedChannelError(Metric):
+    """Mean squared (``kind="mse"``) or absolute (``kind="mae"``) error over observed entries.
+
+    Accumulates per-channel error sums and counts, so the overall value weights every observed
+    entry equally and ``per_channel()`` gives the channel breakdown. ``scale`` (C,) multiplies the
+    normalized error per channel (pass the normalizer stds to get original units).
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_channels: int, kind: str = "mse", scale: list[float] | None = None):
+        super().__init__()
+        if kind not in ("mse", "mae"):
+            raise ValueError(f"kind must be 'mse' or 'mae', got {kind!r}")
+        self.kind = kind
+        scale_t = torch.ones(num_channels) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
+        if scale_t.shape != (num_channels,):
+            raise ValueError(f"scale must have {num_channels} entries, got {tuple(scale_t.shape)}")
+        self.register_buffer("scale", scale_t.to(torch.float64), persistent=False)
+        self.add_state("err_sum", default=torch.zeros(num_channels, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_channels, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
+        diff = (pred.detach().to(torch.float64) - target.to(torch.float64)) * self.scale
+        err = diff.square() if self.kind == "mse" else diff.abs()
+        m = mask.to(torch.float64)
+        dims = tuple(range(err.dim() - 1))
+        self.err_sum += (err * m).sum(dim=dims)
+        self.count += m.sum(dim=dims)
+
+    def compute(self) -> Tensor:
+        return (self.err_sum.sum() / self.count.sum().clamp_min(1.0)).to(torch.float32)
+
+    def per_channel(self) -> Tensor:
+        """(C,) error per channel; NaN for channels never observed."""
+        out = self.err_sum / self.count
+        return out.to(torch.float32)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over entries where ``mask`` is True (0 if there are none).
+
+    Masked-out entries contribute exactly nothing (also no NaN/inf leaks from ``target``).
+    """
+    diff = torch.where(mask, pred - target, torch.zeros_like(pred))
+    return diff.square().sum() / mask.sum().clamp_min(1)
+
+
+class IrregularModel(L.LightningModule):
+    """Base LightningModule: steps, masked metrics, NFE logging, optimizer and scheduler.
+
+    Args:
+        num_channels: C, number of value channels.
+        lr: learning rate.
+        weight_decay: weight decay (decoupled for ``optimizer="adamw"``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        scheduler: ``"none"``, ``"exponential"`` (per epoch, ``scheduler_gamma``), ``"step"``
+            (every ``scheduler_step_size`` epochs, ``scheduler_gamma``), ``"cosine"`` (over the
+            trainer's ``max_epochs``) or ``"plateau"`` (on ``val/loss``, factor ``scheduler_gamma``).
+        scheduler_gamma: decay factor for the schedulers above.
+        scheduler_step_size: epochs per decay for ``"step"``.
+        channel_means: per-channel normalizer means (plain list) -- enables original units in
+            ``predict_step`` (``"mean_original"``).
+        channel_stds: per-channel normalizer stds (plain list) -- enables ``*_orig`` metrics.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        scheduler: str = "none",
+        scheduler_gamma: float = 0.5,
+        scheduler_step_size: int = 10,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_channels < 1:
+            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+        if optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
+        if scheduler not in ("none", "exponential", "step", "cosine", "plateau"):
+            raise ValueError(
+                f"scheduler must be one of none/exponential/step/cosine/plateau, got {scheduler!r}"
+            )
+        for name, stats in (("channel_means", channel_means), ("channel_stds", channel_stds)):
+            if stats is not None and len(stats) != num_channels:
+                raise ValueError(f"{name} has {len(stats)} entries, expected num_channels={num_channels}")
+        self.num_channels = num_channels
+        self._optim_cfg = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_gamma=scheduler_gamma,
+            scheduler_step_size=scheduler_step_size,
+        )
+        self.channel_means = None if channel_means is None else [float(x) for x in channel_means]
+        self.channel_stds = None if channel_stds is None else [float(x) for x in channel_stds]
+        metrics: dict[str, Metric] = {}
+        for stage in _STAGES:
+            metrics[f"{stage}_mse"] = MaskedChannelError(num_channels, "mse")
+            metrics[f"{stage}_mae"] = MaskedChannelError(num_channels, "mae")
+            if self.channel_stds is not None:
+                metrics[f"{stage}_mse_orig"] = MaskedChannelError(num_channels, "mse", self.channel_stds)
+                metrics[f"{stage}_mae_orig"] = MaskedChannelError(num_channels, "mae", self.channel_stds)
+        self.metrics = torch.nn.ModuleDict(metrics)
+        # Separate per-channel accumulators for the test stage (not reset by Lightning's logging).
+        scale = self.channel_stds
+        self.test_channel_mse = MaskedChannelError(num_channels, "mse", scale)
+        self.test_channel_mae = MaskedChannelError(num_channels, "mae", scale)
+        self._channel_names: list[str] | None = None
+        self._nfe_forward = 0
+        self.last_nfe_forward = 0
+        self.last_nfe_backward = 0
+
+    # ------------------------------------------------------------------ subclass interface
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        """Predict at ``times (B, M)`` given ``batch.context``; returns at least ``"mean" (B, M, C)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forecast(batch, times)")
+
+    def compute_loss(self, batch: IrregularBatch) -> StepResult:
+        """Default objective: masked MSE of the forecast mean on the observed target entries."""
+        pred = self.forecast(batch, batch.target.times)["mean"]
+        return StepResult(masked_mse(pred, batch.target.values, batch.target.mask), pred)
+
+    # ------------------------------------------------------------------ NFE bookkeeping
+    def nfe_modules(self) -> list[NFECounter]:
+        """Every vector field (``NFECounter``) inside this model."""
+        return [m for m in self.modules() if isinstance(m, NFECounter)]
+
+    def reset_nfe(self) -> None:
+        for m in self.nfe_modules():
+            m.reset_nfe()
+
+    def total_nfe(self) -> int:
+        return int(sum(m.nfe for m in self.nfe_modules()))
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch: IrregularBatch, stage: str) -> Tensor | None:
+        self._channel_names = list(batch.channels) if batch.channels else self._channel_names
+        self.reset_nfe()
+        result = self.compute_loss(batch)
+        self._nfe_forward = self.total_nfe()
+        self.last_nfe_forward = self._nfe_forward
+        bs = batch.batch_size
+        on_step = stage == "train"
+        if result.loss is not None:
+            self.log(f"{stage}/loss", result.loss.detach(), batch_size=bs, on_step=on_step,
+                     on_epoch=True, prog_bar=True)
+        for name, value in result.logs.items():
+            self.log(f"{stage}/{name}", value.detach(), batch_size=bs, on_step=on_step, on_epoch=True)
+        if self.nfe_modules():
+            self.log(f"{stage}/nfe_forward", float(self._nfe_forward), batch_size=bs,
+                     on_step=on_step, on_epoch=True)
+        if result.prediction is not None:
+            target = batch.target
+            for suffix in ("mse", "mae", "mse_orig", "mae_orig"):
+                key = f"{stage}_{suffix}"
+                if key in self.metrics:
+                    metric = self.metrics[key]
+                    metric.update(result.prediction, target.values, target.mask)
+                    self.log(f"{stage}/{suffix}", metric, batch_size=bs, on_step=False, on_epoch=True,
+                             prog_bar=suffix == "mse" and stage == "val")
+            if stage == "test":
+                self.test_channel_mse.update(result.prediction, target.values, target.mask)
+                self.test_channel_mae.update(result.prediction, target.values, target.mask)
+        return result.loss
+
+    def training_step(self, batch: IrregularBatch, batch_idx: int = 0) -> Tensor | None:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: IrregularBatch, batch_idx: int = 0) -> Tensor | None:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: IrregularBatch, batch_idx: int = 0) -> Tensor | None:
+        return self._shared_step(batch, "test")
+
+    def on_after_backward(self) -> None:
+        if self.nfe_modules():
+            self.last_nfe_backward = self.total_nfe() - self._nfe_forward
+            self.log("train/nfe_backward", float(self.last_nfe_backward), on_step=True, on_epoch=True,
+                     batch_size=1)
+
+    def on_test_epoch_end(self) -> None:
+        names = self._channel_names or [f"ch{i}" for i in range(self.num_channels)]
+        unit = "_orig" if self.channel_stds is not None else ""
+        for metric, kind in ((self.test_channel_mse, "mse"), (self.test_channel_mae, "mae")):
+            for name, value in zip(names, metric.per_channel().tolist()):
+                if value == value:  # skip channels never observed (NaN)
+                    self.log(f"test/{kind}{unit}/{name}", value)
+            metric.reset()
+
+    def predict_step(self, batch: IrregularBatch, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
+        """Forecast at ``batch.target.times``: the ``forecast`` dict plus ``"times"``, ``"mask"``
+        (target time mask, (B, Lt)), ``"series_ids"`` and, when ``channel_means``/``channel_stds``
+        are known, ``"mean_original"`` (B, Lt, C) in original units."""
+        out = dict(self.forecast(batch, batch.target.times))
+        out["times"] = batch.target.times
+        out["mask"] = batch.target.time_mask
+        out["series_ids"] = list(batch.series_ids)
+        if self.channel_means is not None and self.channel_stds is not None:
+            mean = torch.as_tensor(self.channel_means, dtype=out["mean"].dtype, device=self.device)
+            std = torch.as_tensor(self.channel_stds, dtype=out["mean"].dtype, device=self.device)
+            out["mean_original"] = out["mean"] * std + mean
+        return out
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning accepts several return types
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        cfg = self._optim_cfg
+        if cfg["optimizer"] == "adam":
+            opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        elif cfg["optimizer"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        else:
+            opt = torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=0.9)
+        name = cfg["scheduler"]
+        if name == "none":
+            return opt
+        if name == "exponential":
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["scheduler_gamma"])
+        elif name == "step":
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=cfg["scheduler_step_size"], gamma=cfg["scheduler_gamma"]
+            )
+        elif name == "cosine":
+            max_epochs = getattr(self.trainer, "max_epochs", None) if self._trainer else None
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs or 100))
+        else:
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["scheduler_gamma"])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,209 @@
+"""Building blocks shared by the tsode models.
+
+* :class:`NFECounter` -- mixin giving a module an ``nfe`` counter (number of function
+  evaluations). :class:`tsode.models.base.IrregularModel` finds every ``NFECounter`` among its
+  submodules, resets the counters before each step and logs forward / backward NFE.
+* :class:`ODEFunc` -- autonomous MLP vector field ``dy/dt = f(y)`` with small initialization,
+  called as ``func(t, y)`` with ``t`` of shape ``(B,)`` and ``y`` of shape ``(B, D)``.
+* :class:`MaskedGRUCell` -- GRU update whose input is ``[values, mask]`` (missing channels are
+  explicit) and that leaves rows untouched where no update should happen (padding).
+* :func:`mlp` and :class:`MLPDecoder` -- small feed-forward nets (encoders / decoders / heads).
+* :func:`gather_times` / :func:`last_before` -- index helpers for per-series time grids.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
+
+
+def mlp(
+    in_dim: int,
+    out_dim: int,
+    hidden_dim: int,
+    num_layers: int,
+    activation: str = "tanh",
+) -> nn.Sequential:
+    """Feed-forward net with ``num_layers`` hidden layers of width ``hidden_dim``.
+
+    ``num_layers=0`` gives a single linear map ``in_dim -> out_dim``.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
+    if num_layers < 0:
+        raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden_dim), _ACTIVATIONS[activation]()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def small_init_(net: nn.Module, std: float = 0.1, last_layer_scale: float = 0.1) -> None:
+    """Initialise every Linear with N(0, std^2) weights and zero bias; the last Linear is
+    additionally scaled by ``last_layer_scale`` so an ODE starts close to the identity flow."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    for layer in linears:
+        nn.init.normal_(layer.weight, mean=0.0, std=std)
+        nn.init.zeros_(layer.bias)
+    if linears:
+        with torch.no_grad():
+            linears[-1].weight.mul_(last_layer_scale)
+
+
+class NFECounter(nn.Module):
+    """Mixin for vector fields: counts function evaluations in ``self.nfe``.
+
+    Subclasses call ``self.count()`` once per evaluation (typically first thing in ``forward``).
+    Counts include evaluations made during the backward pass of an adjoint solve.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nfe = 0
+
+    def count(self) -> None:
+        self.nfe += 1
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+
+class ODEFunc(NFECounter):
+    """Autonomous MLP vector field ``f(t, y) = net(y)`` (``t`` is accepted and ignored).
+
+    Args:
+        dim: state dimension D.
+        hidden_dim: width of the hidden layers.
+        num_layers: number of hidden layers (``3`` gives the "3x50" nets of Rubanova et al.).
+        activation: hidden activation name (``tanh`` keeps the field smooth and bounded).
+        final_tanh: squash the output with ``tanh`` (bounded field, used by Neural CDEs).
+        init_std: std of the small initialization (the last layer is scaled down a further 10x).
+
+    Shapes: ``t (B,)``, ``y (B, D)`` -> ``(B, D)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int = 50,
+        num_layers: int = 3,
+        activation: str = "tanh",
+        final_tanh: bool = False,
+        init_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.net = mlp(dim, dim, hidden_dim, num_layers, activation)
+        self.final_tanh = final_tanh
+        small_init_(self.net, std=init_std)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.count()
+        out = self.net(y)
+        return torch.tanh(out) if self.final_tanh else out
+
+
+class MaskedGRUCell(nn.Module):
+    """GRU update ``h <- GRU([values, mask], h)`` applied only where ``update`` is True.
+
+    Args:
+        num_channels: C, the number of value channels.
+        hidden_dim: H.
+        extra_dim: size of any extra input appended after ``[values, mask]`` (e.g. elapsed time).
+
+    Shapes: ``h (B, H)``, ``values (B, C)`` (0 where unobserved), ``mask (B, C)`` bool,
+    ``update (B,)`` bool, ``extra (B, extra_dim)`` or None -> ``(B, H)``.
+    Rows with ``update`` False (padding, or no channel observed) keep ``h`` exactly, and their
+    ``values`` cannot influence the result.
+    """
+
+    def __init__(self, num_channels: int, hidden_dim: int, extra_dim: int = 0) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.hidden_dim = hidden_dim
+        self.extra_dim = extra_dim
+        self.cell = nn.GRUCell(2 * num_channels + extra_dim, hidden_dim)
+
+    def forward(
+        self,
+        h: Tensor,
+        values: Tensor,
+        mask: Tensor,
+        update: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        m = mask.to(values.dtype)
+        parts = [values * m, m]
+        if self.extra_dim:
+            if extra is None:
+                raise ValueError(f"MaskedGRUCell expects an extra input of size {self.extra_dim}")
+            parts.append(extra)
+        h_new = self.cell(torch.cat(parts, dim=-1), h)
+        if update is None:
+            update = mask.any(dim=-1)
+        return torch.where(update.unsqueeze(-1), h_new, h)
+
+
+class MLPDecoder(nn.Module):
+    """Decoder ``(..., in_dim) -> (..., out_dim)``: an MLP (``num_layers=0`` = linear)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 50,
+        num_layers: int = 1,
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, out_dim, hidden_dim, num_layers, activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def last_before(times: Tensor, lengths: Tensor, query: Tensor, strict: bool = True) -> Tensor:
+    """Index of the last real time point before each query time, per series.
+
+    Args:
+        times: ``(B, L)`` non-decreasing observation times (padded tail repeats the last time).
+        lengths: ``(B,)`` number of real points per row.
+        query: ``(B, M)`` query times.
+        strict: if True use times ``< query`` (the query point itself is not "seen"),
+            else ``<= query``.
+
+    Returns:
+        ``(B, M)`` long indices in ``[-1, L-1]``; ``-1`` means no real point before the query.
+    """
+    idx = torch.searchsorted(times.contiguous(), query.contiguous(), right=not strict) - 1
+    return torch.minimum(idx, (lengths - 1).unsqueeze(1))
+
+
+def gather_times(x: Tensor, index: Tensor) -> Tensor:
+    """Gather along the time axis: ``x (B, L, D)``, ``index (B, M)`` -> ``(B, M, D)``."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def check_query_times(times: Tensor, batch_size: int, name: str = "times") -> None:
+    """Validate requested prediction times: shape ``(B, M)``, finite, non-decreasing per row."""
+    if times.dim() != 2 or times.shape[0] != batch_size:
+        raise ValueError(f"{name} must have shape (batch={batch_size}, M), got {tuple(times.shape)}")
+    if not torch.isfinite(times).all():
+        rows = (~torch.isfinite(times)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains non-finite values in batch rows {rows}")
+    if times.shape[1] > 1:
+        bad = (times[:, 1:] < times[:, :-1]).any(dim=1)
+        if bad.any():
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(f"{name} must be non-decreasing in every row; rows {rows} are not")
