@@ -1,0 +1,175 @@
+"""Vectorized collation of irregular series into padded :class:`IrregularBatch` objects.
+
+``SeriesDataset`` is a map-style dataset over the usable series of one split under one task;
+item ``i`` is just ``i`` and :meth:`SeriesDataset.collate` builds the whole batch with array
+indexing (no per-observation Python loops).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tsode.data.batch import IrregularBatch, SeriesPart
+from tsode.data.normalize import Normalizer
+from tsode.data.series import SeriesTable, concat_ranges
+from tsode.data.tasks import TaskAssignment, TaskConfig, assign_task
+
+
+def pad_part(
+    times: np.ndarray,
+    values: np.ndarray,
+    part_rows: np.ndarray,
+    part_offsets: np.ndarray,
+    entries: np.ndarray,
+    batch_series: np.ndarray,
+    fallback_time: np.ndarray | None = None,
+) -> SeriesPart:
+    """Gather selected rows of the chosen series into one padded ``SeriesPart``.
+
+    Args:
+        times: (N,) hours of every row of the table.
+        values: (N, C) normalized values (any value where unobserved; masked to 0 here).
+        part_rows: (R,) row indices of this part for all series of the dataset, grouped by
+            series; series ``j`` owns ``part_rows[part_offsets[j]:part_offsets[j + 1]]``.
+        part_offsets: (S+1,) boundaries into ``part_rows``.
+        entries: (N, C) bool entry mask of this part.
+        batch_series: (B,) dataset series indices to put in the batch.
+        fallback_time: (B,) time used to fill rows of series with an empty part.
+    """
+    bsz = len(batch_series)
+    counts = part_offsets[batch_series + 1] - part_offsets[batch_series]
+    rows = part_rows[concat_ranges(part_offsets[batch_series], counts)]
+    b = np.repeat(np.arange(bsz), counts)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    length = max(int(counts.max()) if bsz else 0, 1)
+    num_c = values.shape[1]
+    t = np.zeros((bsz, length), dtype=np.float64)
+    v = np.zeros((bsz, length, num_c), dtype=np.float32)
+    m = np.zeros((bsz, length, num_c), dtype=bool)
+    row_mask = entries[rows]
+    t[b, pos] = times[rows]
+    v[b, pos] = np.where(row_mask, values[rows], 0.0)
+    m[b, pos] = row_mask
+    last = t[np.arange(bsz), np.maximum(counts - 1, 0)]
+    if fallback_time is not None:
+        last = np.where(counts > 0, last, fallback_time)
+    real = np.arange(length)[None, :] < counts[:, None]
+    t = np.where(real, t, last[:, None])
+    return SeriesPart(
+        times=torch.from_numpy(t.astype(np.float32)),
+        values=torch.from_numpy(v),
+        mask=torch.from_numpy(m),
+        lengths=torch.from_numpy(counts.astype(np.int64)),
+    )
+
+
+def _grouped_rows(flags: np.ndarray, offsets: np.ndarray, series: np.ndarray):
+    """Rows with ``flags`` for each of ``series`` (in order), plus their offsets."""
+    lens = offsets[series + 1] - offsets[series]
+    rows = concat_ranges(offsets[series], lens)
+    keep = flags[rows]
+    rows = rows[keep]
+    counts = np.bincount(np.repeat(np.arange(len(series)), lens)[keep], minlength=len(series))
+    part_offsets = np.zeros(len(series) + 1, dtype=np.int64)
+    np.cumsum(counts, out=part_offsets[1:])
+    return rows, part_offsets
+
+
+class SeriesDataset(Dataset):
+    """The usable series of one table under one task, collated into ``IrregularBatch``.
+
+    Args:
+        table: series in original units.
+        task: context/target definition.
+        normalizer: per-channel normalizer (fitted on the training split), channel order must
+            match ``table.channels``.
+        static_normalizer: normalizer for static covariates (or None to leave them raw).
+        seed_offset: distinguishes splits for seeded tasks (interpolation hold-out).
+        keep_unusable: keep series with an empty target (prediction use) instead of excluding.
+    """
+
+    def __init__(
+        self,
+        table: SeriesTable,
+        task: TaskConfig,
+        normalizer: Normalizer,
+        static_normalizer: Normalizer | None = None,
+        seed_offset: int = 0,
+        keep_unusable: bool = False,
+    ):
+        if normalizer.names != table.channels:
+            raise ValueError(
+                f"normalizer channels {normalizer.names} != table channels {table.channels}"
+            )
+        self.table = table
+        self.task = task
+        self.assignment: TaskAssignment = assign_task(table, task, seed_offset)
+        usable = self.assignment.usable
+        if keep_unusable:
+            usable = self.assignment.context_lengths > 0
+        self.indices = np.flatnonzero(usable)
+        self.num_excluded = int(table.num_series - len(self.indices))
+        self.values, _ = table.normalized(normalizer)
+        a = self.assignment
+        self._ctx_rows, self._ctx_off = _grouped_rows(a.context_rows, table.offsets, self.indices)
+        self._tgt_rows, self._tgt_off = _grouped_rows(a.target_rows, table.offsets, self.indices)
+        self.static: torch.Tensor | None = None
+        if table.static is not None and table.num_static > 0:
+            static = table.static
+            if static_normalizer is not None:
+                static = static_normalizer.transform(static)
+            static = np.where(np.isnan(static), 0.0, static).astype(np.float32)
+            self.static = torch.from_numpy(static[self.indices])
+        self.labels: torch.Tensor | None = None
+        if table.labels is not None:
+            self.labels = torch.from_numpy(table.labels[self.indices].astype(np.float32))
+        self.time_offset = torch.from_numpy(table.time_offset[self.indices])
+        self.series_ids = [table.series_ids[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(len,) context + target time points per series (used for length bucketing)."""
+        return np.diff(self._ctx_off) + np.diff(self._tgt_off)
+
+    def collate(self, items: Sequence[int]) -> IrregularBatch:
+        """Build one padded batch from dataset positions ``items``."""
+        sel = np.asarray(items, dtype=np.int64)
+        table = self.table
+        context = pad_part(
+            table.times,
+            self.values,
+            self._ctx_rows,
+            self._ctx_off,
+            self.assignment.context_entries,
+            sel,
+        )
+        ctx_last = context.times[:, -1].numpy().astype(np.float64)
+        target = pad_part(
+            table.times,
+            self.values,
+            self._tgt_rows,
+            self._tgt_off,
+            self.assignment.target_entries,
+            sel,
+            fallback_time=ctx_last,
+        )
+        index = torch.from_numpy(sel)
+        return IrregularBatch(
+            context=context,
+            target=target,
+            static=None if self.static is None else self.static[index],
+            labels=None if self.labels is None else self.labels[index],
+            series_ids=[self.series_ids[i] for i in sel],
+            channels=list(table.channels),
+            time_offset=self.time_offset[index],
+        )

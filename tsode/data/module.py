@@ -1,0 +1,282 @@
+"""Base LightningDataModule shared by every tsode dataset.
+
+A subclass only implements :meth:`IrregularDataModule.load_table` (returning a
+``SeriesTable`` in original units). The base class drops too-short series (counted), splits
+by series, fits the per-channel normalizer on the training split, builds the task's
+context/target views and serves ``IrregularBatch`` dataloaders (length-bucketed by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from tsode.data.collate import SeriesDataset
+from tsode.data.normalize import Normalizer
+from tsode.data.sampler import LengthBucketSampler
+from tsode.data.series import DataValidationError, SeriesTable
+from tsode.data.splits import split_series
+from tsode.data.summary import DataSummary
+from tsode.data.tasks import TaskConfig
+from tsode.data.timeaxis import TimeAxis
+
+log = logging.getLogger("tsode.data")
+
+
+class IrregularDataModule(L.LightningDataModule):
+    """Common DataModule logic (see module docstring).
+
+    Args:
+        task: ``"forecast"``, ``"extrapolation"``, ``"interpolation"`` (see ``tsode.data.tasks``).
+        cutoff: forecast: hours since series origin observed (e.g. 24.0).
+        cutoff_fraction: forecast: fraction of each series' span observed (alternative to cutoff).
+        horizon: forecast: hours after the cutoff to predict (None: to the end).
+        holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
+        split_fractions: train/val/test fractions of series.
+        batch_size: training batch size; ``eval_batch_size`` for val/test/predict (default same).
+        bucketing: group series of similar length into batches (less padding).
+        min_time_points: series with fewer time points are dropped (counted in the summary).
+        normalize: standardize channels (and static covariates) with train statistics.
+        seed: seeds the split, the task's random hold-out and batch shuffling.
+        num_workers: DataLoader workers (collation is cheap; 0 is usually best).
+    """
+
+    def __init__(
+        self,
+        task: str = "forecast",
+        cutoff: float | None = None,
+        cutoff_fraction: float | None = None,
+        horizon: float | None = None,
+        holdout_fraction: float = 0.3,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        bucketing: bool = True,
+        min_time_points: int = 2,
+        normalize: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.task = TaskConfig(
+            kind=task,
+            cutoff=cutoff,
+            cutoff_fraction=cutoff_fraction,
+            horizon=horizon,
+            holdout_fraction=holdout_fraction,
+            seed=seed,
+        )
+        self.split_fractions = tuple(split_fractions)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.bucketing = bucketing
+        self.min_time_points = min_time_points
+        self.normalize = normalize
+        self.seed = seed
+        self.num_workers = num_workers
+        self.table: SeriesTable | None = None
+        self.split_indices: dict[str, np.ndarray] = {}
+        self.datasets: dict[str, SeriesDataset] = {}
+        self._normalizer: Normalizer | None = None
+        self._static_normalizer: Normalizer | None = None
+        self._summary: DataSummary | None = None
+        self._loaded_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ to implement
+    def load_table(self) -> SeriesTable:
+        """Return every series of the dataset in original units."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        table = self.load_table()
+        counts = dict(table.info)
+        keep = np.flatnonzero(table.lengths >= self.min_time_points)
+        counts["series_dropped_too_few_time_points"] = int(table.num_series - len(keep))
+        counts["min_time_points"] = self.min_time_points
+        if len(keep) < table.num_series:
+            table = table.subset(keep)
+        if table.num_series == 0:
+            raise DataValidationError(
+                f"{type(self).__name__}: no series with at least {self.min_time_points} time points"
+            )
+        self.table = table
+        self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
+        train = table.subset(self.split_indices["train"])
+        if self._loaded_state is not None:
+            self._normalizer = Normalizer.from_state_dict(self._loaded_state["normalizer"])
+            sn = self._loaded_state.get("static_normalizer")
+            self._static_normalizer = None if sn is None else Normalizer.from_state_dict(sn)
+        elif self.normalize:
+            self._normalizer = Normalizer.fit(train.values, table.channels)
+            self._static_normalizer = (
+                Normalizer.fit(train.static, table.static_names) if table.num_static else None
+            )
+        else:
+            self._normalizer = Normalizer.identity(table.channels)
+            self._static_normalizer = None
+        for k, name in enumerate(("train", "val", "test")):
+            part = table.subset(self.split_indices[name])
+            self.datasets[name] = SeriesDataset(
+                part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
+            )
+            counts[f"{name}_series_excluded_by_task"] = self.datasets[name].num_excluded
+        self._summary = DataSummary.from_table(table, counts)
+        log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def _ensure_setup(self) -> None:
+        if self.table is None:
+            self.setup()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def channels(self) -> list[str]:
+        self._ensure_setup()
+        return list(self.table.channels)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def static_names(self) -> list[str]:
+        self._ensure_setup()
+        return list(self.table.static_names)
+
+    @property
+    def num_static(self) -> int:
+        return len(self.static_names)
+
+    @property
+    def normalizer(self) -> Normalizer:
+        """Per-channel normalizer fitted on the training split."""
+        self._ensure_setup()
+        return self._normalizer
+
+    @property
+    def static_normalizer(self) -> Normalizer | None:
+        self._ensure_setup()
+        return self._static_normalizer
+
+    @property
+    def time_axis(self) -> TimeAxis:
+        self._ensure_setup()
+        return self.table.time_axis
+
+    @property
+    def summary(self) -> DataSummary:
+        self._ensure_setup()
+        return self._summary
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: SeriesDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.bucketing:
+            sampler = LengthBucketSampler(
+                dataset.lengths, batch_size, shuffle=shuffle, seed=self.seed
+            )
+        else:
+            base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            sampler = BatchSampler(base, batch_size, drop_last=False)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=dataset.collate,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return self._loader(self.datasets["train"], self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self._ensure_setup()
+        return self._loader(self.datasets["test"], self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split under the configured task (use :meth:`dataloader_for` for new data)."""
+        return self.test_dataloader()
+
+    # ------------------------------------------------------------------ new data
+    def dataset_for(
+        self, table: SeriesTable, task: TaskConfig | str | None = None
+    ) -> SeriesDataset:
+        """Wrap a new table (e.g. at predict time) with the fitted channels and normalizers.
+
+        Args:
+            table: new series in original units; its channels must be a subset of
+                :attr:`channels` (unknown channels raise ``DataValidationError``).
+            task: task to apply; default ``"none"`` (all observations are context, no target).
+        """
+        self._ensure_setup()
+        if task is None or isinstance(task, str):
+            task = TaskConfig(kind=task or "none", seed=self.seed)
+        table = table.with_channels(self.channels)
+        if table.num_static != self.num_static or table.static_names != self.static_names:
+            if self.num_static and table.num_static == 0:
+                table.static = np.full((table.num_series, self.num_static), np.nan)
+                table.static_names = self.static_names
+            elif table.static_names != self.static_names:
+                raise DataValidationError(
+                    f"static covariates {table.static_names} do not match the fitted "
+                    f"{self.static_names}"
+                )
+        return SeriesDataset(
+            table,
+            task,
+            self._normalizer,
+            self._static_normalizer,
+            seed_offset=3,
+            keep_unusable=task.kind == "none",
+        )
+
+    def dataloader_for(
+        self,
+        table: SeriesTable,
+        task: TaskConfig | str | None = None,
+        batch_size: int | None = None,
+    ) -> DataLoader:
+        """Batches of a new table in its original series order (no shuffling, no bucketing)."""
+        ds = self.dataset_for(table, task)
+        sampler = BatchSampler(
+            SequentialSampler(ds), batch_size or self.eval_batch_size, drop_last=False
+        )
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate)
+
+    # ------------------------------------------------------------------ state (checkpoints)
+    def state_dict(self) -> dict[str, Any]:
+        """Fitted state that must travel with a model: channels, normalizers, time axis, task."""
+        self._ensure_setup()
+        return {
+            "channels": self.channels,
+            "static_names": self.static_names,
+            "normalizer": self._normalizer.state_dict(),
+            "static_normalizer": (
+                None if self._static_normalizer is None else self._static_normalizer.state_dict()
+            ),
+            "time_axis": self.table.time_axis.state_dict(),
+            "task": self.task.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore fitted normalizers (used instead of refitting at the next ``setup``)."""
+        self._loaded_state = dict(state_dict)
+        self.table = None  # rebuilt lazily with the restored normalizers
+        self.datasets = {}
+
+
+def check_channels(channels: Sequence[str], known: Sequence[str], where: str) -> None:
+    """Raise ``DataValidationError`` naming channels of ``channels`` not in ``known``."""
+    unknown = [c for c in channels if c not in set(known)]
+    if unknown:
+        raise DataValidationError(f"{where}: unknown channels {unknown}; known: {list(known)}")

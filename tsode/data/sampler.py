@@ -1,0 +1,89 @@
+"""Length-bucketing batch sampler: batches of series with similar lengths, so little padding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Yield batches of indices whose ``lengths`` are close.
+
+    Each epoch: shuffle (seeded by ``seed + epoch``), cut into pools of
+    ``batch_size * pool_factor`` indices, sort each pool by length, cut pools into batches and
+    shuffle the batch order. Without ``shuffle`` the order is deterministic: globally sorted
+    by length.
+
+    Args:
+        lengths: per-item lengths (e.g. time points per series).
+        batch_size: items per batch.
+        shuffle: randomize pools and batch order each epoch.
+        pool_factor: batches per sorting pool (larger: less padding, less randomness).
+        drop_last: drop the last incomplete batch.
+        seed: base seed; call :meth:`set_epoch` to vary per epoch (Lightning does).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        shuffle: bool = True,
+        pool_factor: int = 50,
+        drop_last: bool = False,
+        seed: int = 0,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.pool_factor = max(1, pool_factor)
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return self._cut(order)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        perm = rng.permutation(n)
+        pool = self.batch_size * self.pool_factor
+        batches: list[np.ndarray] = []
+        for start in range(0, n, pool):
+            chunk = perm[start : start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(self._cut(chunk))
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        out = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and out and len(out[-1]) < self.batch_size:
+            out.pop()
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
+    """Fraction of padded time points over ``batches`` (each padded to its longest item)."""
+    lengths = np.asarray(lengths)
+    total = padded = 0
+    for b in batches:
+        lb = lengths[np.asarray(b)]
+        total += lb.max() * len(lb)
+        padded += lb.max() * len(lb) - lb.sum()
+    return float(padded / total) if total else 0.0

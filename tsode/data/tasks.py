@@ -1,0 +1,141 @@
+"""Which observations a model sees (context) and which it must predict (target).
+
+Tasks (all times are hours since each series' time origin, see ``SeriesTable``):
+
+* ``forecast``: observe every time point ``t <= cutoff`` and predict every observation with
+  ``cutoff < t <= cutoff + horizon`` (``horizon=None``: to the end). The cutoff is absolute
+  (``cutoff`` hours, e.g. 24.0) or a fraction of each series' span (``cutoff_fraction`` of its
+  last time). Without either, ``cutoff_fraction=0.5``.
+* ``extrapolation``: as in the latent ODE paper, the first half of each series' time window
+  ``[0, last time]`` is observed and the second half predicted (forecast at fraction 0.5).
+* ``interpolation``: a seeded random ``holdout_fraction`` of the observed entries is hidden
+  from the context and must be reconstructed. The context keeps *all* time points of the
+  series (a time point whose entries were all held out stays with an all-False mask), so
+  target times are always among context times.
+* ``none``: everything is context, no target (prediction on new data).
+
+Series left with an empty context, or (except for ``none``) an empty target, cannot be used
+for training or evaluation: they are excluded from that split and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tsode.data.series import SeriesTable
+
+TASK_KINDS = ("forecast", "extrapolation", "interpolation", "none")
+
+
+@dataclass
+class TaskConfig:
+    """Task definition (see module docstring). Hours are relative to each series' origin."""
+
+    kind: str = "forecast"
+    cutoff: float | None = None
+    cutoff_fraction: float | None = None
+    horizon: float | None = None
+    holdout_fraction: float = 0.3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
+        if self.cutoff is not None and self.cutoff_fraction is not None:
+            raise ValueError("give either cutoff (hours) or cutoff_fraction, not both")
+        if self.cutoff_fraction is not None and not 0.0 < self.cutoff_fraction < 1.0:
+            raise ValueError(f"cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
+        if self.horizon is not None and not self.horizon > 0:
+            raise ValueError(f"horizon must be > 0 hours, got {self.horizon}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TaskAssignment:
+    """Per-row / per-entry context and target selection over a ``SeriesTable``.
+
+    Attributes:
+        context_rows: (N,) bool, time points in the context part.
+        context_entries: (N, C) bool, entries visible in the context.
+        target_rows: (N,) bool, time points in the target part.
+        target_entries: (N, C) bool, entries to predict.
+        usable: (S,) bool, series with non-empty context (and target, unless kind is none).
+        context_lengths / target_lengths: (S,) int time points per series in each part.
+    """
+
+    context_rows: np.ndarray
+    context_entries: np.ndarray
+    target_rows: np.ndarray
+    target_entries: np.ndarray
+    usable: np.ndarray
+    context_lengths: np.ndarray
+    target_lengths: np.ndarray
+
+
+def _per_series_sum(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    csum = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    return csum[offsets[1:]] - csum[offsets[:-1]]
+
+
+def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> TaskAssignment:
+    """Split every series of ``table`` into context and target according to ``task``."""
+    observed = table.mask
+    lengths = table.lengths
+    row_series = table.row_series
+    n = table.times.shape[0]
+    if task.kind in ("forecast", "extrapolation"):
+        last = np.zeros(table.num_series)
+        has = lengths > 0
+        last[has] = table.times[table.offsets[1:][has] - 1]
+        if task.kind == "extrapolation":
+            cutoff = 0.5 * last
+        elif task.cutoff is not None:
+            cutoff = np.full(table.num_series, float(task.cutoff))
+        else:
+            cutoff = (task.cutoff_fraction if task.cutoff_fraction is not None else 0.5) * last
+        row_cut = cutoff[row_series]
+        context_rows = table.times <= row_cut
+        target_rows = table.times > row_cut
+        if task.horizon is not None and task.kind == "forecast":
+            target_rows &= table.times <= row_cut + task.horizon
+        context_entries = observed & context_rows[:, None]
+        target_entries = observed & target_rows[:, None]
+    elif task.kind == "interpolation":
+        rng = np.random.default_rng(task.seed + 7919 * seed_offset)
+        held = (rng.random(observed.shape) < task.holdout_fraction) & observed
+        keep = observed & ~held
+        # every series keeps at least its first time point's entries in the context
+        ctx_count = _per_series_sum(keep.any(1), table.offsets)
+        starved = np.flatnonzero((ctx_count == 0) & (lengths > 0))
+        first_rows = table.offsets[starved]
+        held[first_rows] = False
+        keep[first_rows] = observed[first_rows]
+        context_rows = np.ones(n, dtype=bool)
+        context_entries = keep
+        target_entries = held
+        target_rows = held.any(1)
+    else:  # none
+        context_rows = np.ones(n, dtype=bool)
+        context_entries = observed.copy()
+        target_rows = np.zeros(n, dtype=bool)
+        target_entries = np.zeros_like(observed)
+    ctx_len = _per_series_sum(context_rows, table.offsets)
+    tgt_len = _per_series_sum(target_rows, table.offsets)
+    has_ctx_obs = _per_series_sum(context_entries.any(1), table.offsets) > 0
+    usable = has_ctx_obs if task.kind == "none" else has_ctx_obs & (tgt_len > 0)
+    return TaskAssignment(
+        context_rows=context_rows,
+        context_entries=context_entries,
+        target_rows=target_rows,
+        target_entries=target_entries,
+        usable=usable,
+        context_lengths=ctx_len,
+        target_lengths=tgt_len,
+    )
