@@ -5,6 +5,7 @@ See docs/data.md. Time is float hours; masks are bool (True = observed).
 
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.data.collate import SeriesDataset
+from tsode.data.frames import batch_to_frame, forecast_to_frame, values_to_frame
 from tsode.data.module import IrregularDataModule
 from tsode.data.normalize import Normalizer
 from tsode.data.sampler import LengthBucketSampler, padding_fraction
@@ -12,6 +13,8 @@ from tsode.data.series import DataValidationError, SeriesTable
 from tsode.data.splits import split_series
 from tsode.data.summary import DataSummary
 from tsode.data.synthetic import PeriodicToyDataModule, SyntheticICUDataModule
+from tsode.data.table_module import TableDataModule
+from tsode.data.tables import TableSpec, load_table, read_table, table_from_frame
 from tsode.data.tasks import TaskConfig, assign_task
 from tsode.data.timeaxis import TimeAxis
 
@@ -27,9 +30,17 @@ __all__ = [
     "SeriesPart",
     "SeriesTable",
     "SyntheticICUDataModule",
+    "TableDataModule",
+    "TableSpec",
     "TaskConfig",
     "TimeAxis",
     "assign_task",
+    "batch_to_frame",
+    "forecast_to_frame",
+    "load_table",
     "padding_fraction",
+    "read_table",
     "split_series",
+    "table_from_frame",
+    "values_to_frame",
 ]
