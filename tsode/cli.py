@@ -1,0 +1,210 @@
+"""The ``tsode`` command: LightningCLI over every tsode model and data module, plus ``quickstart``.
+
+Usage::
+
+    tsode fit      --config recipes/<name>.yaml [--trainer.max_epochs 3 ...]
+    tsode validate --config recipes/<name>.yaml --ckpt_path <checkpoint>
+    tsode test     --config recipes/<name>.yaml --ckpt_path <checkpoint>
+    tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint>
+    tsode fit      --config recipes/<name>.yaml --print_config
+    tsode quickstart [--config recipes/quickstart.yaml] [--max_epochs N]
+
+A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
+``tsode.data`` data module) and trainer options. ``num_channels`` / ``num_static`` /
+``channel_means`` / ``channel_stds`` of the model are linked from the data module. Every run
+logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see ``docs/tracking.md``); the
+``checkpoint`` section configures the best-checkpoint callback and ``tracking`` the MLflow
+artifacts callback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from tsode.tracking import MLflowArtifacts, find_mlflow_logger
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+MONITOR = "val/mse"
+REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+#: Values every model may take from the data module (linked only where the model accepts them).
+LINKED_FROM_DATA = ("num_channels", "num_static", "channel_means", "channel_stds")
+
+
+class RecipeError(SystemExit):
+    """A recipe (or command-line override) was rejected; the message names key and file."""
+
+
+def _recipe_files(args: Sequence[str]) -> list[str]:
+    """Config files given with ``--config`` / ``-c`` / ``--config=...``."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def explain_parse_error(message: str) -> tuple[str | None, str]:
+    """Pull the offending dotted key and a one-line reason out of a jsonargparse message."""
+    top = re.search(r"does not accept option '([^']+)'", message)
+    if top:
+        return top.group(1), "unknown key"
+    path: list[str] = []
+    reason = "invalid value"
+    token = re.compile(
+        r"Parser key \"(?P<key>[^\"]+)\"|class_path '(?P<cls>[^']+)'|"
+        r"Option '(?P<opt>[^']+)' is not accepted|Key \"(?P<k2>[^\"]+)\" is required|"
+        r"(?P<exp>Expected a [^\n]*)"
+    )
+    owner = None
+    for match in token.finditer(message):
+        if match.group("key"):
+            path.append(match.group("key"))
+        elif match.group("cls"):
+            owner = match.group("cls")
+            path.append("init_args")
+        elif match.group("opt"):
+            path.append(match.group("opt"))
+            reason = f"unknown key (not a parameter of {owner})" if owner else "unknown key"
+            break
+        elif match.group("k2"):
+            path.append(match.group("k2"))
+            reason = "required key missing"
+            break
+        elif match.group("exp"):
+            if "NoneType" in match.group("exp"):
+                continue
+            reason = f"wrong type: {match.group('exp').strip()}"
+            break
+    if path and path[-1] == "init_args":
+        path.pop()
+    key = ".".join(path) if path else None
+    return key, reason
+
+
+class TsodeArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
+
+    recipe_files: list[str] = []
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        key, reason = explain_parse_error(message)
+        where = ", ".join(self.recipe_files) if self.recipe_files else "command-line arguments"
+        headline = f"tsode: invalid configuration in {where}"
+        if key:
+            headline += f": key '{key}': {reason}"
+        details = "\n".join(f"  {line}" for line in message.splitlines())
+        sys.stderr.write(
+            f"{headline}\n{details}\n(see accepted keys with `tsode <subcommand> --help`, "
+            f"or the resolved recipe with --print_config)\n"
+        )
+        raise RecipeError(2)
+
+
+class MLflowSaveConfigCallback(SaveConfigCallback):
+    """Log the fully resolved recipe to the MLflow run: flattened params + ``config/config.yaml``."""
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        logger = find_mlflow_logger(trainer)
+        if logger is None:
+            return
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        logger.log_config(resolved)
+        for path in TsodeArgumentParser.recipe_files:
+            if Path(path).is_file():
+                logger.experiment.log_artifact(logger.run_id, path, "config/recipe")
+
+
+class TsodeCLI(LightningCLI):
+    """LightningCLI in subclass mode over ``LightningModule`` / ``LightningDataModule``."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
+        import tsode.data  # noqa: F401  (registers the data modules as subclasses)
+        import tsode.models  # noqa: F401  (registers the models as subclasses)
+
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
+        super().__init__(
+            model_class=pl.LightningModule,
+            datamodule_class=pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=MLflowSaveConfigCallback,
+            save_config_kwargs={"save_to_log_dir": False},
+            trainer_defaults={
+                "logger": {"class_path": "tsode.tracking.MLflowLogger"},
+            },
+            args=list(args) if args is not None else None,
+            **kwargs,
+        )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        self.parser_class = TsodeArgumentParser
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-{epoch}",
+            }
+        )
+        parser.add_lightning_class_args(MLflowArtifacts, "tracking")
+        for name in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Name the MLflow run after the recipe file unless the recipe names it."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.get("trainer", {}).get("logger")
+        files = TsodeArgumentParser.recipe_files
+        if files and logger is not None and not isinstance(logger, bool):
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and init_args.get("run_name") is None:
+                init_args["run_name"] = Path(files[-1]).stem
+
+
+# ---------------------------------------------------------------------- quickstart
+
+
+def _quickstart(argv: Sequence[str]) -> int:
+    from tsode.quickstart import QuickstartError, run_quickstart
+
+    try:
+        return run_quickstart(argv)
+    except QuickstartError as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tsode`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "quickstart":
+        return _quickstart(args[1:])
+    TsodeArgumentParser.recipe_files = _recipe_files(args)
+    for path in TsodeArgumentParser.recipe_files:
+        if not Path(path).is_file():
+            sys.stderr.write(f"tsode: recipe file not found: {path}\n")
+            return 2
+    TsodeCLI(args=args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
