@@ -1,0 +1,197 @@
+"""The solver entry point ``odeint`` and ``SolverConfig``, the form models take solver options in."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from tsode.solvers.adaptive import solve_adaptive
+from tsode.solvers.adjoint import AdjointOptions, adjoint_solve
+from tsode.solvers.fixed import solve_fixed
+from tsode.solvers.solution import Solution
+from tsode.solvers.stepping import VectorField
+from tsode.solvers.tableaus import get_tableau
+
+Method = Literal["euler", "midpoint", "rk4", "bosh3", "dopri5", "tsit5"]
+
+
+def odeint(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    step_size: float | None = None,
+    first_step: float | None = None,
+    max_steps: int = 10_000,
+    adjoint: bool = False,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_params: tuple[Tensor, ...] | list[Tensor] | None = None,
+    return_solution: bool = False,
+    throw: bool = True,
+) -> Tensor | Solution:
+    """Solve dy/dt = func(t, y) for a batch, each row on its own time grid.
+
+    Args:
+        func: vector field ``func(t, y)`` with ``t`` (B,) (each row's current time) and ``y``
+            (B, D), returning (B, D). A callable or an ``nn.Module``.
+        y0: (B, D) initial states, at ``t[..., 0]``.
+        t: output times, shared (n,) or per row (B, n); each row monotone (non-decreasing, or
+            non-increasing to integrate backwards in time). Padded tails repeat the row's last
+            time and cost nothing.
+        method: ``euler``, ``midpoint``, ``rk4`` (fixed step) or ``bosh3``, ``dopri5``, ``tsit5``
+            (adaptive, per-row step sizes, PI controller, dense output).
+        rtol, atol: error tolerances of adaptive methods.
+        step_size: fixed-step methods only: largest step, in time units (one step per output
+            interval when None). Output times are always hit exactly.
+        first_step: adaptive methods only: initial step size (default: Hairer's heuristic).
+        max_steps: per-row bound on attempted steps; exceeding it raises ``SolverError``.
+        adjoint: compute gradients with the continuous adjoint (O(1) memory in the number of
+            steps) instead of backpropagating through the solver's operations.
+        adjoint_rtol, adjoint_atol: tolerances of the backward adjoint solve (default: rtol, atol).
+        adjoint_params: tensors to differentiate with the adjoint; default: the parameters of
+            ``func`` when it is an ``nn.Module``.
+        return_solution: return a :class:`Solution` (ys, ts, stats) instead of ``ys``.
+        throw: raise ``SolverError`` on failure (default); otherwise failed rows get NaN outputs
+            past the failure and a non-zero ``stats.status``.
+
+    Returns:
+        ``ys`` (B, n, D) with ``ys[:, 0] == y0``, or a :class:`Solution`.
+    """
+    tableau = get_tableau(method)
+    t_eval = _validate(y0, t, tableau.adaptive, step_size, first_step)
+
+    if tableau.adaptive:
+        forward = partial(
+            solve_adaptive, func, tableau=tableau, rtol=rtol, atol=atol,
+            max_steps=max_steps, first_step=first_step, throw=throw,
+        )
+    else:
+        forward = partial(
+            solve_fixed, func, tableau=tableau, step_size=step_size, max_steps=max_steps,
+            throw=throw,
+        )
+
+    if not adjoint:
+        solution = forward(y0, t_eval)
+        return solution if return_solution else solution.ys
+
+    if adjoint_params is None:
+        adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
+    params = tuple(p for p in adjoint_params if p.requires_grad)
+    options = AdjointOptions(
+        func=func,
+        tableau=tableau,
+        forward_solve=forward,
+        rtol=rtol if adjoint_rtol is None else adjoint_rtol,
+        atol=atol if adjoint_atol is None else adjoint_atol,
+        step_size=step_size,
+        max_steps=max_steps,
+        num_params=len(params),
+    )
+    ys = adjoint_solve(func, y0, t_eval, params, options)
+    if not return_solution:
+        return ys
+    return Solution(ys=ys, ts=t_eval.detach(), stats=options.stats[-1])
+
+
+def _validate(
+    y0: Tensor, t: Tensor, adaptive: bool, step_size: float | None, first_step: float | None
+) -> Tensor:
+    """Check shapes, finiteness and monotonicity; return per-row times (B, n) in a float dtype."""
+    if not isinstance(y0, Tensor) or y0.dim() != 2:
+        raise ValueError(
+            f"y0 must be a (batch, dim) tensor, got shape {tuple(getattr(y0, 'shape', ()))}"
+        )
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t)
+    batch = y0.shape[0]
+    if t.dim() == 1:
+        t = t.unsqueeze(0).expand(batch, -1)
+    elif t.dim() != 2 or t.shape[0] != batch:
+        raise ValueError(
+            f"t must be shared (n,) or per-sample (batch={batch}, n), got shape {tuple(t.shape)}"
+        )
+    if t.shape[1] < 1:
+        raise ValueError("t must contain at least one time point")
+    time_dtype = torch.promote_types(t.dtype, y0.dtype)
+    if not time_dtype.is_floating_point:
+        time_dtype = torch.get_default_dtype()
+    t = t.to(device=y0.device, dtype=time_dtype)
+    with torch.no_grad():
+        bad_time = ~torch.isfinite(t).all(dim=1)
+        bad_state = ~torch.isfinite(y0).all(dim=1)
+        steps = t.diff(dim=1)
+        increasing = (steps >= 0).all(dim=1)
+        decreasing = (steps <= 0).all(dim=1)
+        problems = torch.stack([bad_time.any(), bad_state.any(), (~(increasing | decreasing)).any()])
+        has_bad_time, has_bad_state, has_unordered = problems.tolist()
+    if has_bad_time:
+        rows = torch.nonzero(bad_time).flatten().tolist()[:8]
+        raise ValueError(f"t contains non-finite times in batch row(s) {rows}")
+    if has_bad_state:
+        rows = torch.nonzero(bad_state).flatten().tolist()[:8]
+        raise ValueError(f"y0 contains non-finite values in batch row(s) {rows}")
+    if has_unordered:
+        rows = torch.nonzero(~(increasing | decreasing)).flatten().tolist()[:8]
+        raise ValueError(
+            f"t must be monotone in each row (non-decreasing, or non-increasing to integrate "
+            f"backwards); batch row(s) {rows} are not"
+        )
+    if adaptive and step_size is not None:
+        raise ValueError("step_size applies to fixed-step methods; use first_step for adaptive ones")
+    if not adaptive and first_step is not None:
+        raise ValueError("first_step applies to adaptive methods; use step_size for fixed-step ones")
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    return t
+
+
+@dataclass
+class SolverConfig:
+    """Solver options a model takes as one constructor argument (a recipe's ``solver:`` block).
+
+    Attributes:
+        method: ``euler``, ``midpoint``, ``rk4``, ``bosh3``, ``dopri5`` or ``tsit5``.
+        rtol, atol: tolerances of adaptive methods.
+        step_size: largest step of fixed-step methods, in hours (None: one step per interval).
+        max_steps: per-row bound on attempted steps.
+        adjoint: continuous adjoint gradients (O(1) memory) instead of backprop through steps.
+        adjoint_rtol, adjoint_atol: tolerances of the backward adjoint solve.
+    """
+
+    method: Method = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    step_size: float | None = None
+    max_steps: int = 10_000
+    adjoint: bool = False
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+
+    def __post_init__(self) -> None:
+        get_tableau(self.method)  # fail early on an unknown method
+
+    def solve(
+        self,
+        func: VectorField,
+        y0: Tensor,
+        t: Tensor,
+        *,
+        return_solution: bool = False,
+        adjoint_params: tuple[Tensor, ...] | list[Tensor] | None = None,
+        first_step: float | None = None,
+    ) -> Tensor | Solution:
+        """``odeint`` with these options; see :func:`odeint` for shapes."""
+        return odeint(
+            func, y0, t, **asdict(self), adjoint_params=adjoint_params,
+            return_solution=return_solution,
+            first_step=first_step if get_tableau(self.method).adaptive else None,
+        )

@@ -1,0 +1,93 @@
+"""One explicit Runge-Kutta step on a batch, error norms and dense-output evaluation.
+
+Shared by the fixed-step, adaptive and adjoint integrators. Step sizes are per row:
+``h`` has shape (B,) (signed: negative when integrating backwards in time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from tsode.solvers.tableaus import ButcherTableau
+
+VectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+def rk_step(
+    func: VectorField,
+    tableau: ButcherTableau,
+    t: Tensor,
+    h: Tensor,
+    y: Tensor,
+    k1: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, list[Tensor], int]:
+    """Take one RK step of size ``h`` (B,) from ``(t, y)`` ((B,), (B, D)).
+
+    ``k1 = func(t, y)`` may be passed in (first-same-as-last reuse). Returns the new state
+    (B, D), the embedded error estimate (B, D) or None, the stage derivatives and the number
+    of vector-field evaluations made.
+    """
+    h_col = h.unsqueeze(-1).to(y.dtype)
+    t_state = t.to(y.dtype)
+    h_state = h.to(y.dtype)
+    nfe = 0
+    if k1 is None:
+        k1 = func(t_state, y)
+        nfe += 1
+    stages = [k1]
+    for i in range(1, tableau.num_stages):
+        increment = _combine(tableau.a[i][:i], stages)
+        y_i = y + h_col * increment if increment is not None else y
+        stages.append(func(t_state + tableau.c[i] * h_state, y_i))
+        nfe += 1
+    # For FSAL tableaus the last stage was evaluated at exactly this new state.
+    y_new = y + h_col * _combine(tableau.b, stages)
+    error = None
+    if tableau.b_error is not None:
+        error = h_col * _combine(tableau.b_error, stages)
+    return y_new, error, stages, nfe
+
+
+def _combine(weights, stages: list[Tensor]) -> Tensor | None:
+    """sum_i weights[i] * stages[i], skipping zero weights."""
+    total = None
+    for w, k in zip(weights, stages):
+        if w == 0.0:
+            continue
+        total = w * k if total is None else total + w * k
+    return total
+
+
+def error_ratio(error: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
+    """Per-row RMS of error / (atol + rtol * max(|y0|, |y1|)); (B, D) -> (B,). <= 1 accepts."""
+    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
+    return (error / scale).pow(2).mean(dim=-1).sqrt()
+
+
+def dense_weights(tableau: ButcherTableau, theta: Tensor) -> list[Tensor]:
+    """Dense-output stage weights w_i(theta) for theta (B,); see ``tableaus`` module docstring."""
+    weights = []
+    for coefficients in tableau.dense:
+        w = torch.zeros_like(theta)
+        power = theta
+        for coefficient in coefficients:
+            if coefficient != 0.0:
+                w = w + coefficient * power
+            power = power * theta
+        weights.append(w)
+    return weights
+
+
+def dense_evaluate(
+    tableau: ButcherTableau, y0: Tensor, h: Tensor, stages: list[Tensor], theta: Tensor
+) -> Tensor:
+    """State at ``t + theta * h`` within an accepted step: y0 (B, D), h, theta (B,) -> (B, D)."""
+    weights = dense_weights(tableau, theta.to(y0.dtype))
+    total = None
+    for w, k in zip(weights, stages):
+        term = w.unsqueeze(-1) * k
+        total = term if total is None else total + term
+    return y0 + h.to(y0.dtype).unsqueeze(-1) * total
