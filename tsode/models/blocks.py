@@ -13,8 +13,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the solver layer is only needed when a solve actually happens
+    from tsode.solvers import SolverConfig
+
+GRID_MODES = ("per_sample", "union")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -121,6 +128,8 @@ class MaskedGRUCell(nn.Module):
         num_channels: C, the number of value channels.
         hidden_dim: H.
         extra_dim: size of any extra input appended after ``[values, mask]`` (e.g. elapsed time).
+        input_hidden_dim: if > 0, the input first goes through ``Linear -> tanh`` of this width
+            (the "GRU units" of Rubanova et al.'s update network); 0 feeds it to the GRU directly.
 
     Shapes: ``h (B, H)``, ``values (B, C)`` (0 where unobserved), ``mask (B, C)`` bool,
     ``update (B,)`` bool, ``extra (B, extra_dim)`` or None -> ``(B, H)``.
@@ -128,12 +137,20 @@ class MaskedGRUCell(nn.Module):
     ``values`` cannot influence the result.
     """
 
-    def __init__(self, num_channels: int, hidden_dim: int, extra_dim: int = 0) -> None:
+    def __init__(
+        self, num_channels: int, hidden_dim: int, extra_dim: int = 0, input_hidden_dim: int = 0
+    ) -> None:
         super().__init__()
         self.num_channels = num_channels
         self.hidden_dim = hidden_dim
         self.extra_dim = extra_dim
-        self.cell = nn.GRUCell(2 * num_channels + extra_dim, hidden_dim)
+        in_dim = 2 * num_channels + extra_dim
+        if input_hidden_dim > 0:
+            self.input_net: nn.Module = nn.Sequential(nn.Linear(in_dim, input_hidden_dim), nn.Tanh())
+            in_dim = input_hidden_dim
+        else:
+            self.input_net = nn.Identity()
+        self.cell = nn.GRUCell(in_dim, hidden_dim)
 
     def forward(
         self,
@@ -149,7 +166,7 @@ class MaskedGRUCell(nn.Module):
             if extra is None:
                 raise ValueError(f"MaskedGRUCell expects an extra input of size {self.extra_dim}")
             parts.append(extra)
-        h_new = self.cell(torch.cat(parts, dim=-1), h)
+        h_new = self.cell(self.input_net(torch.cat(parts, dim=-1)), h)
         if update is None:
             update = mask.any(dim=-1)
         return torch.where(update.unsqueeze(-1), h_new, h)
@@ -207,3 +224,42 @@ def check_query_times(times: Tensor, batch_size: int, name: str = "times") -> No
         if bad.any():
             rows = bad.nonzero().flatten().tolist()
             raise ValueError(f"{name} must be non-decreasing in every row; rows {rows} are not")
+
+
+def solve_from(
+    solver: SolverConfig,
+    func: nn.Module,
+    y0: Tensor,
+    t0: Tensor,
+    times: Tensor,
+    grid: str = "per_sample",
+) -> Tensor:
+    """Solve an **autonomous** ODE from ``y0`` at per-row start times to per-row output times.
+
+    Args:
+        solver: the model's ``SolverConfig``.
+        func: vector field ``func(t, y)`` (autonomous: ``t`` must not change the result, so that
+            the ``"union"`` mode can shift every row to start at 0).
+        y0: ``(B, D)`` states at ``t0``.
+        t0: ``(B,)`` start times.
+        times: ``(B, M)`` output times, each row non-decreasing and ``>= t0``.
+        grid: ``"per_sample"`` -- one solve on the per-row grids ``[t0, times]`` (each row pays
+            only for its own span); ``"union"`` -- every row evaluated on the union over the batch
+            of the elapsed times ``times - t0`` (the reference implementation's batching; same
+            result, slower for ragged batches).
+
+    Returns:
+        ``(B, M, D)`` states at ``times``.
+    """
+    if grid not in GRID_MODES:
+        raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
+    if times.shape[1] == 0:
+        return y0.new_zeros(y0.shape[0], 0, y0.shape[1])
+    if grid == "per_sample":
+        t = torch.cat([t0.unsqueeze(1), times], dim=1)
+        return solver.solve(func, y0, t)[:, 1:]
+    rel = times - t0.unsqueeze(1)
+    union = torch.unique(torch.cat([rel.new_zeros(1), rel.flatten()]))  # sorted, starts at 0
+    ys = solver.solve(func, y0, union)  # (B, U, D)
+    index = torch.searchsorted(union, rel.contiguous())
+    return gather_times(ys, index)

@@ -1,0 +1,192 @@
+"""Baselines that give every results table a floor; same batch type, same metrics.
+
+* :class:`LOCF` -- last observation carried forward, per channel (0 = the normalized training
+  mean for channels never observed in the context).
+* :class:`ChannelMean` -- per-channel mean of the observed training values (fitted during
+  ``fit`` from the training batches).
+* :class:`GRUDelta` -- GRU over the observations with the elapsed time since the previous
+  observation as an extra input; predicts from the last state and the time since it.
+
+All predictions at a time ``tau`` use only context observations strictly before ``tau``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tsode.data.batch import IrregularBatch, SeriesPart
+from tsode.models.base import IrregularModel
+from tsode.models.blocks import (
+    MaskedGRUCell,
+    MLPDecoder,
+    check_query_times,
+    gather_times,
+    last_before,
+)
+
+
+class _ParameterFree(IrregularModel):
+    """Base of the parameter-free baselines: no optimizer, metrics only during ``fit``."""
+
+    def __init__(self, num_channels: int, channel_means=None, channel_stds=None) -> None:  # noqa: ANN001
+        super().__init__(num_channels=num_channels, channel_means=channel_means, channel_stds=channel_stds)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: IrregularBatch, batch_idx: int = 0) -> None:
+        self.fit_batch(batch)
+        self._shared_step(batch, "train")
+
+    def fit_batch(self, batch: IrregularBatch) -> None:
+        """Accumulate whatever statistics the baseline needs from a training batch."""
+
+    def configure_optimizers(self) -> None:
+        return None
+
+
+def last_observed(part: SeriesPart) -> tuple[Tensor, Tensor]:
+    """Forward-filled values per channel: ``filled (B, L, C)`` and ``seen (B, L, C)`` bool
+    (False where the channel has not been observed up to and including that point)."""
+    bsz, length, _ = part.values.shape
+    steps = torch.arange(length, device=part.values.device).view(1, length, 1)
+    mask = part.mask & part.time_mask.unsqueeze(-1)
+    last_idx = torch.where(mask, steps, torch.full_like(steps, -1)).cummax(dim=1).values
+    filled = torch.gather(part.values, 1, last_idx.clamp_min(0))
+    seen = last_idx >= 0
+    return torch.where(seen, filled, torch.zeros_like(filled)), seen
+
+
+class LOCF(_ParameterFree):
+    """Last observation carried forward (per channel, strictly before each requested time)."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(num_channels, channel_means, channel_stds)
+        self.save_hyperparameters()
+
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        ctx = batch.context
+        check_query_times(times, ctx.batch_size)
+        if ctx.times.shape[1] == 0:
+            return {"mean": times.new_zeros(*times.shape, self.num_channels)}
+        filled, _ = last_observed(ctx)
+        idx = last_before(ctx.times, ctx.lengths, times, strict=True)
+        pred = gather_times(filled, idx.clamp_min(0))
+        return {"mean": torch.where((idx >= 0).unsqueeze(-1), pred, torch.zeros_like(pred))}
+
+
+class ChannelMean(_ParameterFree):
+    """Per-channel mean of the observed training values (context and target entries)."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(num_channels, channel_means, channel_stds)
+        self.save_hyperparameters()
+        self.register_buffer("value_sum", torch.zeros(num_channels, dtype=torch.float64))
+        self.register_buffer("value_count", torch.zeros(num_channels, dtype=torch.float64))
+
+    def fit_batch(self, batch: IrregularBatch) -> None:
+        if self.current_epoch > 0:  # one pass over the training data is enough
+            return
+        for part in (batch.context, batch.target):
+            mask = part.mask & part.time_mask.unsqueeze(-1)
+            vals = torch.where(mask, part.values, torch.zeros_like(part.values)).to(torch.float64)
+            self.value_sum += vals.sum(dim=(0, 1))
+            self.value_count += mask.sum(dim=(0, 1)).to(torch.float64)
+
+    @property
+    def channel_mean(self) -> Tensor:
+        """(C,) fitted means (0 for channels never seen in training)."""
+        return torch.where(
+            self.value_count > 0, self.value_sum / self.value_count.clamp_min(1), torch.zeros_like(self.value_sum)
+        )
+
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        check_query_times(times, batch.batch_size)
+        mean = self.channel_mean.to(times.dtype)
+        return {"mean": mean.expand(*times.shape, self.num_channels).clone()}
+
+
+class GRUDelta(IrregularModel):
+    """GRU with elapsed-time input (GRU-Δt).
+
+    Update at observation ``i``: ``h_i = GRU([x_i, m_i, log1p(t_i - t_{i-1})], h_{i-1})`` (masked
+    for padding). Prediction at ``tau``: ``MLP([h_j, tau - t_j, log1p(tau - t_j)])`` with ``j`` the
+    last observation strictly before ``tau`` (``h_0 = 0`` if there is none).
+
+    Args:
+        num_channels: C.
+        hidden_dim: GRU state size.
+        decoder_hidden_dim / decoder_layers: prediction MLP.
+        remaining args: see :class:`~tsode.models.base.IrregularModel`.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        hidden_dim: int = 50,
+        decoder_hidden_dim: int = 50,
+        decoder_layers: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        scheduler: str = "none",
+        scheduler_gamma: float = 0.5,
+        scheduler_step_size: int = 10,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(
+            num_channels=num_channels,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_gamma=scheduler_gamma,
+            scheduler_step_size=scheduler_step_size,
+            channel_means=channel_means,
+            channel_stds=channel_stds,
+        )
+        self.save_hyperparameters()
+        self.hidden_dim = hidden_dim
+        self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)
+        self.decoder = MLPDecoder(hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers)
+
+    def encode(self, part: SeriesPart) -> Tensor:
+        """States after each update: ``(B, L, H)`` (padded steps repeat the last state)."""
+        times, values, mask = part.times, part.values, part.mask
+        bsz, length = times.shape
+        update = part.time_mask & mask.any(dim=-1)
+        gaps = torch.diff(times, dim=1, prepend=times[:, :1]).clamp_min(0)
+        h = times.new_zeros(bsz, self.hidden_dim)
+        states = []
+        for i in range(length):
+            h = self.gru(h, values[:, i], mask[:, i], update[:, i], torch.log1p(gaps[:, i : i + 1]))
+            states.append(h)
+        return torch.stack(states, dim=1) if states else times.new_zeros(bsz, 0, self.hidden_dim)
+
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        ctx = batch.context
+        check_query_times(times, ctx.batch_size)
+        states = self.encode(ctx)
+        if states.shape[1] == 0:
+            h = times.new_zeros(*times.shape, self.hidden_dim)
+            idx = torch.full_like(times, -1, dtype=torch.long)
+            dt = torch.zeros_like(times)
+        else:
+            idx = last_before(ctx.times, ctx.lengths, times, strict=True)
+            idx0 = idx.clamp_min(0)
+            before_any = (idx < 0).unsqueeze(-1)
+            h = gather_times(states, idx0)
+            h = torch.where(before_any, torch.zeros_like(h), h)
+            dt = torch.where(idx >= 0, times - ctx.times.gather(1, idx0), torch.zeros_like(times))
+        dt = dt.clamp_min(0).unsqueeze(-1)
+        return {"mean": self.decoder(torch.cat([h, dt, torch.log1p(dt)], dim=-1))}

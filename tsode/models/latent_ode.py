@@ -1,0 +1,345 @@
+"""Latent ODE VAE (Rubanova, Chen & Duvenaud 2019) with an optional Poisson process over
+observation times, solved on per-series time grids.
+
+Generative model: ``z0 ~ N(0, I)``, ``dz/dt = f(z)``, ``x_c(t) ~ N(dec(z(t))_c, sigma_c^2)``;
+with ``poisson=True`` the observation times of channel ``c`` follow an inhomogeneous Poisson
+process with intensity ``lambda_c(t) = softplus(g(z(t))_c)``. Its integral
+``Lambda_c(t) = int_{t0}^{t} lambda_c`` is carried as ``C`` extra ODE states next to ``z``, so
+the observation-time log-likelihood of a series is
+``sum_{observed (i, c)} log lambda_c(t_i) - sum_c Lambda_c(t_end)``.
+
+Recognition: an ODE-RNN runs **backwards** over the context and gives ``q(z0 | context)`` at each
+series' first context time ``t0``; ``z`` is then solved from ``t0`` to the merged (sorted)
+context + target times of that series only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tsode.data.batch import IrregularBatch
+from tsode.models.base import IrregularModel, StepResult
+from tsode.models.blocks import (
+    GRID_MODES,
+    MLPDecoder,
+    NFECounter,
+    ODEFunc,
+    check_query_times,
+    mlp,
+    solve_from,
+)
+from tsode.models.odernn import ODERNNEncoder, default_solver
+from tsode.solvers import SolverConfig
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class AugmentedLatentField(NFECounter):
+    """Vector field on ``[z, Lambda]``: ``dz/dt = f(z)``, ``dLambda_c/dt = softplus(g(z))_c``.
+
+    Counts its own evaluations (the inner ``f`` counts too, so NFE of the latent solve is read
+    from ``latent_func``; this wrapper's counter is reset with the others and is not double
+    counted because :meth:`LatentODE.nfe_modules` lists only the ODE functions).
+    """
+
+    def __init__(self, latent_func: ODEFunc, intensity_net: nn.Module) -> None:
+        super().__init__()
+        self.latent_func = latent_func
+        self.intensity_net = intensity_net
+        self.latent_dim = latent_func.dim
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.count()
+        z = y[:, : self.latent_dim]
+        return torch.cat([self.latent_func(t, z), F.softplus(self.intensity_net(z))], dim=-1)
+
+
+def gaussian_loglik(x: Tensor, mean: Tensor, log_std: Tensor, mask: Tensor) -> Tensor:
+    """Sum over observed entries of ``log N(x; mean, exp(log_std)^2)``.
+
+    Shapes: ``x``/``mask`` ``(B, N, C)``, ``mean`` ``(..., B, N, C)``, ``log_std`` ``(C,)``;
+    returns ``(..., B)``. Masked entries contribute exactly 0.
+    """
+    z = (x - mean) * torch.exp(-log_std)
+    ll = -0.5 * (z.square() + _LOG_2PI) - log_std
+    return torch.where(mask, ll, torch.zeros_like(ll)).sum(dim=(-1, -2))
+
+
+def poisson_loglik(log_intensity: Tensor, mask: Tensor, integral: Tensor) -> Tensor:
+    """Inhomogeneous Poisson log-likelihood of observation times over a window.
+
+    Args:
+        log_intensity: ``(..., B, N, C)`` ``log lambda_c(t_i)`` at the points.
+        mask: ``(B, N, C)`` events (observed entries).
+        integral: ``(..., B, C)`` ``int lambda_c`` over the window.
+
+    Returns:
+        ``(..., B)``: ``sum_{observed} log lambda - sum_c integral``.
+    """
+    events = torch.where(mask, log_intensity, torch.zeros_like(log_intensity)).sum(dim=(-1, -2))
+    return events - integral.sum(dim=-1)
+
+
+class LatentODE(IrregularModel):
+    """Latent ODE VAE forecaster (Lightning module).
+
+    Args:
+        num_channels: C.
+        latent_dim: size of ``z`` (20 in Rubanova et al.'s PhysioNet runs).
+        rec_dim: ODE-RNN recognition hidden size (40).
+        ode_hidden_dim / ode_layers: latent vector field MLP (3x50).
+        rec_ode_hidden_dim / rec_ode_layers: recognition vector field MLP (3x50).
+        gru_units: width of the recognition GRU input network (50; 0 = none).
+        decoder_hidden_dim / decoder_layers: decoder MLP ``z -> C`` (0 layers = linear).
+        num_samples: K posterior samples of ``z0`` per series during training.
+        num_predict_samples: samples drawn by ``forecast`` for the predictive mean / quantiles.
+        quantile_levels: quantiles reported by ``forecast``.
+        obs_std: observation noise std (normalized units), initial value when learned.
+        learn_obs_std: learn one noise std per channel.
+        kl_warmup_steps: linear KL annealing from 0 to 1 over this many training steps (0: off).
+        iwae: optimise the importance-weighted bound over the K samples instead of the ELBO.
+        poisson: add the Poisson observation-time likelihood (intensity from ``z``).
+        reconstruct_context: include the context observations in the likelihood (recommended;
+            disable when targets duplicate context entries to avoid counting them twice).
+        solver: solver for the latent and the recognition ODEs.
+        grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
+        remaining args: see :class:`~tsode.models.base.IrregularModel`.
+
+    Loss: negative bound divided by the number of observed entries in the batch's likelihood
+    (a per-batch constant; the optimum is that of the bound). Logged: ``elbo`` (per series),
+    ``recon_loglik`` (per observed entry), ``kl`` (per series), ``kl_weight`` and, with
+    ``poisson``, ``obs_time_loglik`` (per series).
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        latent_dim: int = 20,
+        rec_dim: int = 40,
+        ode_hidden_dim: int = 50,
+        ode_layers: int = 3,
+        rec_ode_hidden_dim: int = 50,
+        rec_ode_layers: int = 3,
+        gru_units: int = 50,
+        decoder_hidden_dim: int = 50,
+        decoder_layers: int = 0,
+        num_samples: int = 3,
+        num_predict_samples: int = 32,
+        quantile_levels: list[float] | None = None,
+        obs_std: float = 0.1,
+        learn_obs_std: bool = False,
+        kl_warmup_steps: int = 0,
+        iwae: bool = False,
+        poisson: bool = False,
+        reconstruct_context: bool = True,
+        solver: SolverConfig | None = None,
+        grid: str = "per_sample",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        scheduler: str = "none",
+        scheduler_gamma: float = 0.5,
+        scheduler_step_size: int = 10,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(
+            num_channels=num_channels,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_gamma=scheduler_gamma,
+            scheduler_step_size=scheduler_step_size,
+            channel_means=channel_means,
+            channel_stds=channel_stds,
+        )
+        self.save_hyperparameters()
+        if grid not in GRID_MODES:
+            raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
+        if num_samples < 1 or num_predict_samples < 1:
+            raise ValueError("num_samples and num_predict_samples must be >= 1")
+        if obs_std <= 0:
+            raise ValueError(f"obs_std must be > 0, got {obs_std}")
+        levels = [0.05, 0.5, 0.95] if quantile_levels is None else list(quantile_levels)
+        if any(not 0.0 <= q <= 1.0 for q in levels):
+            raise ValueError(f"quantile_levels must lie in [0, 1], got {levels}")
+        self.quantile_levels = levels
+        self.grid = grid
+        self.latent_dim = latent_dim
+        self.num_samples = num_samples
+        self.num_predict_samples = num_predict_samples
+        self.kl_warmup_steps = kl_warmup_steps
+        self.iwae = iwae
+        self.poisson = poisson
+        self.reconstruct_context = reconstruct_context
+        self.solver = solver if solver is not None else default_solver()
+        self.encoder = ODERNNEncoder(
+            num_channels, rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.solver
+        )
+        self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
+        self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
+        self.decoder = MLPDecoder(latent_dim, num_channels, decoder_hidden_dim, decoder_layers)
+        log_std = torch.full((num_channels,), math.log(obs_std))
+        if learn_obs_std:
+            self.log_obs_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_obs_std", log_std)
+        if poisson:
+            self.intensity_net = mlp(latent_dim, num_channels, 50, 1, "tanh")
+            self.augmented_func: AugmentedLatentField | None = AugmentedLatentField(
+                self.latent_func, self.intensity_net
+            )
+        else:
+            self.augmented_func = None
+
+    # ------------------------------------------------------------------ pieces
+    def nfe_modules(self) -> list[NFECounter]:
+        """The two ODE functions (the Poisson wrapper calls ``latent_func`` once per evaluation)."""
+        return [self.encoder.func, self.latent_func]
+
+    def reset_nfe(self) -> None:
+        super().reset_nfe()
+        if self.augmented_func is not None:
+            self.augmented_func.reset_nfe()
+
+    def posterior(self, batch: IrregularBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """``q(z0 | context)``: mean ``(B, D)``, std ``(B, D)`` and ``t0 (B,)`` (first context time)."""
+        ctx = batch.context
+        h, _ = self.encoder(ctx, backwards=True, return_states=False, grid=self.grid)
+        mu, pre_std = self.to_posterior(h).chunk(2, dim=-1)
+        std = F.softplus(pre_std) + 1e-4
+        t0 = ctx.times[:, 0] if ctx.times.shape[1] else h.new_zeros(h.shape[0])
+        return mu, std, t0
+
+    def solve_latent(self, z0: Tensor, t0: Tensor, times: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Solve from ``z0 (K, B, D)`` at ``t0 (B,)`` to ``times (B, M)``.
+
+        Returns ``z (K, B, M, D)`` and, with ``poisson``, ``Lambda (K, B, M, C)`` (intensity
+        integral from ``t0``), else None.
+        """
+        k, bsz, dim = z0.shape
+        m = times.shape[1]
+        y0 = z0.reshape(k * bsz, dim)
+        func: nn.Module = self.latent_func
+        if self.augmented_func is not None:
+            y0 = torch.cat([y0, y0.new_zeros(k * bsz, self.num_channels)], dim=-1)
+            func = self.augmented_func
+        ys = solve_from(self.solver, func, y0, t0.repeat(k), times.repeat(k, 1), self.grid)
+        ys = ys.reshape(k, bsz, m, -1)
+        if self.augmented_func is None:
+            return ys, None
+        return ys[..., :dim], ys[..., dim:]
+
+    def _check_times(self, times: Tensor, t0: Tensor, what: str) -> None:
+        early = (times < t0.unsqueeze(1)).any(dim=1)
+        if bool(early.any()):
+            rows = early.nonzero().flatten().tolist()
+            raise ValueError(
+                f"{what}: batch rows {rows} ask for times before their first context time; the "
+                "latent ODE starts at the first context observation"
+            )
+
+    def kl_weight(self) -> float:
+        if self.kl_warmup_steps <= 0 or not self.training:
+            return 1.0
+        return min(1.0, (self.global_step + 1) / self.kl_warmup_steps)
+
+    # ------------------------------------------------------------------ objective
+    def compute_loss(self, batch: IrregularBatch) -> StepResult:
+        ctx, tgt = batch.context, batch.target
+        mu, std, t0 = self.posterior(batch)
+        k = self.num_samples
+        eps = torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device)
+        z0 = mu + std * eps  # (K, B, D)
+
+        parts = [ctx, tgt] if self.reconstruct_context else [tgt]
+        # rows with an empty part get that part's (padding) times at t0: they are masked anyway
+        times = torch.cat(
+            [torch.where((p.lengths > 0).unsqueeze(1), p.times, t0.unsqueeze(1)) for p in parts], dim=1
+        )
+        values = torch.cat([p.values for p in parts], dim=1)
+        mask = torch.cat([p.mask for p in parts], dim=1)
+        sorted_times, order = torch.sort(times, dim=1, stable=True)
+        self._check_times(sorted_times, t0, "compute_loss")
+        z, lam_int = self.solve_latent(z0, t0, sorted_times)  # z (K, B, N, D) in sorted order
+        inverse = torch.argsort(order, dim=1)
+        z = torch.gather(z, 2, inverse.view(1, *inverse.shape, 1).expand(k, -1, -1, z.shape[-1]))
+        x_hat = self.decoder(z)  # (K, B, N, C) in concatenation order
+
+        recon = gaussian_loglik(values, x_hat, self.log_obs_std, mask)  # (K, B)
+        loglik = recon
+        logs: dict[str, Tensor] = {}
+        if self.poisson:
+            assert lam_int is not None and self.augmented_func is not None
+            log_lam = torch.log(F.softplus(self.intensity_net(z)) + 1e-8)  # (K, B, N, C)
+            integral = lam_int[:, :, -1]  # window [t0, last time of the row] (sorted: last col)
+            obs_ll = poisson_loglik(log_lam, mask, integral)  # (K, B)
+            loglik = loglik + obs_ll
+            logs["obs_time_loglik"] = obs_ll.mean()
+
+        prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        post = torch.distributions.Normal(mu, std)
+        beta = self.kl_weight()
+        kl = torch.distributions.kl_divergence(post, prior).sum(-1)  # (B,)
+        if self.iwae:
+            log_ratio = prior.log_prob(z0).sum(-1) - post.log_prob(z0).sum(-1)  # (K, B)
+            log_w = loglik + beta * log_ratio
+            bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+        else:
+            bound = loglik.mean(0) - beta * kl
+        n_obs = mask.sum().clamp_min(1)
+        loss = -bound.sum() / n_obs
+
+        n_ctx = ctx.times.shape[1] if self.reconstruct_context else 0
+        prediction = x_hat[:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
+        logs.update(
+            elbo=(loglik.mean(0) - kl).mean(),
+            recon_loglik=recon.mean(0).sum() / n_obs,
+            kl=kl.mean(),
+            kl_weight=torch.tensor(beta),
+        )
+        return StepResult(loss, prediction, logs)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def sample_trajectories(
+        self, batch: IrregularBatch, times: Tensor, num_samples: int | None = None
+    ) -> dict[str, Tensor]:
+        """Decoded trajectories for ``num_samples`` draws of ``z0 ~ q``: ``samples (K, B, M, C)``
+        and, with ``poisson``, ``intensity (K, B, M, C)`` (observations per hour)."""
+        check_query_times(times, batch.batch_size)
+        mu, std, t0 = self.posterior(batch)
+        self._check_times(times, t0, "forecast")
+        k = num_samples or self.num_predict_samples
+        z0 = mu + std * torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device)
+        z, _ = self.solve_latent(z0, t0, times)
+        out = {"samples": self.decoder(z)}
+        if self.poisson:
+            out["intensity"] = F.softplus(self.intensity_net(z))
+        return out
+
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        """Predictive mean, samples and quantiles at ``times (B, M)`` (``>=`` first context time).
+
+        Returns ``mean (B, M, C)``, ``samples (K, B, M, C)`` (decoded means of sampled
+        trajectories, no observation noise), ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``,
+        ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
+        """
+        out = self.sample_trajectories(batch, times)
+        samples = out["samples"]
+        levels = torch.tensor(self.quantile_levels, dtype=samples.dtype, device=samples.device)
+        result = {
+            "mean": samples.mean(0),
+            "samples": samples,
+            "quantiles": torch.quantile(samples, levels, dim=0),
+            "quantile_levels": levels,
+            "obs_std": self.log_obs_std.detach().exp(),
+        }
+        if "intensity" in out:
+            result["intensity"] = out["intensity"].mean(0)
+        return result
