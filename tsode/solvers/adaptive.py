@@ -131,7 +131,6 @@ def solve_adaptive(
     min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
     output_values: list[Tensor] = []
     output_columns: list[Tensor] = []
-    dummy_column = torch.full_like(next_output, n)
 
     finished = bool(done.all())
     while not finished:
@@ -175,15 +174,18 @@ def solve_adaptive(
                 [num_new_outputs.max(), done_next.all().long(), failed.any().long()]
             ).tolist()
 
-        # Dense output for the outputs that fall inside the accepted steps.
-        for k in range(int(max_new)):
-            column = next_output + k
-            valid = k < num_new_outputs
-            t_out = offsets.gather(1, column.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
-            safe_h = torch.where(valid, h_signed, torch.ones_like(h_signed))
-            theta = torch.where(valid, (t_out - t) / safe_h, torch.zeros_like(t_out))
-            output_values.append(dense_evaluate(tableau, y, safe_h, stages, theta))
-            output_columns.append(torch.where(valid, column, dummy_column))
+        # Dense output for the outputs that fall inside the accepted steps, all at once.
+        if max_new > 0:
+            ks = torch.arange(int(max_new), device=y0.device)
+            columns = next_output.unsqueeze(1) + ks  # (B, m)
+            valid = ks.unsqueeze(0) < num_new_outputs.unsqueeze(1)
+            t_out = offsets.gather(1, columns.clamp(max=n - 1))
+            safe_h = torch.where(accept, h_signed, torch.ones_like(h_signed))
+            theta = torch.where(valid, (t_out - t.unsqueeze(1)) / safe_h.unsqueeze(1), 0.0)
+            output_values.append(
+                dense_evaluate(tableau, y, safe_h, torch.stack(stages, dim=1), theta)
+            )
+            output_columns.append(torch.where(valid, columns, n))
 
         accept_col = accept.unsqueeze(-1)
         y = torch.where(accept_col, y_new, y)
@@ -225,14 +227,14 @@ def _shifted(func: VectorField, start: Tensor, state_dtype: torch.dtype) -> Vect
 def _assemble_outputs(
     y0: Tensor, n: int, num_initial: Tensor, values: list[Tensor], columns: list[Tensor]
 ) -> Tensor:
-    """Scatter dense outputs (each (B, D) with its column (B,)) into (B, n, D).
+    """Scatter dense outputs (each (B, m, D) with columns (B, m)) into (B, n, D).
 
     Invalid writes go to a dummy column n that is dropped; outputs at the start time are y0.
     """
     batch, dim = y0.shape
     if values:
-        stacked = torch.stack(values, dim=1)
-        index = torch.stack(columns, dim=1).unsqueeze(-1).expand(-1, -1, dim)
+        stacked = torch.cat(values, dim=1)
+        index = torch.cat(columns, dim=1).unsqueeze(-1).expand(-1, -1, dim)
         buffer = y0.new_zeros(batch, n + 1, dim).scatter(1, index, stacked)[:, :n]
     else:
         buffer = y0.new_zeros(batch, n, dim)

@@ -86,6 +86,7 @@ def _adjoint_backward(options: AdjointOptions, t_eval, ys, grad_ys, params):
     grad_t = torch.zeros_like(t_eval)
     grad_params = [torch.zeros_like(p) for p in params]
     total_nfe = 0
+    step_hint: list[float] = []  # last accepted backward step, in time units, carried over
     with torch.no_grad():
         for j in range(n - 1, 0, -1):
             t_j = t_eval[:, j]
@@ -95,7 +96,7 @@ def _adjoint_backward(options: AdjointOptions, t_eval, ys, grad_ys, params):
             delta = t_j - t_eval[:, j - 1]
             if bool((delta != 0).any()):
                 adjoint, param_increments, nfe = _solve_interval(
-                    options, ys[:, j], adjoint, t_j, delta, params
+                    options, ys[:, j], adjoint, t_j, delta, params, step_hint
                 )
                 total_nfe += nfe
                 for acc, inc in zip(grad_params, param_increments):
@@ -138,8 +139,12 @@ class _AugmentedField:
         return torch.cat([-delta.unsqueeze(-1) * f.detach(), vjp_y], dim=-1)
 
 
-def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params):
-    """Integrate [y, a] back across one interval and accumulate the parameter gradient."""
+def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, step_hint):
+    """Integrate [y, a] back across one interval and accumulate the parameter gradient.
+
+    ``step_hint`` holds the last accepted step in time units (empty before the first interval,
+    which then uses the initial-step heuristic); it is updated in place.
+    """
     tableau = options.tableau
     dim = y_j.shape[-1]
     field = _AugmentedField(options.func, params, t_j, delta, dim)
@@ -168,14 +173,18 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params):
     k1 = field(s.to(z.dtype), z)
     first_terms = field.param_terms.pop()
     nfe += 1
-    ones = torch.ones_like(s)
-    h = float(
-        initial_step_size(
-            field, s, z, k1, ones, ones, tableau.order, options.rtol, options.atol
-        ).min()
-    )
-    field.param_terms.clear()
-    nfe += 1
+    span = float(delta.abs().max())
+    if step_hint:
+        h = step_hint[0] / span
+    else:
+        ones = torch.ones_like(s)
+        h = float(
+            initial_step_size(
+                field, s, z, k1, ones, ones, tableau.order, options.rtol, options.atol
+            ).min()
+        )
+        field.param_terms.clear()
+        nfe += 1
     h = min(max(h, 1e-6), 1.0)
     position = 0.0
     previous_ratio = torch.ones((), dtype=s.dtype)
@@ -195,7 +204,8 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params):
         )
         nfe += evaluations
         steps += 1
-        ratio = error_ratio(error, z, z_new, options.rtol, options.atol).max()
+        # RMS over the batch: the parameter gradient sums the rows' contributions.
+        ratio = error_ratio(error, z, z_new, options.rtol, options.atol).pow(2).mean().sqrt()
         finite = bool(torch.isfinite(ratio)) and bool(torch.isfinite(z_new).all())
         accepted = finite and float(ratio) <= 1.0
         if accepted:
@@ -214,6 +224,8 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params):
         if accepted:
             previous_ratio = ratio.to(s.dtype).clamp(min=1e-4)
         h = h_try * float(factor)
+        if accepted:
+            step_hint[:] = [h * span]
         if not last or not accepted:
             if h < 4 * torch.finfo(s.dtype).eps:
                 reason = "non-finite adjoint state" if not finite else "step size underflow"

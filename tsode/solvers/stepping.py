@@ -67,27 +67,21 @@ def error_ratio(error: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float)
     return (error / scale).pow(2).mean(dim=-1).sqrt()
 
 
-def dense_weights(tableau: ButcherTableau, theta: Tensor) -> list[Tensor]:
-    """Dense-output stage weights w_i(theta) for theta (B,); see ``tableaus`` module docstring."""
-    weights = []
-    for coefficients in tableau.dense:
-        w = torch.zeros_like(theta)
-        power = theta
-        for coefficient in coefficients:
-            if coefficient != 0.0:
-                w = w + coefficient * power
-            power = power * theta
-        weights.append(w)
-    return weights
-
-
 def dense_evaluate(
-    tableau: ButcherTableau, y0: Tensor, h: Tensor, stages: list[Tensor], theta: Tensor
+    tableau: ButcherTableau, y0: Tensor, h: Tensor, stages: Tensor, theta: Tensor
 ) -> Tensor:
-    """State at ``t + theta * h`` within an accepted step: y0 (B, D), h, theta (B,) -> (B, D)."""
-    weights = dense_weights(tableau, theta.to(y0.dtype))
-    total = None
-    for w, k in zip(weights, stages):
-        term = w.unsqueeze(-1) * k
-        total = term if total is None else total + term
-    return y0 + h.to(y0.dtype).unsqueeze(-1) * total
+    """States at ``t + theta * h`` within a step, for several theta per row at once.
+
+    Args:
+        y0: (B, D) state at the start of the step; h: (B,) signed step.
+        stages: (B, s, D) the step's stage derivatives, stacked.
+        theta: (B, m) fractions of the step in [0, 1].
+    Returns:
+        (B, m, D): y0 + h * sum_i w_i(theta) k_i.
+    """
+    coefficients = torch.tensor(tableau.dense, dtype=y0.dtype, device=y0.device)  # (s, P)
+    powers = torch.stack(
+        [theta.to(y0.dtype) ** (p + 1) for p in range(coefficients.shape[1])], dim=-1
+    )  # (B, m, P)
+    weights = powers @ coefficients.T  # (B, m, s)
+    return y0.unsqueeze(1) + h.to(y0.dtype)[:, None, None] * (weights @ stages)
