@@ -27,7 +27,7 @@ from torch import Tensor
 
 from tsode.solvers.adaptive import initial_step_size, step_size_factor
 from tsode.solvers.fixed import uniform_step_count
-from tsode.solvers.solution import Solution, SolverError, SolverStats
+from tsode.solvers.solution import Solution, SolverError
 from tsode.solvers.stepping import VectorField, error_ratio, rk_step
 from tsode.solvers.tableaus import ButcherTableau
 
@@ -45,7 +45,6 @@ class AdjointOptions:
     max_steps: int
     num_params: int
     stats: list = field(default_factory=list)  # receives the forward SolverStats
-    backward_nfe: list = field(default_factory=list)  # receives the backward NFE per call
 
 
 class _AdjointSolve(torch.autograd.Function):
@@ -63,7 +62,7 @@ class _AdjointSolve(torch.autograd.Function):
         options: AdjointOptions = ctx.options
         t_eval, ys, *params = ctx.saved_tensors
         grad_y0, grad_t, grad_params, nfe = _adjoint_backward(options, t_eval, ys, grad_ys, params)
-        options.backward_nfe.append(nfe)
+        options.stats[-1].nfe_backward += nfe
         return (grad_y0, grad_t, None, *grad_params)
 
 
@@ -234,9 +233,3 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
                     f"ending at t={float(t_j.max()):.6g} (fraction {position:.3g} done)"
                 )
     return z[:, dim:], increments, nfe
-
-
-def empty_stats(batch: int, device) -> SolverStats:
-    """Stats placeholder before the forward pass has run."""
-    zeros = torch.zeros(batch, dtype=torch.long, device=device)
-    return SolverStats(0, zeros, zeros, zeros, zeros)

@@ -36,6 +36,8 @@ class SolverStats:
         num_accepted: (B,) long, accepted steps per row.
         num_rejected: (B,) long, rejected steps per row.
         status: (B,) long, a :class:`Status` code per row.
+        nfe_backward: evaluations of the adjoint backward pass (vector field + its vector-Jacobian
+            product), filled in when gradients are computed with ``adjoint=True``.
     """
 
     nfe: int
@@ -43,6 +45,7 @@ class SolverStats:
     num_accepted: Tensor
     num_rejected: Tensor
     status: Tensor
+    nfe_backward: int = 0
 
     @property
     def success(self) -> bool:
