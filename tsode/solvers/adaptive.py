@@ -80,7 +80,7 @@ def solve_adaptive(
     rtol: float,
     atol: float,
     max_steps: int,
-    first_step: float | None = None,
+    first_step: float | Tensor | None = None,
     throw: bool = True,
 ) -> Solution:
     """Integrate ``y0`` (B, D) over per-row output times ``t_eval`` (B, n) with ``tableau``.
@@ -114,7 +114,8 @@ def solve_adaptive(
     f0 = field(t, y0)
     nfe = 1
     if first_step is not None:
-        h_abs = torch.full_like(t0, float(first_step))
+        h_abs = torch.as_tensor(first_step, dtype=time_dtype, device=t0.device)
+        h_abs = h_abs.detach().abs().expand_as(t0).clone()
     else:
         h_abs = initial_step_size(
             field, t0, y0.detach(), f0.detach(), direction, span, tableau.order, rtol, atol
@@ -154,7 +155,10 @@ def solve_adaptive(
             num_new_outputs = new_next_output - next_output
 
             factor = step_size_factor(ratio, previous_ratio, accept, finite, tableau.error_order)
-            h_abs = torch.where(active, h_try * factor, h_abs)
+            proposed = h_try * factor
+            # A step shortened to land on the end says little about the next step size.
+            proposed = torch.where(accept & last, torch.maximum(proposed, h_abs), proposed)
+            h_abs = torch.where(active, proposed, h_abs)
             previous_ratio = torch.where(accept, ratio.clamp(min=1e-4), previous_ratio)
             num_steps += active.long()
             num_accepted += accept.long()
@@ -210,6 +214,7 @@ def solve_adaptive(
         num_accepted=num_accepted,
         num_rejected=num_steps - num_accepted,
         status=status,
+        next_step=h_abs,
     )
     return Solution(ys=ys, ts=offsets + start.unsqueeze(1), stats=stats)
 

@@ -28,7 +28,7 @@ def odeint(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     step_size: float | None = None,
-    first_step: float | None = None,
+    first_step: float | Tensor | None = None,
     max_steps: int = 10_000,
     adjoint: bool = False,
     adjoint_rtol: float | None = None,
@@ -51,7 +51,9 @@ def odeint(
         rtol, atol: error tolerances of adaptive methods.
         step_size: fixed-step methods only: largest step, in time units (one step per output
             interval when None). Output times are always hit exactly.
-        first_step: adaptive methods only: initial step size (default: Hairer's heuristic).
+        first_step: adaptive methods only: initial step size, a float or per row (B,) (default:
+            Hairer's heuristic, one extra evaluation). ``Solution.stats.next_step`` of a previous
+            solve is a good value when solves are chained (e.g. between observations).
         max_steps: per-row bound on attempted steps; exceeding it raises ``SolverError``.
         adjoint: compute gradients with the continuous adjoint (O(1) memory in the number of
             steps) instead of backpropagating through the solver's operations.
@@ -187,7 +189,7 @@ class SolverConfig:
         *,
         return_solution: bool = False,
         adjoint_params: tuple[Tensor, ...] | list[Tensor] | None = None,
-        first_step: float | None = None,
+        first_step: float | Tensor | None = None,
     ) -> Tensor | Solution:
         """``odeint`` with these options; see :func:`odeint` for shapes."""
         return odeint(

@@ -38,6 +38,9 @@ class SolverStats:
         status: (B,) long, a :class:`Status` code per row.
         nfe_backward: evaluations of the adjoint backward pass (vector field + its vector-Jacobian
             product), filled in when gradients are computed with ``adjoint=True``.
+        next_step: (B,) the step size the controller proposes after the last accepted step
+            (time units, positive) -- pass it as ``first_step`` to a follow-on solve to skip
+            the initial-step heuristic; None for fixed-step methods.
     """
 
     nfe: int
@@ -46,6 +49,7 @@ class SolverStats:
     num_rejected: Tensor
     status: Tensor
     nfe_backward: int = 0
+    next_step: Tensor | None = None
 
     @property
     def success(self) -> bool:
