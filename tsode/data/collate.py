@@ -107,6 +107,8 @@ class SeriesDataset(Dataset):
             )
         self.table = table
         self.task = task
+        self.normalizer = normalizer
+        self.static_normalizer = static_normalizer
         self.assignment: TaskAssignment = assign_task(table, task, seed_offset)
         usable = self.assignment.usable
         if keep_unusable:

@@ -50,7 +50,7 @@ class TableSpec:
     """How to read a table (column names, format, units, policies).
 
     Attributes:
-        format: ``"long"``, ``"wide"`` or ``"auto"`` (long if channel and value columns exist).
+        format: ``"long"``, ``"wide"`` or ``"auto"`` (long if the channel column exists).
         id_col / time_col: series identifier and time columns.
         channel_col / value_col: long format variable-name and value columns.
         value_cols: wide format channel columns (default: every column that is not id, time,
@@ -256,11 +256,8 @@ def table_from_frame(
     loc = _Locator(source, frame, spec.id_col)
     fmt = spec.format
     if fmt == "auto":
-        fmt = (
-            "long"
-            if spec.channel_col in frame.columns and spec.value_col in frame.columns
-            else "wide"
-        )
+        # a channel-name column means long format (then the value column is required)
+        fmt = "long" if spec.channel_col in frame.columns else "wide"
     _require_columns(frame, [spec.id_col, spec.time_col], source, "id/time")
     _require_columns(frame, spec.static_cols, source, "static")
     if spec.label_col is not None:
