@@ -250,37 +250,56 @@ class LatentODE(IrregularModel):
         return min(1.0, (self.global_step + 1) / self.kl_warmup_steps)
 
     # ------------------------------------------------------------------ objective
-    def compute_loss(self, batch: IrregularBatch) -> StepResult:
-        ctx, tgt = batch.context, batch.target
-        mu, std, t0 = self.posterior(batch)
-        k = self.num_samples
-        eps = torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device)
-        z0 = mu + std * eps  # (K, B, D)
+    def sample_eps(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard normal noise for the reparameterisation (overridable in tests)."""
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
 
+    def likelihood_terms(self, batch: IrregularBatch, z0: Tensor, t0: Tensor) -> dict[str, Tensor]:
+        """Per-sample log-likelihood terms of the likelihood points given ``z0 (K, B, D)`` at ``t0``.
+
+        Likelihood points: the context (if ``reconstruct_context``) and the target, merged and
+        sorted per series. Returns ``recon (K, B)`` (Gaussian, summed over observed entries),
+        ``obs_time (K, B)`` (Poisson observation-time log-likelihood over the window from ``t0`` to
+        the series' last likelihood point; only with ``poisson``), ``x_hat (K, B, N, C)`` decoded
+        means in concatenation order (context first) and ``num_observed`` (scalar).
+        """
+        ctx, tgt = batch.context, batch.target
+        k = z0.shape[0]
         parts = [ctx, tgt] if self.reconstruct_context else [tgt]
         # rows with an empty part get that part's (padding) times at t0: they are masked anyway
         times = torch.cat(
             [torch.where((p.lengths > 0).unsqueeze(1), p.times, t0.unsqueeze(1)) for p in parts], dim=1
         )
         values = torch.cat([p.values for p in parts], dim=1)
-        mask = torch.cat([p.mask for p in parts], dim=1)
+        mask = torch.cat([p.mask & p.time_mask.unsqueeze(-1) for p in parts], dim=1)
         sorted_times, order = torch.sort(times, dim=1, stable=True)
         self._check_times(sorted_times, t0, "compute_loss")
         z, lam_int = self.solve_latent(z0, t0, sorted_times)  # z (K, B, N, D) in sorted order
         inverse = torch.argsort(order, dim=1)
         z = torch.gather(z, 2, inverse.view(1, *inverse.shape, 1).expand(k, -1, -1, z.shape[-1]))
         x_hat = self.decoder(z)  # (K, B, N, C) in concatenation order
-
-        recon = gaussian_loglik(values, x_hat, self.log_obs_std, mask)  # (K, B)
-        loglik = recon
-        logs: dict[str, Tensor] = {}
+        out = {
+            "recon": gaussian_loglik(values, x_hat, self.log_obs_std, mask),
+            "x_hat": x_hat,
+            "num_observed": mask.sum(),
+        }
         if self.poisson:
-            assert lam_int is not None and self.augmented_func is not None
+            assert lam_int is not None
             log_lam = torch.log(F.softplus(self.intensity_net(z)) + 1e-8)  # (K, B, N, C)
             integral = lam_int[:, :, -1]  # window [t0, last time of the row] (sorted: last col)
-            obs_ll = poisson_loglik(log_lam, mask, integral)  # (K, B)
-            loglik = loglik + obs_ll
-            logs["obs_time_loglik"] = obs_ll.mean()
+            out["obs_time"] = poisson_loglik(log_lam, mask, integral)
+        return out
+
+    def compute_loss(self, batch: IrregularBatch) -> StepResult:
+        mu, std, t0 = self.posterior(batch)
+        k = self.num_samples
+        z0 = mu + std * self.sample_eps((k, *mu.shape), mu)  # (K, B, D)
+        terms = self.likelihood_terms(batch, z0, t0)
+        loglik = terms["recon"]
+        logs: dict[str, Tensor] = {}
+        if self.poisson:
+            loglik = loglik + terms["obs_time"]
+            logs["obs_time_loglik"] = terms["obs_time"].mean()
 
         prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
         post = torch.distributions.Normal(mu, std)
@@ -288,18 +307,17 @@ class LatentODE(IrregularModel):
         kl = torch.distributions.kl_divergence(post, prior).sum(-1)  # (B,)
         if self.iwae:
             log_ratio = prior.log_prob(z0).sum(-1) - post.log_prob(z0).sum(-1)  # (K, B)
-            log_w = loglik + beta * log_ratio
-            bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+            bound = torch.logsumexp(loglik + beta * log_ratio, dim=0) - math.log(k)
         else:
             bound = loglik.mean(0) - beta * kl
-        n_obs = mask.sum().clamp_min(1)
+        n_obs = terms["num_observed"].clamp_min(1)
         loss = -bound.sum() / n_obs
 
-        n_ctx = ctx.times.shape[1] if self.reconstruct_context else 0
-        prediction = x_hat[:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
+        n_ctx = batch.context.times.shape[1] if self.reconstruct_context else 0
+        prediction = terms["x_hat"][:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
         logs.update(
             elbo=(loglik.mean(0) - kl).mean(),
-            recon_loglik=recon.mean(0).sum() / n_obs,
+            recon_loglik=terms["recon"].mean(0).sum() / n_obs,
             kl=kl.mean(),
             kl_weight=torch.tensor(beta),
         )
@@ -316,7 +334,7 @@ class LatentODE(IrregularModel):
         mu, std, t0 = self.posterior(batch)
         self._check_times(times, t0, "forecast")
         k = num_samples or self.num_predict_samples
-        z0 = mu + std * torch.randn(k, *mu.shape, dtype=mu.dtype, device=mu.device)
+        z0 = mu + std * self.sample_eps((k, *mu.shape), mu)
         z, _ = self.solve_latent(z0, t0, times)
         out = {"samples": self.decoder(z)}
         if self.poisson:

@@ -1,0 +1,110 @@
+"""Latent ODE: ELBO / IWAE terms, KL annealing, Poisson observation-time likelihood."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_models_properties import build
+
+from tsode.models.latent_ode import LatentODE, gaussian_loglik, poisson_loglik
+
+
+def test_poisson_loglik_equals_closed_form_for_constant_intensity(forecast_batch):
+    model = build("latent_ode")  # poisson=True
+    rates = torch.tensor([0.5, 2.0, 1.3])
+    last = model.intensity_net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.log(torch.expm1(rates)))  # softplus(bias) = rates
+    mu, std, t0 = model.posterior(forecast_batch)
+    z0 = (mu + std * torch.randn(2, *mu.shape)).detach()
+    terms = model.likelihood_terms(forecast_batch, z0, t0)
+
+    ctx, tgt = forecast_batch.context, forecast_batch.target
+    expected = []
+    for b in range(forecast_batch.batch_size):
+        n_c, n_t = int(ctx.lengths[b]), int(tgt.lengths[b])
+        counts = ctx.mask[b, :n_c].sum(0) + tgt.mask[b, :n_t].sum(0)  # events per channel
+        t_end = max(ctx.times[b, n_c - 1], tgt.times[b, n_t - 1])
+        window = float(t_end - ctx.times[b, 0])
+        expected.append(float((counts * rates.log()).sum() - rates.sum() * window))
+    expected_t = torch.tensor(expected).expand(2, -1)
+    torch.testing.assert_close(terms["obs_time"], expected_t, rtol=1e-4, atol=1e-4)
+
+
+def test_poisson_loglik_function():
+    log_lam = torch.log(torch.tensor([[[1.0, 2.0], [3.0, 4.0]]]))  # (B=1, N=2, C=2)
+    mask = torch.tensor([[[True, False], [True, True]]])
+    integral = torch.tensor([[0.5, 1.5]])
+    out = poisson_loglik(log_lam, mask, integral)
+    torch.testing.assert_close(out, torch.tensor([math.log(1.0) + math.log(3.0) + math.log(4.0) - 2.0]))
+
+
+def test_gaussian_loglik_matches_torch_distribution():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=gen)
+    mean = torch.randn(4, 2, 5, 3, generator=gen)
+    log_std = torch.tensor([-1.0, 0.0, 0.5])
+    mask = torch.rand(2, 5, 3, generator=gen) < 0.5
+    ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(x)
+    expected = (ref * mask).sum(dim=(-1, -2))
+    torch.testing.assert_close(gaussian_loglik(x, mean, log_std, mask), expected)
+
+
+@pytest.mark.parametrize("iwae", [False, True])
+@pytest.mark.parametrize("poisson", [False, True])
+def test_elbo_terms_finite(forecast_batch, iwae, poisson):
+    model = build("latent_ode", iwae=iwae, poisson=poisson)
+    model.train()
+    result = model.compute_loss(forecast_batch)
+    assert torch.isfinite(result.loss)
+    for key, value in result.logs.items():
+        assert torch.isfinite(value), key
+    assert result.logs["kl"] >= 0
+    assert ("obs_time_loglik" in result.logs) == poisson
+    assert result.prediction.shape == forecast_batch.target.values.shape
+
+
+def test_iwae_bound_is_at_least_the_sampled_elbo(forecast_batch):
+    """With the same K samples, log-mean-exp of the weights >= mean of the log weights."""
+    model = build("latent_ode", iwae=True, num_samples=5)
+    model.eval()
+    with torch.no_grad():
+        iwae_loss = model.compute_loss(forecast_batch).loss
+        mu, std, t0 = model.posterior(forecast_batch)
+        z0 = mu + std * model.sample_eps((5, *mu.shape), mu)
+        terms = model.likelihood_terms(forecast_batch, z0, t0)
+        prior = torch.distributions.Normal(0.0, 1.0)
+        post = torch.distributions.Normal(mu, std)
+        log_w = terms["recon"] + terms["obs_time"] + prior.log_prob(z0).sum(-1) - post.log_prob(z0).sum(-1)
+        sampled_elbo_loss = -log_w.mean(0).sum() / terms["num_observed"]
+    assert iwae_loss <= sampled_elbo_loss + 1e-6
+    assert iwae_loss < sampled_elbo_loss  # strict for non-degenerate weights
+
+
+def test_kl_annealing_weight():
+    model = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, kl_warmup_steps=10)
+    model.train()
+    assert model.kl_weight() == pytest.approx(0.1)  # global_step 0 -> first step
+    model.eval()
+    assert model.kl_weight() == 1.0
+    assert LatentODE(num_channels=2, latent_dim=2, rec_dim=3).train().kl_weight() == 1.0
+
+
+def test_learned_obs_std_is_a_parameter_and_fixed_is_not():
+    learned = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, learn_obs_std=True, obs_std=0.2)
+    fixed = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, obs_std=0.2)
+    assert "log_obs_std" in dict(learned.named_parameters())
+    assert "log_obs_std" not in dict(fixed.named_parameters())
+    torch.testing.assert_close(fixed.log_obs_std.exp(), torch.full((2,), 0.2))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="grid"):
+        LatentODE(num_channels=2, grid="bogus")
+    with pytest.raises(ValueError, match="obs_std"):
+        LatentODE(num_channels=2, obs_std=0.0)
+    with pytest.raises(ValueError, match="quantile_levels"):
+        LatentODE(num_channels=2, quantile_levels=[0.5, 1.5])
