@@ -2,7 +2,8 @@
 
 Works on the tidy tables the user surface produces (see `tsode.forecast_table`):
 
-    observed  columns ``series_id, time, channel, value``           (one row per observation)
+    observed  columns ``series_id, time, channel, value[, part]``   (one row per observation;
+              ``part`` = ``"context"`` / ``"target"`` draws held-out targets as hollow points)
     forecast  columns ``series_id, time, channel, mean[, q<level>...]`` (one row per prediction)
 
 Figures are drawn with matplotlib's non-interactive Agg backend, so plotting works on
@@ -133,7 +134,14 @@ def plot_forecast(
                 )
             if not fc.empty:
                 ax.plot(fc["time"], fc["mean"], color="tab:blue", lw=1.5, label="predicted mean")
-            if not obs.empty:
+            if not obs.empty and "part" in obs.columns:
+                context = obs[obs["part"] != "target"]
+                target = obs[obs["part"] == "target"]
+                ax.scatter(context["time"], context["value"], s=10, color="black", zorder=3,
+                           label="observed (context)")
+                ax.scatter(target["time"], target["value"], s=14, facecolors="none",
+                           edgecolors="tab:red", zorder=3, label="observed (target)")
+            elif not obs.empty:
                 ax.scatter(
                     obs["time"], obs["value"], s=10, color="black", zorder=3, label="observed"
                 )

@@ -1,0 +1,850 @@
+"""``Forecaster``: fit / predict / evaluate / save / load on pandas DataFrames.
+
+    from tsode import Forecaster
+
+    fc = Forecaster("latent_ode", latent_dim=16, trainer_kwargs={"max_epochs": 30})
+    fc.fit(df, task="forecast", cutoff=24.0)            # df: long or wide table (tsode.data)
+    forecast = fc.predict(df, horizon=24.0, quantiles=(0.1, 0.9))
+    metrics = fc.evaluate(test_df)
+    fc.save("my_forecaster"); fc = Forecaster.load("my_forecaster")
+
+Everything a trained forecaster needs to turn a new table into predictions travels with it
+(:class:`FittedData`: the table spec, channels, static covariates, per-channel normalizers,
+time axis and task), so ``predict`` and ``evaluate`` never need the training data.
+
+Output tables are tidy, one row per (series, time, channel), in original units and in the
+input's time representation: ``series_id, time, channel, mean[, q<level> ...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tsode.data import (
+    IrregularBatch,
+    Normalizer,
+    SeriesDataset,
+    SeriesTable,
+    TableDataModule,
+    TableSpec,
+    TaskConfig,
+    TimeAxis,
+    read_table,
+    table_from_frame,
+    values_to_frame,
+)
+from tsode.data.series import DataValidationError
+from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SAVE_FILE = "forecaster.pt"
+CONFIG_FILE = "config.yaml"
+MONITOR = "val/mse"
+#: Constructor arguments a model may take from the data (filled in automatically when accepted).
+DATA_DERIVED_ARGS = ("num_channels", "num_static", "channel_means", "channel_stds")
+
+
+# ---------------------------------------------------------------------- fitted data state
+
+
+@dataclass
+class FittedData:
+    """What turns a new table into model inputs exactly as during training.
+
+    Attributes:
+        spec: column names / format / units of input tables.
+        channels: C channel names, in model order.
+        static_names: S static covariate names (may be empty).
+        normalizer: per-channel normalizer fitted on the training split.
+        static_normalizer: normalizer of the static covariates, or None.
+        time_axis: maps the table's time column to hours and back.
+        task: the training task (used by ``evaluate``).
+        default_horizon: hours forecast by default (e.g. by the MLflow pyfunc model).
+    """
+
+    spec: TableSpec
+    channels: list[str]
+    static_names: list[str]
+    normalizer: Normalizer
+    static_normalizer: Normalizer | None
+    time_axis: TimeAxis
+    task: TaskConfig
+    default_horizon: float
+
+    @classmethod
+    def from_datamodule(cls, datamodule: Any) -> FittedData:
+        """Collect the fitted state of any tsode data module (set up if needed)."""
+        state = datamodule.state_dict()
+        spec_state = state.get("table_spec")
+        spec = TableSpec(**spec_state) if spec_state else TableSpec(format="long")
+        task = TaskConfig(**state["task"])
+        span = None
+        summary = getattr(datamodule, "summary", None)
+        if summary is not None and hasattr(summary, "time_span_hours"):
+            span = float(summary.time_span_hours.get("median", 0.0)) or None
+        return cls(
+            spec=spec,
+            channels=list(state["channels"]),
+            static_names=list(state.get("static_names") or []),
+            normalizer=Normalizer.from_state_dict(state["normalizer"]),
+            static_normalizer=(
+                Normalizer.from_state_dict(state["static_normalizer"])
+                if state.get("static_normalizer")
+                else None
+            ),
+            time_axis=TimeAxis.from_state_dict(state["time_axis"]),
+            task=task,
+            default_horizon=_default_horizon(task, span),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.state_dict(),
+            "channels": list(self.channels),
+            "static_names": list(self.static_names),
+            "normalizer": self.normalizer.state_dict(),
+            "static_normalizer": (
+                None if self.static_normalizer is None else self.static_normalizer.state_dict()
+            ),
+            "time_axis": self.time_axis.state_dict(),
+            "task": self.task.state_dict(),
+            "default_horizon": self.default_horizon,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> FittedData:
+        return cls(
+            spec=TableSpec(**state["spec"]),
+            channels=list(state["channels"]),
+            static_names=list(state["static_names"]),
+            normalizer=Normalizer.from_state_dict(state["normalizer"]),
+            static_normalizer=(
+                None
+                if state["static_normalizer"] is None
+                else Normalizer.from_state_dict(state["static_normalizer"])
+            ),
+            time_axis=TimeAxis.from_state_dict(state["time_axis"]),
+            task=TaskConfig(**state["task"]),
+            default_horizon=float(state["default_horizon"]),
+        )
+
+    def table(self, source: Any) -> SeriesTable:
+        """Validate a DataFrame / CSV / Parquet table against the fitted channels and time axis.
+
+        Static covariate columns are read when the table has all of them; otherwise they are
+        unknown (filled with the training mean). Unknown channels raise ``DataValidationError``.
+        """
+        frame, name = read_table(source)
+        spec = self.spec
+        if self.static_names and all(c in frame.columns for c in self.static_names):
+            spec = dataclasses.replace(spec, static_cols=list(self.static_names))
+        elif spec.static_cols and not all(c in frame.columns for c in spec.static_cols):
+            spec = dataclasses.replace(spec, static_cols=[])
+        if spec.label_col is not None and spec.label_col not in frame.columns:
+            spec = dataclasses.replace(spec, label_col=None)
+        table = table_from_frame(
+            frame, spec, source=name, channels=self.channels, time_axis=self.time_axis
+        )
+        if self.static_names and table.num_static == 0:
+            table.static = np.full((table.num_series, len(self.static_names)), np.nan)
+            table.static_names = list(self.static_names)
+        return table
+
+    def dataset(self, table: SeriesTable, task: TaskConfig) -> SeriesDataset:
+        """Series of ``table`` under ``task`` (``kind="none"``: everything is context)."""
+        return SeriesDataset(
+            table.with_channels(self.channels),
+            task,
+            self.normalizer,
+            self.static_normalizer,
+            seed_offset=3,
+            keep_unusable=task.kind == "none",
+        )
+
+
+def _default_horizon(task: TaskConfig, median_span: float | None) -> float:
+    """Hours to forecast by default: the task's horizon, else what the task left to predict."""
+    if task.horizon is not None:
+        return float(task.horizon)
+    if median_span:
+        if task.kind == "forecast" and task.cutoff is not None and median_span > task.cutoff:
+            return float(median_span - task.cutoff)
+        fraction = task.cutoff_fraction if task.cutoff_fraction is not None else 0.5
+        return float(median_span * (1.0 - fraction))
+    return 24.0
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _resolve_model_class(model: str | type[pl.LightningModule]) -> type[pl.LightningModule]:
+    from tsode.models import MODELS
+
+    if isinstance(model, type):
+        return model
+    if model in MODELS:
+        return MODELS[model]
+    if "." in model:  # a class path
+        module_name, _, class_name = model.rpartition(".")
+        return getattr(importlib.import_module(module_name), class_name)
+    raise ValueError(f"unknown model {model!r}: choose one of {sorted(MODELS)} or pass a class path")
+
+
+def _model_name(cls: type) -> str:
+    from tsode.models import MODELS
+
+    for name, registered in MODELS.items():
+        if registered is cls:
+            return name
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _accepted_args(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _data_derived_kwargs(cls: type, data: FittedData) -> dict[str, Any]:
+    """num_channels / num_static / channel_means / channel_stds, where ``cls`` accepts them."""
+    values = {
+        "num_channels": len(data.channels),
+        "num_static": len(data.static_names),
+        "channel_means": [float(x) for x in data.normalizer.mean],
+        "channel_stds": [float(x) for x in data.normalizer.std],
+    }
+    accepted = _accepted_args(cls)
+    return {k: v for k, v in values.items() if k in accepted}
+
+
+def _plain(value: Any) -> Any:
+    """Config values for YAML (dataclasses as mappings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return _jsonable(value)
+
+
+def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Per-series query times -> ``(B, M)`` times padded with each row's last time + mask."""
+    width = max(max((len(r) for r in rows), default=0), 1)
+    times = np.zeros((len(rows), width), dtype=np.float64)
+    mask = np.zeros((len(rows), width), dtype=bool)
+    for i, row in enumerate(rows):
+        if len(row) == 0:
+            continue
+        times[i, : len(row)] = row
+        times[i, len(row) :] = row[-1]
+        mask[i, : len(row)] = True
+    return torch.from_numpy(times.astype(np.float32)), torch.from_numpy(mask)
+
+
+def _quantile_name(level: float) -> str:
+    return f"q{level:g}"
+
+
+# ---------------------------------------------------------------------- the forecaster
+
+
+class Forecaster:
+    """Train and use a tsode model on pandas tables.
+
+    Args:
+        model: a registered model name (``"latent_ode"``, ``"odernn"``, ``"ncde"``, ``"gru_dt"``,
+            ``"locf"``, ``"mean"``), a class path, a model class, or an already built module.
+        trainer_kwargs: extra ``lightning.Trainer`` options (override the defaults:
+            ``max_epochs=100``, progress bar, model summary, early stopping on ``val/mse``).
+        patience: early-stopping patience in epochs (None disables early stopping).
+        tracking: log the fit as an MLflow run (see ``docs/tracking.md``).
+        experiment_name / tracking_uri: MLflow experiment and store (default: the
+            ``MLFLOW_TRACKING_URI`` environment variable, else ``sqlite:///mlflow.db``).
+        work_dir: local directory for checkpoints.
+        seed: seeds weights and data splits.
+        verbose: print a short summary after fitting.
+        **model_kwargs: constructor arguments of the model (e.g. ``latent_dim=16``);
+            ``num_channels`` etc. are filled in from the data.
+    """
+
+    def __init__(
+        self,
+        model: str | type[pl.LightningModule] | pl.LightningModule = "latent_ode",
+        *,
+        trainer_kwargs: Mapping[str, Any] | None = None,
+        patience: int | None = 10,
+        tracking: bool = True,
+        experiment_name: str = "tsode",
+        tracking_uri: str | None = None,
+        work_dir: str | Path = "outputs",
+        seed: int = 0,
+        verbose: bool = True,
+        **model_kwargs: Any,
+    ) -> None:
+        if isinstance(model, pl.LightningModule):
+            self.module: pl.LightningModule | None = model
+            self.model_class: type[pl.LightningModule] = type(model)
+            if model_kwargs:
+                raise ValueError(
+                    f"model_kwargs {sorted(model_kwargs)} given with an already built module"
+                )
+        else:
+            self.module = None
+            self.model_class = _resolve_model_class(model)
+            unknown = set(model_kwargs) - _accepted_args(self.model_class)
+            if unknown:
+                raise TypeError(
+                    f"{self.model_class.__name__} has no argument(s) {sorted(unknown)}; it accepts "
+                    f"{sorted(_accepted_args(self.model_class) - {'self'})}"
+                )
+        self.model_kwargs = dict(model_kwargs)
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.patience = patience
+        self.tracking = tracking
+        self.experiment_name = experiment_name
+        self.tracking_uri = tracking_uri
+        self.work_dir = Path(work_dir)
+        self.seed = seed
+        self.verbose = verbose
+        self.data: FittedData | None = None
+        self.data_kwargs: dict[str, Any] = {}
+        self.run_id: str | None = None
+        self.fit_summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_trained(cls, module: pl.LightningModule, datamodule: Any) -> Forecaster:
+        """Wrap a trained module and the (set up) data module it was trained on."""
+        forecaster = cls(module, tracking=False, verbose=False)
+        forecaster.data = FittedData.from_datamodule(datamodule)
+        forecaster.module = module.eval()
+        return forecaster
+
+    @property
+    def model(self) -> pl.LightningModule:
+        """The trained module (raises if not fitted)."""
+        if self.module is None or self.data is None:
+            raise RuntimeError("this Forecaster is not fitted yet: call fit(df) or Forecaster.load")
+        return self.module
+
+    def _fitted(self) -> FittedData:
+        """The fitted data state (raises if not fitted)."""
+        _ = self.model
+        assert self.data is not None
+        return self.data
+
+    @property
+    def model_name(self) -> str:
+        return _model_name(self.model_class)
+
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration: model (class, arguments), data, trainer and fit options."""
+        hparams = dict(self.module.hparams) if self.module is not None else dict(self.model_kwargs)
+        return _plain(
+            {
+                "model": {
+                    "name": self.model_name,
+                    "class_path": f"{self.model_class.__module__}.{self.model_class.__qualname__}",
+                    "init_args": hparams,
+                },
+                "data": {
+                    **self.data_kwargs,
+                    **({"fitted": self.data.state_dict()} if self.data is not None else {}),
+                },
+                "trainer": self._trainer_options(),
+                "fit": {"patience": self.patience, "seed": self.seed, "monitor": MONITOR},
+            }
+        )
+
+    # ------------------------------------------------------------------ fit
+    def _trainer_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "max_epochs": 100,
+            "accelerator": "auto",
+            "devices": 1,
+            "enable_progress_bar": True,
+            "enable_model_summary": True,
+            "log_every_n_steps": 10,
+            "gradient_clip_val": 1.0,
+        }
+        options.update({k: v for k, v in self.trainer_kwargs.items() if k not in ("callbacks", "logger")})
+        return options
+
+    def _build_module(self, data: FittedData) -> pl.LightningModule:
+        if self.module is not None:
+            expected = len(data.channels)
+            got = getattr(self.module, "num_channels", expected)
+            if got != expected:
+                raise ValueError(
+                    f"the given module has num_channels={got} but the data has {expected} "
+                    f"channels ({data.channels})"
+                )
+            return self.module
+        kwargs = {**_data_derived_kwargs(self.model_class, data), **self.model_kwargs}
+        return self.model_class(**kwargs)
+
+    def fit(self, data: Any, **data_kwargs: Any) -> Forecaster:
+        """Train on a table: a DataFrame or CSV/Parquet path, long or wide format.
+
+        Args:
+            data: the training table (split by series into train/val; val drives early stopping
+                and checkpoint selection on ``val/mse``).
+            **data_kwargs: :class:`tsode.data.TableDataModule` options: column names
+                (``id_col``, ``time_col``, ``channel_col``, ``value_col``, ``value_cols``,
+                ``static_cols``), ``time_unit``, ``task`` (``"forecast"``, ``"extrapolation"``,
+                ``"interpolation"``), ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours),
+                ``split_fractions`` (default ``(0.8, 0.2, 0.0)``), ``batch_size``, ...
+
+        Returns:
+            self, with the best-validation weights loaded.
+        """
+        pl.seed_everything(self.seed, verbose=False)
+        options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
+        datamodule = TableDataModule(data, **options)
+        datamodule.setup("fit")
+        self.data_kwargs = _plain({k: v for k, v in options.items()})
+        self.data = FittedData.from_datamodule(datamodule)
+        module = self._build_module(self.data)
+        self.module = module
+
+        trainable = any(p.requires_grad for p in module.parameters())
+        options = self._trainer_options()
+        if not trainable:
+            options["max_epochs"] = 1  # parameter-free baselines: one pass for the metrics
+        checkpoint = ModelCheckpoint(
+            monitor=MONITOR, mode="min", save_top_k=1, filename="best-{epoch}"
+        )
+        callbacks: list[Callback] = [checkpoint]
+        if self.patience is not None and trainable:
+            callbacks.append(EarlyStopping(monitor=MONITOR, mode="min", patience=self.patience))
+        logger: MLflowLogger | bool = False
+        if self.tracking:
+            logger = MLflowLogger(
+                experiment_name=self.experiment_name,
+                tracking_uri=self.tracking_uri,
+                save_dir=str(self.work_dir),
+                run_name=f"forecaster-{self.model_name}",
+            )
+            callbacks.append(MLflowArtifacts())
+        callbacks.extend(self.trainer_kwargs.get("callbacks", []))
+        if "logger" in self.trainer_kwargs:
+            logger = self.trainer_kwargs["logger"]
+        trainer = pl.Trainer(
+            **options, callbacks=callbacks, logger=logger, default_root_dir=str(self.work_dir)
+        )
+        if isinstance(logger, MLflowLogger):
+            logger.log_config(self.config())
+            self.run_id = logger.run_id
+        trainer.fit(module, datamodule=datamodule)
+
+        best = checkpoint.best_model_path
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=False)
+            module.load_state_dict(state["state_dict"])
+        self.module = module.cpu().eval()
+        score = checkpoint.best_model_score
+        self.fit_summary = {
+            "model": self.model_name,
+            "num_series": self.data_summary(datamodule),
+            "epochs": trainer.current_epoch,
+            "best_val_mse": None if score is None else float(score),
+            "best_checkpoint": best or None,
+            "mlflow_run_id": self.run_id,
+            "tracking_uri": logger.tracking_uri if isinstance(logger, MLflowLogger) else None,
+        }
+        if self.verbose:
+            print(self._summary_text())
+        return self
+
+    @staticmethod
+    def data_summary(datamodule: TableDataModule) -> dict[str, int]:
+        return {name: len(ds) for name, ds in datamodule.datasets.items()}
+
+    def _summary_text(self) -> str:
+        s = self.fit_summary
+        n = s["num_series"]
+        lines = [
+            f"tsode: trained {s['model']} on {n.get('train', 0)} series "
+            f"({n.get('val', 0)} for validation), {len(self.data.channels)} channels, "
+            f"{s['epochs']} epochs",
+        ]
+        if s["best_val_mse"] is not None:
+            lines.append(f"       best val/mse (normalized units): {s['best_val_mse']:.4g}")
+        if s["mlflow_run_id"]:
+            lines.append(f"       MLflow run {s['mlflow_run_id']} in {s['tracking_uri']}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ predict
+    def _query_times(
+        self,
+        dataset: SeriesDataset,
+        horizon: float | None,
+        times: Any,
+        step: float | None,
+    ) -> list[np.ndarray]:
+        """Per-series query times in hours relative to each series' origin."""
+        table = dataset.table
+        indices = dataset.indices
+        if (horizon is None) == (times is None):
+            raise ValueError("predict: give exactly one of horizon= (hours) or times=")
+        if horizon is not None:
+            if not horizon > 0:
+                raise ValueError(f"predict: horizon must be > 0 hours, got {horizon}")
+            step = horizon / 24.0 if step is None else float(step)
+            if not step > 0:
+                raise ValueError(f"predict: step must be > 0 hours, got {step}")
+            count = max(1, int(math.floor(horizon / step + 1e-9)))
+            offsets = step * np.arange(1, count + 1)
+            last = table.times[table.offsets[indices + 1] - 1]
+            return [t + offsets for t in last]
+        spec = self.data.spec
+        if isinstance(times, pd.DataFrame):
+            for column in (spec.id_col, spec.time_col):
+                if column not in times.columns:
+                    raise ValueError(
+                        f"predict: the times table needs columns {spec.id_col!r} and "
+                        f"{spec.time_col!r}; it has {list(times.columns)}"
+                    )
+            hours = self.data.time_axis.to_hours(times[spec.time_col])
+            by_id: dict[Any, list[float]] = {}
+            for sid, h in zip(times[spec.id_col].tolist(), hours):
+                by_id.setdefault(sid, []).append(float(h))
+            unknown = set(by_id) - set(table.series_ids)
+            if unknown:
+                raise ValueError(
+                    f"predict: times given for series {sorted(map(str, unknown))[:5]} that are not "
+                    "in the observations table"
+                )
+            rows = []
+            for i in indices:
+                absolute = np.sort(np.asarray(by_id.get(table.series_ids[i], []), dtype=np.float64))
+                rows.append(absolute - table.time_offset[i])
+            return rows
+        column = pd.Series(np.asarray(times) if not isinstance(times, pd.Series) else times)
+        absolute = np.sort(self.data.time_axis.to_hours(column))
+        if not np.all(np.isfinite(absolute)):
+            raise ValueError("predict: times must be finite")
+        return [absolute - table.time_offset[i] for i in indices]
+
+    def _forecast(
+        self, batch: IrregularBatch, times: Tensor, quantiles: Sequence[float]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Model mean ``(B, M, C)`` and requested quantiles (normalized units)."""
+        module = self.model
+        with torch.no_grad():
+            out = module.forecast(batch, times)
+        mean = out["mean"]
+        extra: dict[str, Tensor] = {}
+        if not quantiles:
+            return mean, extra
+        levels = torch.as_tensor(list(quantiles), dtype=mean.dtype)
+        if "samples" in out:
+            qs = torch.quantile(out["samples"].to(mean.dtype), levels, dim=0)
+        elif "quantiles" in out and "quantile_levels" in out:
+            have = [round(float(x), 6) for x in torch.as_tensor(out["quantile_levels"])]
+            missing = [q for q in quantiles if round(float(q), 6) not in have]
+            if missing:
+                raise ValueError(
+                    f"{type(module).__name__} reports quantiles {have}, not {missing}"
+                )
+            qs = torch.stack([out["quantiles"][have.index(round(float(q), 6))] for q in quantiles])
+        elif "std" in out:
+            normal = torch.distributions.Normal(0.0, 1.0)
+            z = normal.icdf(levels).view(-1, 1, 1, 1)
+            qs = mean.unsqueeze(0) + z * out["std"].unsqueeze(0)
+        else:
+            raise ValueError(
+                f"{type(module).__name__} is deterministic (its forecast has no samples, quantiles "
+                "or std): call predict without quantiles"
+            )
+        for level, q in zip(quantiles, qs):
+            extra[_quantile_name(level)] = q
+        return mean, extra
+
+    def predict(
+        self,
+        data: Any,
+        *,
+        horizon: float | None = None,
+        times: Any = None,
+        step: float | None = None,
+        quantiles: Sequence[float] = (),
+        batch_size: int = 64,
+        progress: bool = True,
+        seed: int | None = 0,
+    ) -> pd.DataFrame:
+        """Forecast every series of an observations table.
+
+        Args:
+            data: observed values (DataFrame or CSV/Parquet path), same columns as for ``fit``;
+                all of them are context.
+            horizon: hours past each series' last observation to forecast, on a grid of
+                ``step`` hours (default ``horizon / 24``).
+            times: alternatively, query times in the input's time representation: a sequence
+                (same for every series) or a DataFrame with the id and time columns.
+            quantiles: levels in (0, 1) to report as ``q<level>`` columns (needs a
+                probabilistic model such as ``latent_ode``).
+            batch_size: series per forward pass.
+            progress: show a progress bar over batches.
+            seed: seeds the sampling of probabilistic models (same input, same output);
+                None leaves the global random state alone.
+
+        Returns:
+            DataFrame ``series_id, time, channel, mean[, q<level> ...]`` in original units,
+            one row per (series, query time, channel).
+        """
+        fitted = self._fitted()
+        for q in quantiles:
+            if not 0.0 < float(q) < 1.0:
+                raise ValueError(f"predict: quantile levels must be in (0, 1), got {q}")
+        table = fitted.table(data)
+        dataset = fitted.dataset(table, TaskConfig(kind="none"))
+        if dataset.num_excluded:
+            log.warning("predict: %d series without observations skipped", dataset.num_excluded)
+        query = self._query_times(dataset, horizon, times, step)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            frames = self._predict_batches(dataset, query, quantiles, batch_size, progress)
+        columns = ["series_id", "time", "channel", "mean", *map(_quantile_name, quantiles)]
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        result = pd.concat(frames, ignore_index=True).rename(columns={"value": "mean"})
+        return result[columns]
+
+    def _predict_batches(
+        self,
+        dataset: SeriesDataset,
+        query: list[np.ndarray],
+        quantiles: Sequence[float],
+        batch_size: int,
+        progress: bool,
+    ) -> list[pd.DataFrame]:
+        fitted = self._fitted()
+        frames = []
+        starts = range(0, len(dataset), batch_size)
+        for start in tqdm(starts, desc="predict", disable=not progress or len(starts) < 2):
+            positions = list(range(start, min(start + batch_size, len(dataset))))
+            batch = dataset.collate(positions)
+            q_times, q_mask = _pad_rows([query[p] for p in positions])
+            mean, extra = self._forecast(batch, q_times, quantiles)
+            frames.append(
+                values_to_frame(
+                    batch.series_ids,
+                    q_times,
+                    mean,
+                    q_mask,
+                    batch.channels,
+                    time_offset=batch.time_offset,
+                    normalizer=fitted.normalizer,
+                    time_axis=fitted.time_axis,
+                    extra=extra,
+                    std_columns=(),
+                )
+            )
+        return frames
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(
+        self, data: Any, *, task: TaskConfig | Mapping[str, Any] | None = None, batch_size: int = 64
+    ) -> pd.DataFrame:
+        """Score the model on a table under the training task (or ``task``).
+
+        Every series is split into context and target exactly as in training (e.g. first 24 h
+        observed, the next hours predicted); errors are computed on the observed target entries
+        in original units.
+
+        Returns:
+            DataFrame indexed by ``channel`` (each channel, then ``"all"``) with columns
+            ``n_obs``, ``mse``, ``rmse``, ``mae``. Channels never observed in a target get NaN.
+        """
+        fitted = self._fitted()
+        if task is None:
+            task = fitted.task
+        elif isinstance(task, Mapping):
+            task = TaskConfig(**task)
+        if task.kind == "none":
+            raise ValueError("evaluate: the task must define a target (not 'none')")
+        dataset = fitted.dataset(fitted.table(data), task)
+        if len(dataset) == 0:
+            raise DataValidationError(
+                f"evaluate: no series has both context and target under task {task}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self._score(dataset, batch_size)
+
+    def _score(self, dataset: SeriesDataset, batch_size: int) -> pd.DataFrame:
+        fitted = self._fitted()
+        num_channels = len(fitted.channels)
+        sq = torch.zeros(num_channels, dtype=torch.float64)
+        ab = torch.zeros(num_channels, dtype=torch.float64)
+        count = torch.zeros(num_channels, dtype=torch.float64)
+        std = torch.as_tensor(fitted.normalizer.std, dtype=torch.float64)
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
+            mean, _ = self._forecast(batch, batch.target.times, ())
+            diff = (mean.to(torch.float64) - batch.target.values.to(torch.float64)) * std
+            mask = batch.target.mask
+            diff = torch.where(mask, diff, torch.zeros_like(diff))
+            sq += diff.square().sum(dim=(0, 1))
+            ab += diff.abs().sum(dim=(0, 1))
+            count += mask.sum(dim=(0, 1)).to(torch.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = count.numpy()
+            mse = sq.numpy() / n
+            mae = ab.numpy() / n
+            total = n.sum()
+            rows = {
+                **{
+                    c: (int(n[i]), mse[i], math.sqrt(mse[i]) if n[i] else math.nan, mae[i])
+                    for i, c in enumerate(fitted.channels)
+                },
+                "all": (
+                    int(total),
+                    sq.sum().item() / total,
+                    math.sqrt(sq.sum().item() / total),
+                    ab.sum().item() / total,
+                ),
+            }
+        frame = pd.DataFrame.from_dict(rows, orient="index", columns=["n_obs", "mse", "rmse", "mae"])
+        frame.index.name = "channel"
+        return frame
+
+    # ------------------------------------------------------------------ plots
+    def forecast_split(
+        self, datamodule: Any, split: str = "val", max_series: int = 3, grid_points: int = 60
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Observed points and a dense forecast (mean, 5%/95% quantiles when available) for a
+        few series of a data module split, in original units — the input of ``plot_forecast``.
+        """
+        fitted = self._fitted()
+        datamodule.setup("fit")
+        dataset = datamodule.datasets[split]
+        if len(dataset) == 0:
+            raise ValueError(f"the {split} split is empty")
+        batch = dataset.collate(list(range(min(max_series, len(dataset)))))
+        ctx, tgt = batch.context, batch.target
+        last_ctx = ctx.times.gather(1, (ctx.lengths - 1).clamp_min(0).unsqueeze(1))
+        end = torch.maximum(tgt.times.max(dim=1, keepdim=True).values, last_ctx)
+        if fitted.task.kind in ("forecast", "extrapolation"):
+            start = last_ctx  # forecast from the end of the context
+        else:
+            start = ctx.times[:, :1]  # interpolation: over the whole series
+        steps = torch.linspace(0.0, 1.0, grid_points).unsqueeze(0)
+        grid = start + (end - start) * steps
+        try:
+            mean, extra = self._forecast(batch, grid, (0.05, 0.95))
+        except ValueError:  # deterministic model: mean only
+            mean, extra = self._forecast(batch, grid, ())
+        forecast = values_to_frame(
+            batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool), batch.channels,
+            time_offset=batch.time_offset, normalizer=fitted.normalizer, time_axis=fitted.time_axis,
+            extra=extra, std_columns=(),
+        ).rename(columns={"value": "mean"})
+        observed = []
+        for name, part in (("context", ctx), ("target", tgt)):
+            frame = values_to_frame(
+                batch.series_ids, part.times, part.values, part.mask, batch.channels,
+                time_offset=batch.time_offset, normalizer=fitted.normalizer,
+                time_axis=fitted.time_axis,
+            )
+            frame["part"] = name
+            observed.append(frame)
+        return pd.concat(observed, ignore_index=True), forecast
+
+    def plot(self, data: Any, forecast: pd.DataFrame | None = None, **kwargs: Any):  # noqa: ANN201
+        """``plot_forecast`` of ``data`` (observations) and ``forecast`` (default: predict with
+        the default horizon and 5%/95% quantiles when the model gives them)."""
+        from tsode.plotting import plot_forecast
+
+        fitted = self._fitted()
+        if forecast is None:
+            try:
+                forecast = self.predict(data, horizon=fitted.default_horizon, quantiles=(0.05, 0.95))
+            except ValueError:
+                forecast = self.predict(data, horizon=fitted.default_horizon)
+        observed = fitted.table(data).to_long_frame()
+        return plot_forecast(observed, forecast, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Save model weights, its arguments, the fitted data state and the resolved config.
+
+        Writes ``<path>/forecaster.pt`` (what ``load`` reads) and ``<path>/config.yaml``.
+        """
+        module = self.model
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "model_class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "hyper_parameters": dict(module.hparams),
+            "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+            "data": self.data.state_dict(),
+            "data_kwargs": self.data_kwargs,
+            "options": {
+                "trainer_kwargs": {
+                    k: v for k, v in self.trainer_kwargs.items() if k not in ("callbacks", "logger")
+                },
+                "patience": self.patience,
+                "experiment_name": self.experiment_name,
+                "seed": self.seed,
+            },
+            "fit_summary": self.fit_summary,
+        }
+        torch.save(payload, path / SAVE_FILE)
+        (path / CONFIG_FILE).write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Forecaster:
+        """Load a forecaster written by :meth:`save` (ready to ``predict`` / ``evaluate``)."""
+        path = Path(path)
+        file = path / SAVE_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no saved forecaster at {file}")
+        payload = torch.load(file, map_location="cpu", weights_only=False)
+        version = payload.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{file}: unsupported forecaster format version {version!r}")
+        model_class = _resolve_model_class(payload["model_class"])
+        hparams = dict(payload["hyper_parameters"])
+        hparams = {k: v for k, v in hparams.items() if k in _accepted_args(model_class)}
+        module = model_class(**hparams)
+        module.load_state_dict(payload["state_dict"])
+        options = payload["options"]
+        forecaster = cls(
+            module.eval(),
+            trainer_kwargs=options["trainer_kwargs"],
+            patience=options["patience"],
+            experiment_name=options["experiment_name"],
+            seed=options["seed"],
+            tracking=False,
+        )
+        forecaster.data = FittedData.from_state_dict(payload["data"])
+        forecaster.data_kwargs = payload.get("data_kwargs", {})
+        forecaster.fit_summary = payload.get("fit_summary", {})
+        return forecaster
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.data is not None and self.module is not None else "not fitted"
+        return f"Forecaster(model={self.model_name!r}, {state})"

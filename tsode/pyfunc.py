@@ -1,0 +1,101 @@
+"""A trained forecaster as an MLflow pyfunc model: DataFrame of observations in, forecasts out.
+
+Input: a long table ``series_id, time, channel, value`` (or whatever columns the forecaster
+was fitted with), every row an observation used as context. Output: the tidy forecast of
+:meth:`tsode.api.Forecaster.predict` (``series_id, time, channel, mean[, q<level> ...]``).
+Inference parameters (MLflow ``params``): ``horizon`` (hours, default: the training task's),
+``step`` (hours between forecast times; 0 = horizon / 24) and ``quantiles`` (list of levels).
+
+So ``mlflow models predict -m runs:/<run id>/model -i obs.csv -t csv --env-manager local`` and
+``mlflow models serve`` work on any logged tsode run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ParamSchema, ParamSpec
+
+ARTIFACT_KEY = "forecaster"
+REQUIREMENTS = ("torch", "lightning", "pandas", "numpy", "pyarrow", "mlflow", "torchmetrics", "scipy")
+
+
+class ForecasterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a saved :class:`tsode.api.Forecaster`."""
+
+    def load_context(self, context: Any) -> None:
+        from tsode.api import Forecaster
+
+        self.forecaster = Forecaster.load(context.artifacts[ARTIFACT_KEY])
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Forecast every series of ``model_input`` (see module docstring for ``params``)."""
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        params = dict(params or {})
+        horizon = float(params.get("horizon") or self.forecaster.data.default_horizon)
+        step = params.get("step") or None
+        quantiles = [float(q) for q in (params.get("quantiles") or [])]
+        return self.forecaster.predict(
+            model_input,
+            horizon=horizon,
+            step=None if step is None else float(step),
+            quantiles=quantiles,
+            progress=False,
+        )
+
+
+def signature(default_horizon: float) -> ModelSignature:
+    """Signature declaring the inference parameters (inputs are validated by tsode itself)."""
+    return ModelSignature(
+        inputs=None,
+        outputs=None,
+        params=ParamSchema(
+            [
+                ParamSpec("horizon", "double", float(default_horizon)),
+                ParamSpec("step", "double", 0.0),
+                ParamSpec("quantiles", "double", [], shape=(-1,)),
+            ]
+        ),
+    )
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def save_pyfunc_model(forecaster: Any, path: str | Path) -> Path:
+    """Write ``forecaster`` as an MLflow model directory at ``path`` (must not exist)."""
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = forecaster.save(Path(tmp) / ARTIFACT_KEY)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=ForecasterModel(),
+            artifacts={ARTIFACT_KEY: str(saved)},
+            signature=signature(forecaster.data.default_horizon),
+            pip_requirements=_requirements(),
+        )
+    return path
+
+
+def log_pyfunc_model(forecaster: Any, client: Any, run_id: str, artifact_path: str = "model") -> str:
+    """Log ``forecaster`` into run ``run_id`` as an MLflow model; returns ``runs:/<id>/<path>``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_pyfunc_model(forecaster, Path(tmp) / "model")
+        client.log_artifacts(run_id, str(model_dir), artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"
