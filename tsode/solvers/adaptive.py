@@ -13,7 +13,13 @@ import torch
 from torch import Tensor
 
 from tsode.solvers.solution import Solution, SolverError, SolverStats, Status, failure_message
-from tsode.solvers.stepping import VectorField, dense_evaluate, error_ratio, rk_step
+from tsode.solvers.stepping import (
+    VectorField,
+    check_field_output,
+    dense_evaluate,
+    error_ratio,
+    rk_step,
+)
 from tsode.solvers.tableaus import ButcherTableau
 
 SAFETY = 0.9
@@ -111,7 +117,7 @@ def solve_adaptive(
 
     t = t0.clone()
     y = y0
-    f0 = field(t, y0)
+    f0 = check_field_output(field(t, y0), y0)
     nfe = 1
     if first_step is not None:
         h_abs = torch.as_tensor(first_step, dtype=time_dtype, device=t0.device)

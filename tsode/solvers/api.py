@@ -69,6 +69,7 @@ def odeint(
     """
     tableau = get_tableau(method)
     t_eval = _validate(y0, t, tableau.adaptive, step_size, first_step)
+    _validate_options(rtol, atol, max_steps, adjoint_rtol, adjoint_atol)
 
     if tableau.adaptive:
         forward = partial(
@@ -156,6 +157,19 @@ def _validate(
     return t
 
 
+def _validate_options(
+    rtol: float, atol: float, max_steps: int, adjoint_rtol: float | None, adjoint_atol: float | None
+) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol), ("adjoint_rtol", adjoint_rtol),
+                        ("adjoint_atol", adjoint_atol)):
+        if value is not None and not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be 0")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+
+
 @dataclass
 class SolverConfig:
     """Solver options a model takes as one constructor argument (a recipe's ``solver:`` block).
@@ -170,8 +184,8 @@ class SolverConfig:
     """
 
     method: Method = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-4
+    rtol: float = 1e-6
+    atol: float = 1e-8
     step_size: float | None = None
     max_steps: int = 10_000
     adjoint: bool = False

@@ -35,7 +35,7 @@ def rk_step(
     h_state = h.to(y.dtype)
     nfe = 0
     if k1 is None:
-        k1 = func(t_state, y)
+        k1 = check_field_output(func(t_state, y), y)
         nfe += 1
     stages = [k1]
     for i in range(1, tableau.num_stages):
@@ -49,6 +49,17 @@ def rk_step(
     if tableau.b_error is not None:
         error = h_col * _combine(tableau.b_error, stages)
     return y_new, error, stages, nfe
+
+
+def check_field_output(derivative: Tensor, y: Tensor) -> Tensor:
+    """Raise a clear error when the vector field's output does not match the state."""
+    if not isinstance(derivative, Tensor) or derivative.shape != y.shape:
+        got = tuple(derivative.shape) if isinstance(derivative, Tensor) else type(derivative)
+        raise ValueError(
+            f"the vector field returned shape {got} for a state of shape {tuple(y.shape)}; "
+            f"func(t, y) must return a tensor shaped like y (batch, dim)"
+        )
+    return derivative
 
 
 def _combine(weights, stages: list[Tensor]) -> Tensor | None:
