@@ -8,6 +8,11 @@ from tsode.data.collate import SeriesDataset
 from tsode.data.frames import batch_to_frame, forecast_to_frame, values_to_frame
 from tsode.data.module import IrregularDataModule
 from tsode.data.normalize import Normalizer
+from tsode.data.physionet import (
+    PhysioNet2012DataModule,
+    download_physionet2012,
+    load_physionet2012,
+)
 from tsode.data.sampler import LengthBucketSampler, padding_fraction
 from tsode.data.series import DataValidationError, SeriesTable
 from tsode.data.splits import split_series
@@ -26,6 +31,7 @@ __all__ = [
     "LengthBucketSampler",
     "Normalizer",
     "PeriodicToyDataModule",
+    "PhysioNet2012DataModule",
     "SeriesDataset",
     "SeriesPart",
     "SeriesTable",
@@ -36,7 +42,9 @@ __all__ = [
     "TimeAxis",
     "assign_task",
     "batch_to_frame",
+    "download_physionet2012",
     "forecast_to_frame",
+    "load_physionet2012",
     "load_table",
     "padding_fraction",
     "read_table",

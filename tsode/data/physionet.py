@@ -1,0 +1,604 @@
+"""PhysioNet/Computing in Cardiology Challenge 2012 (ICU mortality): parser, cache, download.
+
+Official layout (https://physionet.org/content/challenge-2012/1.0.0/): ``set-a.tar.gz`` holds
+``set-a/<RecordID>.txt`` records (likewise set b/c) and ``Outcomes-a.txt`` the outcomes. A
+record is a CSV with header ``Time,Parameter,Value``; ``Time`` is ``HH:MM`` since ICU
+admission (hour 0). The rows at ``00:00`` for RecordID, Age, Gender, Height, ICUType and
+Weight are general descriptors (``-1`` = unknown); everything else is a time series of one of
+37 variables. Weight at later times is a time series.
+
+Conversion to tsode:
+
+* series id = RecordID (int); times are float hours since admission (``time_origin``
+  ``"absolute"``); channels = the 37 variables (:data:`PHYSIONET_CHANNELS`), original units;
+  repeated (time, variable) entries are averaged (counted);
+* static covariates = Age, Gender, Height, Weight (descriptor, ``-1`` -> NaN) and ICUType
+  one-hot (ICUType_1..4);
+* label = ``In-hospital_death`` from ``Outcomes-<set>.txt`` (NaN when the file is absent).
+
+Parsing the 4000 records of a set takes a few seconds and happens once: the parsed table is
+cached as Parquet files keyed by the source files (name, size, mtime) and parser version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tsode.data.module import IrregularDataModule
+from tsode.data.series import DataValidationError, SeriesTable
+from tsode.data.timeaxis import TimeAxis
+
+log = logging.getLogger("tsode.data")
+
+PARSER_VERSION = 1
+PHYSIONET_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
+PHYSIONET_PAGE = "https://physionet.org/content/challenge-2012/1.0.0/"
+PHYSIONET_CHANNELS = (
+    "ALP", "ALT", "AST", "Albumin", "BUN", "Bilirubin", "Cholesterol", "Creatinine",
+    "DiasABP", "FiO2", "GCS", "Glucose", "HCO3", "HCT", "HR", "K", "Lactate", "MAP",
+    "MechVent", "Mg", "NIDiasABP", "NIMAP", "NISysABP", "Na", "PaCO2", "PaO2", "Platelets",
+    "RespRate", "SaO2", "SysABP", "Temp", "TroponinI", "TroponinT", "Urine", "WBC", "Weight",
+    "pH",
+)  # fmt: skip
+DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
+STATIC_NAMES = (
+    "Age", "Gender", "Height", "Weight", "ICUType_1", "ICUType_2", "ICUType_3", "ICUType_4",
+)  # fmt: skip
+LABEL_COLUMN = "In-hospital_death"
+HEADER = b"Time,Parameter,Value"
+
+
+def default_root() -> Path:
+    """``$TSODE_PHYSIONET_DIR`` or ``~/.cache/tsode/physionet2012``."""
+    env = os.environ.get("TSODE_PHYSIONET_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "tsode" / "physionet2012"
+
+
+def default_cache_dir() -> Path:
+    """``$TSODE_CACHE_DIR`` or ``~/.cache/tsode``."""
+    env = os.environ.get("TSODE_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "tsode"
+
+
+def _manual_instructions(root: Path, set_name: str) -> str:
+    return (
+        f"Download set-{set_name}.tar.gz and Outcomes-{set_name}.txt from {PHYSIONET_PAGE} "
+        f"(free, Open Data Commons Attribution License) and place them in {root} "
+        f"(a directory set-{set_name}/ with the extracted <RecordID>.txt records also works), "
+        f"or pass root=... / set TSODE_PHYSIONET_DIR, or use download=True when online."
+    )
+
+
+# ---------------------------------------------------------------------- locating sources
+def find_sources(root: Path, set_name: str) -> tuple[Path, Path | None]:
+    """(records source: tarball or directory, outcomes file or None) of one set under ``root``.
+
+    Raises:
+        FileNotFoundError: with instructions for placing the files by hand.
+    """
+    root = Path(root)
+    if root.is_file() and root.name.endswith((".tar.gz", ".tgz", ".tar")):
+        outcomes = root.parent / f"Outcomes-{set_name}.txt"
+        return root, outcomes if outcomes.exists() else None
+    candidates = [
+        root / f"set-{set_name}.tar.gz",
+        root / f"set-{set_name}.tgz",
+        root / f"set-{set_name}",
+    ]
+    records = next((c for c in candidates if c.exists()), None)
+    if records is None and root.is_dir() and any(p.stem.isdigit() for p in root.glob("*.txt")):
+        records = root  # a directory of <RecordID>.txt records itself
+    if records is None:
+        raise FileNotFoundError(
+            f"PhysioNet 2012 set {set_name!r} not found under {root}. "
+            + _manual_instructions(root, set_name)
+        )
+    outcomes = root / f"Outcomes-{set_name}.txt"
+    return records, outcomes if outcomes.exists() else None
+
+
+def _iter_records(source: Path, progress: bool) -> Iterator[tuple[str, bytes]]:
+    """Yield (record file name, raw bytes) for every ``*.txt`` record, sorted by name."""
+    disable = not progress or not sys.stderr.isatty()
+    if source.is_dir():
+        files = sorted(p for p in source.glob("*.txt") if not p.name.startswith("Outcomes"))
+        for p in tqdm(files, desc=f"parsing {source.name}", unit="rec", disable=disable):
+            yield str(p), p.read_bytes()
+        return
+    # stream members in archive order (seeking backwards in a .gz re-decompresses from the start)
+    records: list[tuple[str, bytes]] = []
+    with tarfile.open(source, "r|*") as tar:
+        bar = tqdm(desc=f"parsing {source.name}", unit="rec", disable=disable)
+        for m in tar:
+            if m.isfile() and m.name.endswith(".txt"):
+                fh = tar.extractfile(m)
+                records.append((f"{source}:{m.name}", fh.read() if fh is not None else b""))
+                bar.update()
+        bar.close()
+    records.sort(key=lambda r: r[0])
+    yield from records
+
+
+# ---------------------------------------------------------------------- parsing
+def parse_records(
+    source: Path, outcomes: Path | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse every record of ``source`` (tarball or directory) in one vectorized pass.
+
+    Returns:
+        observations: long frame (record_id int64, time float64 hours, channel str,
+            value float64) of time-series rows (descriptors excluded).
+        series: one row per record: record_id, the static descriptors (NaN = unknown),
+            label, file name.
+
+    Raises:
+        DataValidationError: naming the record file and line of malformed content.
+    """
+    names: list[str] = []
+    bodies: list[bytes] = []
+    line_counts: list[int] = []
+    for name, raw in _iter_records(source, progress):
+        raw = raw.replace(b"\r\n", b"\n").strip()
+        head, _, body = raw.partition(b"\n")
+        if head.strip() != HEADER:
+            raise DataValidationError(
+                f"{name}, line 1: expected header {HEADER.decode()!r}, got {head[:60]!r}"
+            )
+        if body and not body.endswith(b"\n"):
+            body += b"\n"
+        if b"\n\n" in body:
+            line = body[: body.index(b"\n\n")].count(b"\n") + 3
+            raise DataValidationError(f"{name}, line {line}: empty line inside the record")
+        names.append(name)
+        bodies.append(body)
+        line_counts.append(body.count(b"\n"))
+    if not names:
+        raise DataValidationError(f"{source}: no record files (*.txt) found")
+    counts = np.asarray(line_counts, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    blob = b"".join(bodies).replace(b":", b",")
+
+    def where(row: int) -> str:
+        rec = int(np.searchsorted(starts, row, side="right") - 1)
+        return f"{names[rec]}, line {row - starts[rec] + 2}"
+
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(blob),
+            header=None,
+            names=["hh", "mm", "parameter", "value"],
+            dtype={"parameter": str},
+            skip_blank_lines=False,
+            engine="c",
+        )
+    except pd.errors.ParserError as err:
+        raise DataValidationError(f"{source}: malformed record line ({err})") from err
+    if len(frame) != starts[-1]:
+        raise DataValidationError(f"{source}: could not align parsed rows with record lines")
+    hh = pd.to_numeric(frame["hh"], errors="coerce").to_numpy(dtype=np.float64)
+    mm = pd.to_numeric(frame["mm"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(hh) | ~np.isfinite(mm) | (mm < 0) | (mm >= 60) | (hh < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{where(row)}, column 'Time': not an HH:MM time ({int(bad.sum())} such lines)"
+        )
+    values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{where(row)}, column 'Value': {frame['value'].iloc[row]!r} is not a finite number "
+            f"({int(bad.sum())} such lines)"
+        )
+    param = frame["parameter"].to_numpy(dtype=object)
+    hours = hh + mm / 60.0
+    record = np.repeat(np.arange(len(names)), counts)
+    known = set(PHYSIONET_CHANNELS) | set(DESCRIPTORS)
+    cats = pd.Categorical(param)
+    unknown = [c for c in cats.categories if c not in known]
+    if unknown:
+        row = int(np.flatnonzero(np.isin(param, unknown))[0])
+        raise DataValidationError(
+            f"{where(row)}, column 'Parameter': unknown variable(s) {unknown}"
+        )
+    is_descr = np.isin(param, DESCRIPTORS[:5]) | ((param == "Weight") & (hours == 0.0))
+    if (is_descr & (hours != 0.0)).any():
+        row = int(np.flatnonzero(is_descr & (hours != 0.0))[0])
+        raise DataValidationError(f"{where(row)}: descriptor {param[row]!r} not at 00:00")
+    # ---- per-record descriptors
+    n_rec = len(names)
+    descr = {d: np.full(n_rec, np.nan) for d in DESCRIPTORS}
+    d_rows = np.flatnonzero(is_descr)
+    for d in DESCRIPTORS:
+        sel = d_rows[param[d_rows] == d]
+        # first occurrence per record wins (descriptors are given once)
+        rec, first = np.unique(record[sel][::-1], return_index=True)
+        descr[d][rec] = values[sel][::-1][first]
+    stems = np.array([Path(n.split(":")[-1]).stem for n in names])
+    rid = descr["RecordID"]
+    missing_rid = np.isnan(rid)
+    if missing_rid.any():
+        numeric_stems = np.array([float(s) if s.isdigit() else np.nan for s in stems])
+        rid[missing_rid] = numeric_stems[missing_rid]
+    if np.isnan(rid).any():
+        k = int(np.flatnonzero(np.isnan(rid))[0])
+        raise DataValidationError(f"{names[k]}: no RecordID descriptor and no numeric file name")
+    mismatch = np.array([s.isdigit() and float(s) != r for s, r in zip(stems, rid)])
+    if mismatch.any():
+        k = int(np.flatnonzero(mismatch)[0])
+        raise DataValidationError(
+            f"{names[k]}: RecordID descriptor {int(rid[k])} differs from the file name"
+        )
+    rid = rid.astype(np.int64)
+    if len(np.unique(rid)) != n_rec:
+        dup = pd.Series(rid).duplicated()
+        k = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataValidationError(f"{names[k]}: duplicate RecordID {rid[k]}")
+    series = pd.DataFrame({"record_id": rid, "file": names})
+    for d in DESCRIPTORS[1:]:
+        v = descr[d]
+        series[d] = np.where(v == -1, np.nan, v)
+    icu = series["ICUType"].to_numpy()
+    for k in range(1, 5):
+        series[f"ICUType_{k}"] = np.where(np.isnan(icu), np.nan, (icu == k).astype(np.float64))
+    series[LABEL_COLUMN] = np.nan
+    if outcomes is not None:
+        out = read_outcomes(outcomes)
+        lab = out.set_index("RecordID")[LABEL_COLUMN]
+        series[LABEL_COLUMN] = series["record_id"].map(lab).to_numpy(dtype=np.float64)
+    ts = ~is_descr
+    observations = pd.DataFrame(
+        {
+            "record_id": rid[record[ts]],
+            "time": hours[ts],
+            "channel": pd.Categorical(param[ts], categories=list(PHYSIONET_CHANNELS)),
+            "value": values[ts],
+        }
+    )
+    return observations, series
+
+
+def read_outcomes(path: Path) -> pd.DataFrame:
+    """Outcomes-*.txt (RecordID, SAPS-I, SOFA, Length_of_stay, Survival, In-hospital_death)."""
+    out = pd.read_csv(path)
+    for col in ("RecordID", LABEL_COLUMN):
+        if col not in out.columns:
+            raise DataValidationError(
+                f"{path}: missing column {col!r}; columns are {list(out.columns)}"
+            )
+    return out
+
+
+def build_table(
+    observations: pd.DataFrame, series: pd.DataFrame, quantization_minutes: float | None = None
+) -> SeriesTable:
+    """``SeriesTable`` (absolute hours since admission) from :func:`parse_records` output."""
+    times = observations["time"].to_numpy(dtype=np.float64)
+    if quantization_minutes:
+        step = quantization_minutes / 60.0
+        times = np.round(times / step) * step
+    index = pd.Index(series["record_id"].to_numpy())
+    codes = index.get_indexer(observations["record_id"].to_numpy())
+    return SeriesTable.from_long(
+        series_ids=[int(r) for r in series["record_id"]],
+        series_codes=codes,
+        times=times,
+        channel_codes=observations["channel"].cat.codes.to_numpy(dtype=np.int64),
+        values=observations["value"].to_numpy(dtype=np.float64),
+        channels=list(PHYSIONET_CHANNELS),
+        time_origin="absolute",
+        duplicates="mean",
+        static=series[list(STATIC_NAMES)].to_numpy(dtype=np.float64),
+        static_names=list(STATIC_NAMES),
+        labels=series[LABEL_COLUMN].to_numpy(dtype=np.float64),
+        time_axis=TimeAxis(kind="numeric", unit_hours=1.0),
+        source="PhysioNet 2012",
+    )
+
+
+# ---------------------------------------------------------------------- cache
+def _source_key(paths: Sequence[Path | None], extra: str) -> str:
+    h = hashlib.sha256(f"v{PARSER_VERSION}|{extra}".encode())
+    for p in paths:
+        if p is None:
+            h.update(b"<none>")
+            continue
+        p = Path(p)
+        entries = sorted(p.glob("*.txt")) if p.is_dir() else [p]
+        for e in entries:
+            st = e.stat()
+            h.update(f"{e.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _save_cache(table: SeriesTable, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(directory.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = {"time": table.times}
+    rows.update({c: table.values[:, j] for j, c in enumerate(table.channels)})
+    pq.write_table(pa.table(rows), tmp / "rows.parquet")
+    per = {"series_id": np.asarray(table.series_ids, dtype=np.int64), "length": table.lengths}
+    per["time_offset"] = table.time_offset
+    per.update({s: table.static[:, k] for k, s in enumerate(table.static_names)})
+    per["label"] = table.labels
+    pq.write_table(pa.table(per), tmp / "series.parquet")
+    meta = {"channels": table.channels, "static_names": table.static_names, "info": table.info}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        f.replace(directory / f.name)
+    tmp.rmdir()
+
+
+def _load_cache(directory: Path) -> SeriesTable | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        rows = pq.read_table(directory / "rows.parquet")
+        per = pq.read_table(directory / "series.parquet").to_pandas()
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None
+    channels, static_names = meta["channels"], meta["static_names"]
+    values = np.column_stack([rows.column(c).to_numpy() for c in channels])
+    offsets = np.zeros(len(per) + 1, dtype=np.int64)
+    np.cumsum(per["length"].to_numpy(), out=offsets[1:])
+    return SeriesTable(
+        series_ids=per["series_id"].tolist(),
+        offsets=offsets,
+        times=rows.column("time").to_numpy(),
+        values=values,
+        channels=channels,
+        time_offset=per["time_offset"].to_numpy(),
+        static=per[static_names].to_numpy(dtype=np.float64),
+        static_names=static_names,
+        labels=per["label"].to_numpy(dtype=np.float64),
+        time_axis=TimeAxis(kind="numeric", unit_hours=1.0),
+        info=meta["info"],
+    )
+
+
+def load_physionet2012(
+    root: str | os.PathLike | None = None,
+    sets: Sequence[str] = ("a",),
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    quantization_minutes: float | None = None,
+    progress: bool = True,
+) -> SeriesTable:
+    """Parse (or load from cache) PhysioNet 2012 sets into one ``SeriesTable``."""
+    root = Path(root) if root is not None else default_root()
+    tables = []
+    for set_name in sets:
+        records, outcomes = find_sources(root, set_name)
+        key = _source_key([records, outcomes], f"{set_name}|q={quantization_minutes}")
+        cache = Path(cache_dir or default_cache_dir()) / "physionet2012" / f"set-{set_name}-{key}"
+        table = _load_cache(cache) if use_cache else None
+        if table is None:
+            obs, series = parse_records(records, outcomes, progress=progress)
+            table = build_table(obs, series, quantization_minutes)
+            table.info.update(
+                {
+                    "set": set_name,
+                    "records": table.num_series,
+                    "outcomes_file": outcomes is not None,
+                    "descriptor_unknown_-1_as_nan": True,
+                }
+            )
+            if use_cache:
+                try:
+                    _save_cache(table, cache)
+                except OSError as err:  # read-only cache location: parse again next time
+                    log.warning("could not write PhysioNet cache %s: %s", cache, err)
+            table.info["cache"] = "miss"
+        else:
+            table.info["cache"] = "hit"
+        tables.append(table)
+    return tables[0] if len(tables) == 1 else _concat_tables(tables)
+
+
+def _concat_tables(tables: Sequence[SeriesTable]) -> SeriesTable:
+    offsets = [np.zeros(1, dtype=np.int64)]
+    base = 0
+    for t in tables:
+        offsets.append(t.offsets[1:] + base)
+        base += t.offsets[-1]
+    info = {k: v for t in tables for k, v in t.info.items()}
+    info["records"] = sum(t.num_series for t in tables)
+    return SeriesTable(
+        series_ids=[i for t in tables for i in t.series_ids],
+        offsets=np.concatenate(offsets),
+        times=np.concatenate([t.times for t in tables]),
+        values=np.concatenate([t.values for t in tables]),
+        channels=tables[0].channels,
+        time_offset=np.concatenate([t.time_offset for t in tables]),
+        static=np.concatenate([t.static for t in tables]),
+        static_names=tables[0].static_names,
+        labels=np.concatenate([t.labels for t in tables]),
+        time_axis=tables[0].time_axis,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------- download
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+    tmp.replace(dest)
+
+
+def download_physionet2012(
+    root: str | os.PathLike,
+    sets: Sequence[str] = ("a",),
+    base_url: str = PHYSIONET_URL,
+    checksums: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Fetch ``set-<x>.tar.gz`` and ``Outcomes-<x>.txt`` into ``root`` with SHA-256 checks.
+
+    Expected digests come from ``checksums`` (file name -> hex digest) or else from the
+    ``SHA256SUMS.txt`` PhysioNet publishes next to the files. Files already present with the
+    right digest are not fetched again. A digest mismatch deletes the file and raises.
+
+    Raises:
+        ConnectionError: offline / server unreachable, with instructions for manual placement.
+        ValueError: checksum mismatch or a file missing from the checksum list.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = [f for s in sets for f in (f"set-{s}.tar.gz", f"Outcomes-{s}.txt")]
+    base_url = base_url if base_url.endswith("/") else base_url + "/"
+    try:
+        if checksums is None:
+            sums = root / "SHA256SUMS.txt"
+            _fetch(base_url + "SHA256SUMS.txt", sums, timeout)
+            checksums = {}
+            for line in sums.read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    checksums[parts[1].lstrip("*")] = parts[0].lower()
+        for name in wanted:
+            if name not in checksums:
+                raise ValueError(f"no SHA-256 checksum known for {name} (from {base_url})")
+            dest = root / name
+            if dest.exists() and _sha256(dest) == checksums[name]:
+                continue
+            log.info("downloading %s", base_url + name)
+            _fetch(base_url + name, dest, timeout)
+            digest = _sha256(dest)
+            if digest != checksums[name]:
+                dest.unlink()
+                raise ValueError(
+                    f"checksum mismatch for {name} from {base_url}: expected "
+                    f"{checksums[name]}, got {digest}; the file was deleted"
+                )
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise ConnectionError(
+            f"could not download PhysioNet 2012 from {base_url} ({err}). "
+            + _manual_instructions(root, sets[0])
+        ) from err
+    return root
+
+
+# ---------------------------------------------------------------------- DataModule
+class PhysioNet2012DataModule(IrregularDataModule):
+    """PhysioNet 2012 ICU records (37 channels, 8 static covariates, in-hospital death label).
+
+    Args:
+        root: directory holding ``set-a.tar.gz`` (or ``set-a/``) and ``Outcomes-a.txt``;
+            default ``$TSODE_PHYSIONET_DIR`` or ``~/.cache/tsode/physionet2012``.
+        sets: which sets to load (``("a",)``, ``("a", "b")``, ...).
+        download: fetch missing files from PhysioNet (checksum-verified) in ``prepare_data``.
+        base_url: download location (tests point it at a local server).
+        cache_dir: where parsed Parquet caches live (default ``$TSODE_CACHE_DIR`` or
+            ``~/.cache/tsode``); ``use_cache=False`` always re-parses.
+        quantization_minutes: round times to this grid (e.g. 6 or 60 as in the latent ODE
+            paper; repeated entries are then averaged). None keeps minute resolution.
+        task, cutoff, ...: see :class:`IrregularDataModule`; default forecast from the first
+            24 h.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        sets: tuple[str, ...] = ("a",),
+        download: bool = False,
+        base_url: str = PHYSIONET_URL,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        quantization_minutes: float | None = None,
+        progress: bool = True,
+        task: str = "forecast",
+        cutoff: float | None = 24.0,
+        cutoff_fraction: float | None = None,
+        horizon: float | None = None,
+        holdout_fraction: float = 0.3,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        bucketing: bool = True,
+        min_time_points: int = 2,
+        normalize: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        if task != "forecast" or cutoff_fraction is not None:
+            cutoff = None if cutoff == 24.0 else cutoff
+        super().__init__(
+            task=task,
+            cutoff=cutoff,
+            cutoff_fraction=cutoff_fraction,
+            horizon=horizon,
+            holdout_fraction=holdout_fraction,
+            split_fractions=split_fractions,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            bucketing=bucketing,
+            min_time_points=min_time_points,
+            normalize=normalize,
+            seed=seed,
+            num_workers=num_workers,
+        )
+        self.root = Path(root) if root is not None else default_root()
+        self.sets = tuple(sets)
+        self.download = download
+        self.base_url = base_url
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        self.quantization_minutes = quantization_minutes
+        self.progress = progress
+
+    @property
+    def channels(self) -> list[str]:
+        return list(PHYSIONET_CHANNELS)
+
+    @property
+    def static_names(self) -> list[str]:
+        return list(STATIC_NAMES)
+
+    def prepare_data(self) -> None:
+        if self.download:
+            missing = []
+            for s in self.sets:
+                try:
+                    find_sources(self.root, s)
+                except FileNotFoundError:
+                    missing.append(s)
+            if missing:
+                download_physionet2012(self.root, missing, base_url=self.base_url)
+
+    def load_table(self) -> SeriesTable:
+        self.prepare_data()
+        return load_physionet2012(
+            self.root,
+            self.sets,
+            cache_dir=self.cache_dir,
+            use_cache=self.use_cache,
+            quantization_minutes=self.quantization_minutes,
+            progress=self.progress,
+        )
