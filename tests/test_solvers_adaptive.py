@@ -16,11 +16,11 @@ from tsode.solvers import odeint
 METHODS = ["bosh3", "dopri5", "tsit5"]
 # scipy's embedded pair with the same orders, used to sanity-check step counts.
 SCIPY_TWIN = {"bosh3": "RK23", "dopri5": "RK45", "tsit5": "RK45"}
-# Global error / rtol seen for well-implemented solvers at rtol=1e-6..1e-9 on these problems is
-# O(1)-O(100) for 5th-order pairs and O(1e3) for bosh3 (its global error ~ tol^(3/4)).
-ERROR_FACTOR = {"bosh3": 3e3, "dopri5": 3e2, "tsit5": 3e2}
-# Minimum slope of log(error) vs log(rtol).
-MIN_SLOPE = {"bosh3": 0.4, "dopri5": 0.7, "tsit5": 0.7}
+# Global error / rtol measured at rtol=1e-3..1e-9 on these problems is 0.1-30 for every method
+# (scipy's and torchdiffeq's pairs behave alike for the 5th-order pairs); allow 10x more.
+ERROR_FACTOR = {"bosh3": 3e2, "dopri5": 3e2, "tsit5": 3e2}
+# Minimum slope of log(error) vs log(rtol) (measured 0.8-1.2).
+MIN_SLOPE = {"bosh3": 0.6, "dopri5": 0.6, "tsit5": 0.6}
 
 # A tolerance each method reaches in few steps (bosh3 needs ~10x the steps of 5th-order pairs).
 TIGHT_RTOL = {"bosh3": 1e-6, "dopri5": 1e-8, "tsit5": 1e-8}

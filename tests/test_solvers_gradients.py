@@ -225,3 +225,17 @@ def test_adjoint_uses_no_graph_of_the_forward_solve() -> None:
     ys_bp = odeint(field, y0, t, rtol=1e-8, atol=1e-10)
     ys_adj = odeint(field, y0, t, rtol=1e-8, atol=1e-10, adjoint=True)
     assert graph_size(ys_adj) < 50 < graph_size(ys_bp)
+
+
+def test_adjoint_stats_count_forward_and_backward_evaluations() -> None:
+    field = SmallField(seed=6)
+    y0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 2, 4, dtype=torch.float64)
+    sol = odeint(field, y0, t, adjoint=True, return_solution=True, rtol=1e-7, atol=1e-9)
+    assert sol.stats.nfe == field.calls
+    before = field.calls
+    sol.ys.pow(2).sum().backward()
+    backward_calls = field.calls - before
+    assert backward_calls > 0
+    assert sol.stats.nfe_backward == backward_calls
+    assert y0.grad is not None and torch.isfinite(y0.grad).all()
