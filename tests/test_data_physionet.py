@@ -137,7 +137,7 @@ def test_cache_hit_and_invalidation(tmp_path: Path) -> None:
         ),
         (
             "Time,Parameter,Value\n00:00,RecordID,1\n00:10,HR,70\n00:20,Mood,3\n",
-            r"1\.txt, line 4, column 'Parameter': unknown variable.*'Mood'",
+            r"1\.txt, line 4, column 'Parameter': unknown or missing variable.*'Mood'",
         ),
         (
             "Time,Parameter,Value\n00:00,RecordID,1\n00:10,HR,seventy\n",

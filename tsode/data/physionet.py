@@ -183,7 +183,7 @@ def parse_records(
             io.BytesIO(blob),
             header=None,
             names=["hh", "mm", "parameter", "value"],
-            dtype={"parameter": str},
+            dtype={"parameter": "category"},
             skip_blank_lines=False,
             engine="c",
         )
@@ -207,28 +207,35 @@ def parse_records(
             f"{where(row)}, column 'Value': {frame['value'].iloc[row]!r} is not a finite number "
             f"({int(bad.sum())} such lines)"
         )
-    param = frame["parameter"].to_numpy(dtype=object)
+    cats = frame["parameter"].cat
     hours = hh + mm / 60.0
     record = np.repeat(np.arange(len(names)), counts)
-    known = set(PHYSIONET_CHANNELS) | set(DESCRIPTORS)
-    cats = pd.Categorical(param)
-    unknown = [c for c in cats.categories if c not in known]
-    if unknown:
-        row = int(np.flatnonzero(np.isin(param, unknown))[0])
+    # vocabulary: the 37 channels, then the descriptors other than Weight
+    vocab = list(PHYSIONET_CHANNELS) + [d for d in DESCRIPTORS if d != "Weight"]
+    lookup = {name: k for k, name in enumerate(vocab)}
+    unknown = [c for c in cats.categories if c not in lookup]
+    missing = cats.codes.to_numpy() < 0
+    if unknown or missing.any():
+        bad = missing | frame["parameter"].isin(unknown).to_numpy()
+        row = int(np.flatnonzero(bad)[0])
         raise DataValidationError(
-            f"{where(row)}, column 'Parameter': unknown variable(s) {unknown}"
+            f"{where(row)}, column 'Parameter': unknown or missing variable(s) {unknown}"
         )
-    is_descr = np.isin(param, DESCRIPTORS[:5]) | ((param == "Weight") & (hours == 0.0))
-    if (is_descr & (hours != 0.0)).any():
-        row = int(np.flatnonzero(is_descr & (hours != 0.0))[0])
-        raise DataValidationError(f"{where(row)}: descriptor {param[row]!r} not at 00:00")
-    # ---- per-record descriptors
+    lut = np.array([lookup[c] for c in cats.categories], dtype=np.int64)
+    pid = lut[cats.codes.to_numpy()]
+    num_ch = len(PHYSIONET_CHANNELS)
+    weight = PHYSIONET_CHANNELS.index("Weight")
+    is_descr = (pid >= num_ch) | ((pid == weight) & (hours == 0.0))
+    late = (pid >= num_ch) & (hours != 0.0)
+    if late.any():
+        row = int(np.flatnonzero(late)[0])
+        raise DataValidationError(f"{where(row)}: descriptor {vocab[pid[row]]!r} not at 00:00")
+    # ---- per-record descriptors (first occurrence per record wins; they are given once)
     n_rec = len(names)
     descr = {d: np.full(n_rec, np.nan) for d in DESCRIPTORS}
     d_rows = np.flatnonzero(is_descr)
     for d in DESCRIPTORS:
-        sel = d_rows[param[d_rows] == d]
-        # first occurrence per record wins (descriptors are given once)
+        sel = d_rows[pid[d_rows] == (weight if d == "Weight" else lookup[d])]
         rec, first = np.unique(record[sel][::-1], return_index=True)
         descr[d][rec] = values[sel][::-1][first]
     stems = np.array([Path(n.split(":")[-1]).stem for n in names])
@@ -268,7 +275,7 @@ def parse_records(
         {
             "record_id": rid[record[ts]],
             "time": hours[ts],
-            "channel": pd.Categorical(param[ts], categories=list(PHYSIONET_CHANNELS)),
+            "channel": pd.Categorical.from_codes(pid[ts], categories=list(PHYSIONET_CHANNELS)),
             "value": values[ts],
         }
     )

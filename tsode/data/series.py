@@ -203,7 +203,7 @@ class SeriesTable:
         channel_codes = np.asarray(channel_codes, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
         num_s, num_c = len(series_ids), len(channels)
-        order = np.lexsort((channel_codes, times, series_codes))
+        order = _sort_order(series_codes, times, channel_codes, num_s, num_c)
         sc, tt, cc, vv = series_codes[order], times[order], channel_codes[order], values[order]
         m = len(order)
         # one row per distinct (series, time)
@@ -225,12 +225,12 @@ class SeriesTable:
                 f"{channels[cc[k]]!r} at time {tt[k]:g} h (rows {int(rows[0])} and {int(rows[1])}); "
                 f"{num_dup} duplicate entries in total. Use duplicates='mean' to average them."
             )
-        sums = np.zeros((num_rows, num_c), dtype=np.float64)
-        counts = np.zeros((num_rows, num_c), dtype=np.int64)
-        np.add.at(sums, (row_of_entry, cc), vv)
-        np.add.at(counts, (row_of_entry, cc), 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dense = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        # entries are sorted by (row, channel): average each run of equal (row, channel)
+        starts = np.flatnonzero(~dup)
+        run_sums = np.add.reduceat(vv, starts) if m else np.zeros(0)
+        run_counts = np.diff(np.append(starts, m))
+        dense = np.full((num_rows, num_c), np.nan, dtype=np.float32)
+        dense.reshape(-1)[row_of_entry[starts] * num_c + cc[starts]] = run_sums / run_counts
         row_series = sc[new_row]
         row_times = tt[new_row]
         lengths = np.bincount(row_series, minlength=num_s)
@@ -245,7 +245,7 @@ class SeriesTable:
             series_ids=list(series_ids),
             offsets=offsets,
             times=row_times,
-            values=dense.astype(np.float32),
+            values=dense,
             channels=list(channels),
             time_offset=time_offset,
             static=static,
@@ -296,3 +296,12 @@ def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     ends = np.cumsum(lengths)
     shift = np.repeat(starts - (ends - lengths), lengths)
     return np.arange(total, dtype=np.int64) + shift
+
+
+def _sort_order(series: np.ndarray, times: np.ndarray, channels: np.ndarray, s: int, c: int):
+    """Order sorting entries by (series, time, channel); one int64 key sort when it fits."""
+    uniq, time_rank = np.unique(times, return_inverse=True)
+    if float(max(s, 1)) * max(len(uniq), 1) * max(c, 1) < 2**62:
+        key = (series * len(uniq) + time_rank.reshape(-1)) * c + channels
+        return np.argsort(key, kind="stable")
+    return np.lexsort((channels, times, series))
