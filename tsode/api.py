@@ -245,8 +245,18 @@ def _plain(value: Any) -> Any:
     return _jsonable(value)
 
 
-def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Per-series query times -> ``(B, M)`` times padded with each row's last time + mask."""
+def _convert_arg(name: str, value: Any) -> Any:
+    """Plain-data forms of structured arguments: ``solver={"method": "rk4", ...}``."""
+    if name == "solver" and isinstance(value, Mapping):
+        from tsode.solvers import SolverConfig
+
+        return SolverConfig(**value)
+    return value
+
+
+def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
+    """Per-series query times -> ``(B, M)`` float64 times padded with each row's last time,
+    and the ``(B, M)`` bool mask of real entries."""
     width = max(max((len(r) for r in rows), default=0), 1)
     times = np.zeros((len(rows), width), dtype=np.float64)
     mask = np.zeros((len(rows), width), dtype=bool)
@@ -256,7 +266,7 @@ def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
         times[i, : len(row)] = row
         times[i, len(row) :] = row[-1]
         mask[i, : len(row)] = True
-    return torch.from_numpy(times.astype(np.float32)), torch.from_numpy(mask)
+    return times, torch.from_numpy(mask)
 
 
 def _quantile_name(level: float) -> str:
@@ -315,7 +325,7 @@ class Forecaster:
                     f"{self.model_class.__name__} has no argument(s) {sorted(unknown)}; it accepts "
                     f"{sorted(_accepted_args(self.model_class) - {'self'})}"
                 )
-        self.model_kwargs = dict(model_kwargs)
+        self.model_kwargs = {k: _convert_arg(k, v) for k, v in model_kwargs.items()}
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.patience = patience
         self.tracking = tracking
@@ -645,11 +655,12 @@ class Forecaster:
             positions = list(range(start, min(start + batch_size, len(dataset))))
             batch = dataset.collate(positions)
             q_times, q_mask = _pad_rows([query[p] for p in positions])
-            mean, extra = self._forecast(batch, q_times, quantiles)
+            model_times = torch.from_numpy(q_times.astype(np.float32))
+            mean, extra = self._forecast(batch, model_times, quantiles)
             frames.append(
                 values_to_frame(
                     batch.series_ids,
-                    q_times,
+                    q_times,  # float64: reported times are exactly the requested ones
                     mean,
                     q_mask,
                     batch.channels,

@@ -10,7 +10,7 @@ Usage::
     tsode quickstart [--config recipes/quickstart.yaml] [--max_epochs N]
 
 A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
-``tsode.data`` data module) and trainer options. ``num_channels`` / ``num_static`` /
+``tsode.data`` data module) and trainer options. ``num_channels`` /
 ``channel_means`` / ``channel_stds`` of the model are linked from the data module. Every run
 logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see ``docs/tracking.md``); the
 ``checkpoint`` section configures the best-checkpoint callback and ``tracking`` the MLflow
@@ -19,6 +19,7 @@ artifacts callback.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ MONITOR = "val/mse"
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Values every model may take from the data module (linked only where the model accepts them).
-LINKED_FROM_DATA = ("num_channels", "num_static", "channel_means", "channel_stds")
+LINKED_FROM_DATA = ("num_channels", "channel_means", "channel_stds")
 
 
 class RecipeError(SystemExit):
@@ -93,6 +94,14 @@ def explain_parse_error(message: str) -> tuple[str | None, str]:
     return key, reason
 
 
+def _normalizer_means(normalizer: Any) -> list[float]:
+    return [float(x) for x in normalizer.mean]
+
+
+def _normalizer_stds(normalizer: Any) -> list[float]:
+    return [float(x) for x in normalizer.std]
+
+
 class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
@@ -122,6 +131,14 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
         if logger is None:
             return
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        # values linked from the data module are filled in at instantiation: take them from
+        # the model, so the logged recipe is complete
+        init_args = resolved.get("model", {}).setdefault("init_args", {})
+        hparams = getattr(pl_module, "hparams", {})
+        for name in LINKED_FROM_DATA:
+            if name in hparams and init_args.get(name) is None:
+                value = hparams[name]
+                init_args[name] = list(value) if isinstance(value, tuple) else value
         logger.log_config(resolved)
         for path in TsodeArgumentParser.recipe_files:
             if Path(path).is_file():
@@ -154,6 +171,10 @@ class TsodeCLI(LightningCLI):
         self.parser_class = TsodeArgumentParser
         return super().init_parser(**kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` (a list, as on the command line; None: ``sys.argv``)."""
+        self.config = parser.parse_args(args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -165,8 +186,17 @@ class TsodeCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(MLflowArtifacts, "tracking")
-        for name in LINKED_FROM_DATA:
-            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+        # (num_static is not linked: no model takes static covariates yet, and jsonargparse
+        # would pass a link target the model lacks as an unexpected keyword argument)
+        parser.link_arguments("data.num_channels", "model.init_args.num_channels", apply_on="instantiate")
+        parser.link_arguments(
+            "data.normalizer", "model.init_args.channel_means", compute_fn=_normalizer_means,
+            apply_on="instantiate",
+        )
+        parser.link_arguments(
+            "data.normalizer", "model.init_args.channel_stds", compute_fn=_normalizer_stds,
+            apply_on="instantiate",
+        )
 
     def before_instantiate_classes(self) -> None:
         """Name the MLflow run after the recipe file unless the recipe names it."""
@@ -192,9 +222,22 @@ def _quickstart(argv: Sequence[str]) -> int:
         return 1
 
 
+def _limit_threads() -> None:
+    """One intra-op thread unless ``OMP_NUM_THREADS`` says otherwise.
+
+    tsode's models run many small ops (ODE steps on small batches); on a busy CPU, torch's
+    intra-op thread pool makes each of them orders of magnitude slower.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tsode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _limit_threads()
     if args and args[0] == "quickstart":
         return _quickstart(args[1:])
     TsodeArgumentParser.recipe_files = _recipe_files(args)

@@ -76,9 +76,7 @@ def run_quickstart(argv: Sequence[str] = ()) -> int:
     )
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="recipe (default: %(default)s)")
     parser.add_argument("--max_epochs", type=int, default=None, help="override trainer.max_epochs")
-    parser.add_argument(
-        "overrides", nargs="*", help="extra LightningCLI overrides, e.g. --model.init_args.latent_dim=8"
-    )
+    parser.epilog = "Any other option is passed to the recipe, e.g. --model.init_args.latent_dim 8"
     args, extra = parser.parse_known_args(list(argv))
     recipe = Path(args.config)
     if not recipe.is_file():
@@ -94,7 +92,7 @@ def run_quickstart(argv: Sequence[str] = ()) -> int:
             f"(tsode.models.MODELS has {sorted(MODELS)}); nothing was trained"
         )
 
-    cli_args = ["--config", str(recipe), *args.overrides, *extra]
+    cli_args = ["--config", str(recipe), *extra]
     if args.max_epochs is not None:
         cli_args += ["--trainer.max_epochs", str(args.max_epochs)]
     TsodeArgumentParser.recipe_files = [str(recipe)]

@@ -140,14 +140,23 @@ class MLflowLogger(MLFlowLogger):
         return self._initialized
 
     @rank_zero_only
-    def log_config(self, config: Mapping[str, Any], artifact_file: str = "config/config.yaml") -> None:
-        """Log a resolved configuration as flattened params and as a YAML artifact."""
+    def log_config(
+        self,
+        config: Mapping[str, Any],
+        artifact_file: str = "config/config.yaml",
+        prefix: str = "config.",
+    ) -> None:
+        """Log a resolved configuration as flattened params and as a YAML artifact.
+
+        Params are named ``<prefix><dotted key>`` (e.g. ``config.model.init_args.latent_dim``),
+        apart from the bare hyperparameter names Lightning logs from the model itself.
+        """
         from mlflow.entities import Param
 
         plain = _jsonable(config)
         params = [
             Param(key=key, value=str(value)[:MAX_PARAM_LENGTH])
-            for key, value in flatten_config(plain).items()
+            for key, value in flatten_config(plain, prefix=prefix).items()
         ]
         for start in range(0, len(params), 100):  # MLflow accepts 100 params per batch
             self.experiment.log_batch(run_id=self.run_id, params=params[start : start + 100])

@@ -1,0 +1,174 @@
+"""Forecaster API: fit -> predict -> evaluate -> save -> load on the synthetic ICU data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tsode.api import Forecaster
+from tsode.data import DataValidationError, SyntheticICUDataModule
+
+torch.set_num_threads(1)  # small models: intra-op threads only add overhead
+
+FAST_TRAINER = {
+    "max_epochs": 2,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "log_every_n_steps": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    """40 synthetic ICU series as a long table (series_id, time, channel, value)."""
+    dm = SyntheticICUDataModule(num_series=40, seed=0)
+    dm.setup()
+    return dm.table.to_long_frame()
+
+
+@pytest.fixture(scope="module")
+def fitted(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Forecaster:
+    work = tmp_path_factory.mktemp("work")
+    fc = Forecaster(
+        "gru_dt",
+        hidden_dim=16,
+        trainer_kwargs=FAST_TRAINER,
+        tracking=False,
+        work_dir=work,
+        verbose=False,
+    )
+    return fc.fit(frame, cutoff=24.0, batch_size=16)
+
+
+def _last_times(frame: pd.DataFrame) -> pd.Series:
+    return frame.groupby("series_id")["time"].max()
+
+
+def test_fit_records_summary_and_fitted_state(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    summary = fitted.fit_summary
+    assert summary["model"] == "gru_dt"
+    assert summary["num_series"]["train"] + summary["num_series"]["val"] == 40
+    assert summary["best_val_mse"] is not None and np.isfinite(summary["best_val_mse"])
+    assert fitted.data.channels == sorted(frame["channel"].unique())
+    # normalizer fitted on the training split only: close to, but not exactly, the full data stats
+    full_means = frame.groupby("channel")["value"].mean()
+    for name, mean, std in zip(fitted.data.normalizer.names, fitted.data.normalizer.mean,
+                               fitted.data.normalizer.std):
+        assert abs(mean - full_means[name]) < 0.5 * std
+
+
+def test_predict_horizon_grid_in_original_units(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    forecast = fitted.predict(frame, horizon=6.0, step=2.0, progress=False)
+    assert list(forecast.columns) == ["series_id", "time", "channel", "mean"]
+    channels = fitted.data.channels
+    assert len(forecast) == frame["series_id"].nunique() * 3 * len(channels)
+    assert np.isfinite(forecast["mean"]).all()
+    last = _last_times(frame)
+    offsets = forecast["time"].to_numpy() - last.loc[forecast["series_id"]].to_numpy()
+    np.testing.assert_allclose(np.sort(np.unique(offsets.round(4))), [2.0, 4.0, 6.0], atol=1e-3)
+    # original units: each channel's forecasts live on that channel's scale, not around 0
+    by_channel = forecast.groupby("channel")["mean"].mean()
+    data_by_channel = frame.groupby("channel")["value"]
+    for channel in channels:
+        lo, hi = data_by_channel.min()[channel], data_by_channel.max()[channel]
+        span = hi - lo
+        assert lo - span <= by_channel[channel] <= hi + span, channel
+
+
+def test_predict_explicit_times_shared_and_per_series(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    ids = list(frame["series_id"].unique()[:3])
+    subset = frame[frame["series_id"].isin(ids)]
+    shared = fitted.predict(subset, times=[50.0, 55.5], progress=False)
+    assert sorted(shared["time"].unique()) == pytest.approx([50.0, 55.5])
+    assert set(shared["series_id"]) == set(ids)
+    per_series = pd.DataFrame({"series_id": [ids[0], ids[0], ids[1]], "time": [49.0, 52.0, 60.0]})
+    out = fitted.predict(subset, times=per_series, progress=False)
+    got = out.groupby("series_id")["time"].unique().map(sorted).to_dict()
+    assert got[ids[0]] == pytest.approx([49.0, 52.0])
+    assert got[ids[1]] == pytest.approx([60.0])
+    assert ids[2] not in got  # no query times for it: no rows
+
+
+def test_evaluate_returns_metrics_table(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    table = fitted.evaluate(frame)
+    assert list(table.columns) == ["n_obs", "mse", "rmse", "mae"]
+    assert list(table.index) == [*fitted.data.channels, "all"]
+    assert table.loc["all", "n_obs"] == table["n_obs"].iloc[:-1].sum() > 0
+    observed = table[table["n_obs"] > 0]
+    np.testing.assert_allclose(observed["rmse"], np.sqrt(observed["mse"]))
+    weighted = (observed["mse"].iloc[:-1] * observed["n_obs"].iloc[:-1]).sum() / table.loc["all", "n_obs"]
+    assert table.loc["all", "mse"] == pytest.approx(weighted)
+
+
+def test_save_load_round_trip(fitted: Forecaster, frame: pd.DataFrame, tmp_path) -> None:
+    path = fitted.save(tmp_path / "fc")
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["model"]["name"] == "gru_dt"
+    assert config["model"]["init_args"]["hidden_dim"] == 16
+    assert config["data"]["cutoff"] == 24.0
+    loaded = Forecaster.load(path)
+    assert loaded.data.normalizer == fitted.data.normalizer
+    assert loaded.data.channels == fitted.data.channels
+    assert loaded.data.task == fitted.data.task
+    pd.testing.assert_frame_equal(
+        loaded.predict(frame, horizon=4.0, progress=False),
+        fitted.predict(frame, horizon=4.0, progress=False),
+    )
+    pd.testing.assert_frame_equal(loaded.evaluate(frame), fitted.evaluate(frame))
+
+
+def test_locf_forecast_is_last_observation_in_original_units(frame: pd.DataFrame, tmp_path) -> None:
+    fc = Forecaster("locf", trainer_kwargs=FAST_TRAINER, tracking=False, work_dir=tmp_path,
+                    verbose=False).fit(frame, cutoff=24.0)
+    forecast = fc.predict(frame, horizon=3.0, step=3.0, progress=False)
+    last_obs = (
+        frame.sort_values("time").groupby(["series_id", "channel"])["value"].last().rename("last")
+    )
+    merged = forecast.join(last_obs, on=["series_id", "channel"], how="inner")
+    assert len(merged) > 0
+    np.testing.assert_allclose(merged["mean"], merged["last"], rtol=1e-5, atol=1e-4)
+
+
+def test_probabilistic_model_quantiles_and_seeded_sampling(frame: pd.DataFrame, tmp_path) -> None:
+    fc = Forecaster(
+        "latent_ode",
+        latent_dim=4, rec_dim=8, ode_hidden_dim=8, rec_ode_hidden_dim=8, gru_units=8,
+        decoder_hidden_dim=8, num_predict_samples=16,
+        solver={"method": "euler", "step_size": 4.0},
+        trainer_kwargs={**FAST_TRAINER, "max_epochs": 1}, tracking=False, work_dir=tmp_path,
+        verbose=False,
+    )
+    fc.fit(frame, cutoff=24.0, batch_size=20)
+    subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:4])]
+    first = fc.predict(subset, horizon=4.0, step=2.0, quantiles=(0.1, 0.9), progress=False)
+    assert list(first.columns) == ["series_id", "time", "channel", "mean", "q0.1", "q0.9"]
+    assert (first["q0.1"] < first["q0.9"]).all()
+    again = fc.predict(subset, horizon=4.0, step=2.0, quantiles=(0.1, 0.9), progress=False)
+    pd.testing.assert_frame_equal(first, again)  # same seed, same samples
+
+
+def test_solver_given_as_mapping_is_converted() -> None:
+    fc = Forecaster("odernn", solver={"method": "rk4", "step_size": 0.5}, tracking=False)
+    from tsode.solvers import SolverConfig
+
+    assert fc.model_kwargs["solver"] == SolverConfig(method="rk4", step_size=0.5)
+
+
+def test_clear_errors(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="unknown model 'lstm'.*latent_ode"):
+        Forecaster("lstm")
+    with pytest.raises(TypeError, match="latnt_dim"):
+        Forecaster("latent_ode", latnt_dim=3)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Forecaster("gru_dt").predict(frame, horizon=1.0)
+    with pytest.raises(ValueError, match="deterministic"):
+        fitted.predict(frame, horizon=1.0, quantiles=(0.5,), progress=False)
+    with pytest.raises(ValueError, match="exactly one of horizon"):
+        fitted.predict(frame, progress=False)
+    bad = frame.copy()
+    bad.loc[bad.index[5], "channel"] = "glucose"
+    with pytest.raises(DataValidationError, match="glucose"):
+        fitted.predict(bad, horizon=1.0, progress=False)

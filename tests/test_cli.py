@@ -1,0 +1,163 @@
+"""The `tsode` command, run as a subprocess: fit/test with overrides, --print_config, bad recipes,
+and the quickstart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tsode.cli import explain_parse_error, main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+_SCRIPT = Path(sys.executable).parent / "tsode"  # the installed console script
+TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode.cli"]
+# a tiny, fast version of the quickstart recipe
+SMALL = [
+    "--data.init_args.num_series", "30",
+    "--data.init_args.batch_size", "16",
+    "--trainer.max_epochs", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--model.init_args.latent_dim", "3",
+]
+
+
+def run_tsode(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        TSODE + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
+    fit = run_tsode(["fit", "--config", str(QUICKSTART), *SMALL], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "quickstart"  # named after the recipe file
+    params = run.data.params
+    assert params["config.model.class_path"] == "tsode.models.latent_ode.LatentODE"
+    assert params["config.model.init_args.latent_dim"] == "3"  # command-line override
+    assert params["config.trainer.max_epochs"] == "1"
+    assert params["config.model.init_args.num_channels"] == "5"  # linked from the data module
+    assert "val/mse" in run.data.metrics and "val/mse_orig" in run.data.metrics
+    checkpoints = sorted(tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"))
+    assert len(checkpoints) == 1
+
+    test = run_tsode(
+        ["test", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoints[0])], tmp_path
+    )
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/mse" in test.stdout
+
+
+def test_print_config_shows_resolved_recipe_with_overrides(tmp_path: Path) -> None:
+    out = run_tsode(
+        ["fit", "--config", str(QUICKSTART), "--model.init_args.latent_dim", "7", "--print_config"],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = yaml.safe_load(out.stdout)
+    assert config["model"]["class_path"] == "tsode.models.latent_ode.LatentODE"
+    assert config["model"]["init_args"]["latent_dim"] == 7
+    assert config["model"]["init_args"]["solver"]["method"] == "rk4"
+    assert config["data"]["class_path"] == "tsode.data.SyntheticICUDataModule"
+    assert config["checkpoint"]["monitor"] == "val/mse"
+    assert not (tmp_path / "mlflow.db").exists()  # printing a config starts no run
+
+
+def _bad_recipe(tmp_path: Path, edit) -> Path:  # noqa: ANN001
+    recipe = yaml.safe_load(QUICKSTART.read_text())
+    edit(recipe)
+    path = tmp_path / "bad_recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [
+        (lambda r: r["model"]["init_args"].update(latnt_dim=3), "model.init_args.latnt_dim",
+         "unknown key"),
+        (lambda r: r["model"]["init_args"].update(latent_dim="many"), "model.init_args.latent_dim",
+         "wrong type"),
+        (lambda r: r["data"]["init_args"].update(batch_size=[1, 2]), "data.init_args.batch_size",
+         "wrong type"),
+        (lambda r: r.update(optimiser="adam"), "optimiser", "unknown key"),
+    ],
+    ids=["unknown-model-key", "wrong-type-model", "wrong-type-data", "unknown-top-level-key"],
+)
+def test_bad_recipe_error_names_key_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, edit, key: str,  # noqa: ANN001
+    reason: str,
+) -> None:
+    """In-process (parsing fails before anything is built); the subprocess path is the same."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _bad_recipe(tmp_path, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    headline = next(line for line in stderr.splitlines() if line.startswith("tsode: invalid"))
+    assert str(path) in headline
+    assert f"'{key}'" in headline
+    assert reason in headline
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_recipe_via_subprocess_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = _bad_recipe(tmp_path, lambda r: r["model"]["init_args"].update(latnt_dim=3))
+    out = run_tsode(["fit", "--config", str(path)], tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert f"tsode: invalid configuration in {path}: key 'model.init_args.latnt_dim'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_recipe_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["fit", "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "recipe file not found" in err and "nope.yaml" in err
+
+
+def test_explain_parse_error_on_nested_messages() -> None:
+    message = (
+        'Parser key "model":\n  Does not validate against any of the Union subtypes\n'
+        "  Errors:\n    - Problem with given class_path 'tsode.models.odernn.ODERNN':\n"
+        '        Parser key "solver":\n          Parser key "rtol":\n'
+        "            Expected a <class 'float'>. Got value: tight\n"
+        "    - Expected a <class 'NoneType'>\n"
+    )
+    key, reason = explain_parse_error(message)
+    assert key == "model.init_args.solver.rtol"
+    assert reason.startswith("wrong type: Expected a <class 'float'>")
+
+
+@pytest.mark.slow
+def test_quickstart_command_prints_comparison_and_locations(tmp_path: Path) -> None:
+    out = run_tsode(["quickstart", *SMALL], tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "LatentODE" in text and "LOCF" in text
+    assert "test/mse" in text
+    assert "MLflow run" in text and "forecast plot" in text
+    plot_line = next(line for line in text.splitlines() if "forecast plot" in line)
+    plot = Path(plot_line.split(":", 1)[1].strip())
+    assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])[0]
+    assert "baseline_locf/test/mse" in run.data.metrics
+    assert "test/mse" in run.data.metrics
