@@ -142,8 +142,14 @@ def test_splits_disjoint_and_reproducible(num_series: int, seed: int) -> None:
 
 
 @SETTINGS
-@given(st.lists(st.integers(1, 200), min_size=1, max_size=300), st.integers(1, 40), st.booleans())
-def test_bucket_sampler_covers_each_index_once(lengths, batch_size, shuffle) -> None:
+@given(
+    st.lists(st.tuples(st.integers(1, 200), st.integers(0, 50)), min_size=1, max_size=300),
+    st.integers(1, 40),
+    st.booleans(),
+    st.booleans(),
+)
+def test_bucket_sampler_covers_each_index_once(pairs, batch_size, shuffle, two_d) -> None:
+    lengths = np.asarray(pairs) if two_d else np.asarray(pairs)[:, 0]
     sampler = LengthBucketSampler(lengths, batch_size, shuffle=shuffle, pool_factor=4, seed=2)
     batches = list(sampler)
     flat = [i for b in batches for i in b]
@@ -158,3 +164,14 @@ def test_bucketing_reduces_padding() -> None:
     perm = np.random.default_rng(1).permutation(len(lengths))
     plain = [perm[i : i + 64] for i in range(0, len(perm), 64)]
     assert padding_fraction(lengths, bucketed) < 0.25 * padding_fraction(lengths, plain)
+
+
+def test_two_part_bucketing_reduces_padding_of_both_parts() -> None:
+    rng = np.random.default_rng(0)
+    ctx = rng.integers(5, 150, 3000)
+    tgt = (0.5 * ctx + rng.integers(0, 80, 3000)).astype(int)
+    lengths = np.stack([ctx, tgt], 1)
+    one_key = list(LengthBucketSampler(ctx + tgt, 64, shuffle=True, seed=0))
+    two_keys = list(LengthBucketSampler(lengths, 64, shuffle=True, seed=0))
+    assert len(two_keys) == len(one_key) == 47
+    assert padding_fraction(lengths, two_keys) < 0.7 * padding_fraction(lengths, one_key)

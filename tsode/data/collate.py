@@ -140,8 +140,13 @@ class SeriesDataset(Dataset):
 
     @property
     def lengths(self) -> np.ndarray:
-        """(len,) context + target time points per series (used for length bucketing)."""
+        """(len,) context + target time points per series."""
         return np.diff(self._ctx_off) + np.diff(self._tgt_off)
+
+    @property
+    def part_lengths(self) -> np.ndarray:
+        """(len, 2) context and target time points per series (used for length bucketing)."""
+        return np.stack([np.diff(self._ctx_off), np.diff(self._tgt_off)], axis=1)
 
     def collate(self, items: Sequence[int]) -> IrregularBatch:
         """Build one padded batch from dataset positions ``items``."""

@@ -179,7 +179,7 @@ class IrregularDataModule(L.LightningDataModule):
     def _loader(self, dataset: SeriesDataset, batch_size: int, shuffle: bool) -> DataLoader:
         if self.bucketing:
             sampler = LengthBucketSampler(
-                dataset.lengths, batch_size, shuffle=shuffle, seed=self.seed
+                dataset.part_lengths, batch_size, shuffle=shuffle, seed=self.seed
             )
         else:
             base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)

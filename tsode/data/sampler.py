@@ -13,11 +13,16 @@ class LengthBucketSampler(Sampler[list[int]]):
 
     Each epoch: shuffle (seeded by ``seed + epoch``), cut into pools of
     ``batch_size * pool_factor`` indices, sort each pool by length, cut pools into batches and
-    shuffle the batch order. Without ``shuffle`` the order is deterministic: globally sorted
-    by length.
+    shuffle the batch order. Without ``shuffle`` the order is deterministic: one pool holding
+    everything.
+
+    With two lengths per item (e.g. context and target time points, padded separately), a
+    pool is sorted by the first, cut into about sqrt(batches per pool) chunks of whole
+    batches, and each chunk sorted by the second before cutting batches, so both lengths are
+    similar within a batch.
 
     Args:
-        lengths: per-item lengths (e.g. time points per series).
+        lengths: (N,) or (N, 2) per-item lengths (e.g. time points per series).
         batch_size: items per batch.
         shuffle: randomize pools and batch order each epoch.
         pool_factor: batches per sorting pool (larger: less padding, less randomness).
@@ -37,6 +42,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        if self.lengths.ndim not in (1, 2) or (
+            self.lengths.ndim == 2 and self.lengths.shape[1] != 2
+        ):
+            raise ValueError(f"lengths must be (N,) or (N, 2), got {self.lengths.shape}")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.pool_factor = max(1, pool_factor)
@@ -50,18 +59,30 @@ class LengthBucketSampler(Sampler[list[int]]):
     def _batches(self) -> list[np.ndarray]:
         n = len(self.lengths)
         if not self.shuffle:
-            order = np.argsort(self.lengths, kind="stable")
-            return self._cut(order)
+            return self._sorted_batches(np.arange(n))
         rng = np.random.default_rng(self.seed + self.epoch)
         perm = rng.permutation(n)
         pool = self.batch_size * self.pool_factor
         batches: list[np.ndarray] = []
         for start in range(0, n, pool):
-            chunk = perm[start : start + pool]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches.extend(self._cut(chunk))
+            batches.extend(self._sorted_batches(perm[start : start + pool]))
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
+
+    def _sorted_batches(self, items: np.ndarray) -> list[np.ndarray]:
+        lengths = self.lengths[items]
+        if lengths.ndim == 1:
+            return self._cut(items[np.argsort(lengths, kind="stable")])
+        items = items[np.argsort(lengths[:, 0], kind="stable")]
+        num_batches = -(-len(items) // self.batch_size)
+        per_chunk = max(1, int(np.ceil(num_batches / max(1, round(np.sqrt(num_batches))))))
+        chunk = per_chunk * self.batch_size
+        out: list[np.ndarray] = []
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            second = self.lengths[part][:, 1]
+            out.extend(self._cut(part[np.argsort(second, kind="stable")]))
+        return out
 
     def _cut(self, order: np.ndarray) -> list[np.ndarray]:
         out = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -79,11 +100,18 @@ class LengthBucketSampler(Sampler[list[int]]):
 
 
 def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:
-    """Fraction of padded time points over ``batches`` (each padded to its longest item)."""
+    """Fraction of padded time points over ``batches`` (each padded to its longest item).
+
+    ``lengths`` (N,) or (N, K): with K columns each is padded separately (e.g. context and
+    target parts) and the fraction is over all of them.
+    """
     lengths = np.asarray(lengths)
+    if lengths.ndim == 1:
+        lengths = lengths[:, None]
     total = padded = 0
     for b in batches:
         lb = lengths[np.asarray(b)]
-        total += lb.max() * len(lb)
-        padded += lb.max() * len(lb) - lb.sum()
+        full = lb.max(0) * len(lb)
+        total += full.sum()
+        padded += (full - lb.sum(0)).sum()
     return float(padded / total) if total else 0.0
