@@ -386,6 +386,9 @@ class InterpolatedPath:
         co = coefficients
         self._knots = co.times.contiguous()
         self._max_interval = (co.lengths - 2).clamp(min=0).unsqueeze(1)  # (B, 1)
+        # Stacked so each evaluation is a single gather.
+        self._value_coeffs = torch.cat([co.a, co.b, co.c, co.d], dim=-1)
+        self._derivative_coeffs = torch.cat([co.b, 2 * co.c, 3 * co.d], dim=-1)
 
     @classmethod
     def from_data(
@@ -436,10 +439,9 @@ class InterpolatedPath:
 
     def evaluate(self, t: Tensor) -> Tensor:
         """X(t): (B, D) for t (B,), or (B, M, D) for t (B, M)."""
-        co = self.coefficients
         index, s, squeeze = self._locate(t)
         s = s.unsqueeze(-1)
-        a, b, c, d = (self._gather(x, index) for x in (co.a, co.b, co.c, co.d))
+        a, b, c, d = self._gather(self._value_coeffs, index).chunk(4, dim=-1)
         out = a + s * (b + s * (c + s * d))
         return out.squeeze(1) if squeeze else out
 
@@ -449,9 +451,8 @@ class InterpolatedPath:
         At a knot the derivative of the interval starting there is used (right derivative);
         this only matters for ``"linear"`` paths, the cubic ones are C1.
         """
-        co = self.coefficients
         index, s, squeeze = self._locate(t)
         s = s.unsqueeze(-1)
-        b, c, d = (self._gather(x, index) for x in (co.b, co.c, co.d))
-        out = b + s * (2 * c + 3 * s * d)
+        b, c2, d3 = self._gather(self._derivative_coeffs, index).chunk(3, dim=-1)
+        out = b + s * (c2 + s * d3)
         return out.squeeze(1) if squeeze else out

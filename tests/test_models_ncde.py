@@ -1,0 +1,271 @@
+"""Tests for the Neural CDE forecaster (tsode.models.ncde)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import make_batch, select_rows
+
+from tsode.data.batch import IrregularBatch, SeriesPart
+from tsode.models import MODELS
+from tsode.models.ncde import CDEFunc, NeuralCDE
+from tsode.solvers import SolverConfig
+
+SMALL = dict(
+    hidden_dim=6, vf_width=8, vf_layers=1, vf_activation="tanh", decoder_width=8, decoder_layers=1
+)
+ADAPTIVE = SolverConfig(method="dopri5", rtol=1e-7, atol=1e-8)
+FIXED = SolverConfig(method="rk4", step_size=0.25)
+
+
+def build(num_channels: int = 3, solver: SolverConfig = ADAPTIVE, **extra) -> NeuralCDE:
+    torch.manual_seed(0)
+    model = NeuralCDE(num_channels=num_channels, solver=solver, **dict(SMALL, **extra))
+    # Make the vector field non-trivial (the default init is deliberately small).
+    with torch.no_grad():
+        for p in model.cde_func.parameters():
+            p.mul_(5.0)
+    return model
+
+
+def loss_and_pred(model: NeuralCDE, batch: IrregularBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        loss = model.compute_loss(batch).loss
+        pred = model.forecast(batch, batch.target.times)["mean"]
+    return loss, pred
+
+
+def scramble_hidden(part: SeriesPart, gen: torch.Generator) -> SeriesPart:
+    """Replace every masked-out or padded value with large noise (padded times are kept)."""
+    hidden = ~(part.mask & part.time_mask.unsqueeze(-1))
+    noise = 100.0 * torch.randn(part.values.shape, generator=gen, dtype=part.values.dtype)
+    return replace(part, values=torch.where(hidden, noise, part.values))
+
+
+def pad(part: SeriesPart, extra: int) -> SeriesPart:
+    b, _, c = part.values.shape
+    return SeriesPart(
+        times=torch.cat([part.times, part.times[:, -1:].expand(b, extra)], dim=1),
+        values=torch.cat(
+            [part.values, torch.full((b, extra, c), 7.0, dtype=part.values.dtype)], dim=1
+        ),
+        mask=torch.cat([part.mask, torch.zeros(b, extra, c, dtype=torch.bool)], dim=1),
+        lengths=part.lengths,
+    )
+
+
+def test_registered_as_ncde() -> None:
+    assert MODELS["ncde"] is NeuralCDE
+
+
+@pytest.mark.parametrize("interpolation", ["hermite", "linear", "natural"])
+def test_forecast_shapes_and_times_inside_and_after(interpolation: str, forecast_batch) -> None:
+    model = build(interpolation=interpolation)
+    model.eval()
+    times = torch.tensor([[0.3, 1.0, 2.2, 4.0]] * 3 + [[0.0, 0.1, 3.0, 5.0]])
+    with torch.no_grad():
+        out = model.forecast(forecast_batch, times)
+        target = model.predict_step(forecast_batch, 0)
+    assert out["mean"].shape == (4, 4, 3)
+    assert torch.isfinite(out["mean"]).all()
+    assert target["mean"].shape == forecast_batch.target.values.shape
+    assert target["series_ids"] == forecast_batch.series_ids
+
+
+@pytest.mark.parametrize("solver", [ADAPTIVE, FIXED], ids=["dopri5", "rk4"])
+@pytest.mark.parametrize("interpolation", ["hermite", "natural"])
+def test_masked_and_padded_values_are_invisible(solver, interpolation, forecast_batch) -> None:
+    model = build(solver=solver, interpolation=interpolation)
+    loss, pred = loss_and_pred(model, forecast_batch)
+    gen = torch.Generator().manual_seed(5)
+    scrambled = replace(
+        forecast_batch,
+        context=scramble_hidden(forecast_batch.context, gen),
+        target=scramble_hidden(forecast_batch.target, gen),
+    )
+    loss2, pred2 = loss_and_pred(model, scrambled)
+    torch.testing.assert_close(loss2, loss, rtol=0, atol=0)
+    torch.testing.assert_close(pred2, pred, rtol=0, atol=0)
+    # The test can fail: observed values do matter.
+    ctx = forecast_batch.context
+    shifted = replace(forecast_batch, context=replace(ctx, values=ctx.values + ctx.mask * 1.0))
+    _, pred3 = loss_and_pred(model, shifted)
+    assert not torch.allclose(pred3, pred, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", [ADAPTIVE, FIXED], ids=["dopri5", "rk4"])
+def test_padding_width_is_invisible(solver, forecast_batch) -> None:
+    model = build(solver=solver)
+    loss, pred = loss_and_pred(model, forecast_batch)
+    padded = replace(
+        forecast_batch, context=pad(forecast_batch.context, 3), target=pad(forecast_batch.target, 2)
+    )
+    loss2, pred2 = loss_and_pred(model, padded)
+    torch.testing.assert_close(loss2, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred2[:, : pred.shape[1]], pred, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_order_invariance(forecast_batch) -> None:
+    model = build()
+    perm = [2, 0, 3, 1]
+    loss, pred = loss_and_pred(model, forecast_batch)
+    loss2, pred2 = loss_and_pred(model, select_rows(forecast_batch, perm))
+    torch.testing.assert_close(loss2, loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred2, pred[perm], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", [ADAPTIVE, FIXED], ids=["dopri5", "rk4"])
+def test_gradients_reach_every_parameter(solver, forecast_batch) -> None:
+    model = build(solver=solver)
+    model.train()
+    model.compute_loss(forecast_batch).loss.backward()
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
+    assert not missing, f"no gradient for {missing}"
+
+
+def _grads(batch: IrregularBatch, solver: SolverConfig) -> tuple[dict[str, torch.Tensor], int, int]:
+    model = build(num_channels=batch.context.num_channels, solver=solver).double()
+    model.train()
+    model.reset_nfe()
+    loss = model.compute_loss(batch).loss
+    forward_nfe = model.total_nfe()
+    loss.backward()
+    backward_nfe = model.total_nfe() - forward_nfe
+    return {n: p.grad.clone() for n, p in model.named_parameters()}, forward_nfe, backward_nfe
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_adjoint_matches_backprop(method: str, forecast_batch64) -> None:
+    options = dict(rtol=1e-10, atol=1e-12) if method == "dopri5" else dict(step_size=0.01)
+    backprop, fwd, bwd = _grads(forecast_batch64, SolverConfig(method=method, **options))
+    assert fwd > 0 and bwd == 0
+    adjoint, fwd_a, bwd_a = _grads(
+        forecast_batch64, SolverConfig(method=method, adjoint=True, **options)
+    )
+    assert fwd_a > 0 and bwd_a > 0, "the adjoint must evaluate the vector fields backwards"
+    assert backprop.keys() == adjoint.keys()
+    # rk4 adjoint solves the adjoint ODE with its own discretisation: agreement to O(h^4).
+    rtol, atol = (1e-6, 1e-9) if method == "dopri5" else (1e-4, 1e-7)
+    for key in backprop:
+        torch.testing.assert_close(adjoint[key], backprop[key], rtol=rtol, atol=atol, msg=key)
+
+
+@pytest.mark.parametrize("interpolation", ["hermite", "linear"])
+def test_predictions_inside_context_are_causal(interpolation: str) -> None:
+    """A prediction at a knot t_k depends on the context up to t_k only (Hermite/linear paths;
+    between two knots the path already heads for the next observation)."""
+    batch = make_batch([[0.0, 0.4, 1.0, 1.5, 2.3, 3.0]] * 2, [[3.5]] * 2, num_channels=2, seed=3)
+    model = build(num_channels=2, interpolation=interpolation)
+    model.eval()
+    query = torch.tensor([[0.2, 0.7, 1.0, 1.0], [0.0, 0.4, 0.9, 1.0]])
+    ctx = batch.context
+    later = (ctx.times > 1.0).unsqueeze(-1) & ctx.mask
+    changed = replace(
+        batch, context=replace(ctx, values=torch.where(later, ctx.values + 3.0, ctx.values))
+    )
+    with torch.no_grad():
+        base = model.forecast(batch, query)["mean"]
+        after = model.forecast(changed, query)["mean"]
+        future = model.forecast(batch, torch.tensor([[3.5]] * 2))["mean"]
+        future_changed = model.forecast(changed, torch.tensor([[3.5]] * 2))["mean"]
+    torch.testing.assert_close(after, base, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(future_changed, future, atol=1e-4)
+    # The natural cubic spline looks ahead, so the same change is visible before t = 1.0.
+    natural = build(num_channels=2, interpolation="natural")
+    natural.eval()
+    with torch.no_grad():
+        a = natural.forecast(batch, query)["mean"]
+        b = natural.forecast(changed, query)["mean"]
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_state_is_continuous_at_the_end_of_the_context(forecast_batch) -> None:
+    """Queries just before / at / just after T meet: CDE state hands over to the ODE decoder."""
+    model = build(solver=SolverConfig(method="dopri5", rtol=1e-9, atol=1e-10)).double()
+    model.eval()
+    batch = replace(
+        forecast_batch,
+        context=SeriesPart(
+            forecast_batch.context.times.double(),
+            forecast_batch.context.values.double(),
+            forecast_batch.context.mask,
+            forecast_batch.context.lengths,
+        ),
+    )
+    end = batch.context.times.gather(1, (batch.context.lengths - 1).unsqueeze(1))
+    eps = 1e-6
+    query = torch.cat([end - eps, end, end + eps], dim=1)
+    with torch.no_grad():
+        out = model.forecast(batch, query)["mean"]
+    torch.testing.assert_close(out[:, 0], out[:, 1], rtol=0, atol=1e-4)
+    torch.testing.assert_close(out[:, 2], out[:, 1], rtol=0, atol=1e-4)
+
+
+def test_in_context_queries_match_the_encoder_states(forecast_batch) -> None:
+    """Querying at the knots reads out the CDE solution at the knots."""
+    model = build()
+    model.eval()
+    ctx = forecast_batch.context
+    with torch.no_grad():
+        path = model.make_path(ctx)
+        states = model.encode(path, path.grid_points)
+        expected = model.readout(states)
+        got = model.forecast(forecast_batch, ctx.times)["mean"]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cde_vector_field_is_f_of_h_times_path_derivative(forecast_batch) -> None:
+    model = build()
+    path = model.make_path(forecast_batch.context)
+    func: CDEFunc = model.cde_func
+    func.path = path
+    t = path.interval.mean(dim=1)
+    h = torch.randn(4, 6)
+    expected = torch.einsum("bhd,bd->bh", func.matrix(h), path.derivative(t))
+    torch.testing.assert_close(func(t, h), expected)
+    assert func.matrix(h).abs().max() <= 1.0  # tanh-bounded
+    assert func.nfe == 1
+
+
+def test_bad_inputs_are_rejected(forecast_batch) -> None:
+    with pytest.raises(ValueError, match="interpolation"):
+        NeuralCDE(num_channels=3, interpolation="quadratic")
+    with pytest.raises(ValueError, match="fill"):
+        NeuralCDE(num_channels=3, fill="bfill")
+    model = build(num_channels=2)
+    with pytest.raises(ValueError, match="num_channels=2"):
+        model.forecast(forecast_batch, forecast_batch.target.times)
+    model = build()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        model.forecast(forecast_batch, torch.tensor([[2.0, 1.0]] * 4))
+    with pytest.raises(ValueError, match="shape"):
+        model.forecast(forecast_batch, torch.ones(3, 2))
+
+
+def test_checkpoint_round_trip(tmp_path, forecast_batch) -> None:
+    import lightning as L
+
+    model = build(solver=FIXED, interpolation="natural", lr=3e-3)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=1,
+    )
+    trainer.strategy.connect(model)
+    path = tmp_path / "ncde.ckpt"
+    trainer.save_checkpoint(path)
+    # hparams hold a SolverConfig dataclass, so this is not a weights-only checkpoint.
+    loaded = NeuralCDE.load_from_checkpoint(path, weights_only=False)
+    assert loaded.solver == FIXED and loaded.interpolation == "natural"
+    _, pred = loss_and_pred(model, forecast_batch)
+    _, pred2 = loss_and_pred(loaded, forecast_batch)
+    torch.testing.assert_close(pred2, pred)

@@ -1,0 +1,252 @@
+"""Neural controlled differential equation forecaster (Kidger et al. 2020).
+
+The context of each series becomes a continuous path ``X(t)`` (:mod:`tsode.models.interpolation`:
+time, filled values and cumulative observation counts per channel). The hidden state starts
+from a linear map of the first observation and follows the CDE
+
+    h(t0) = W X(t0) + b,        dh(t) = f(h(t)) dX(t) = f(h(t)) X'(t) dt,
+
+over each series' own interval ``[t0, T]`` (``T`` its last context time); ``f`` is an MLP
+``H -> H x D`` with a final ``tanh``. The solve goes through :mod:`tsode.solvers` on a
+per-sample grid made of each series' observation times, so solver steps end exactly on the
+knots of the path (where the cubic paths are only C1). Past ``T`` an autonomous ODE decoder
+``dz/dt = g(z)``, ``z(T) = h(T)``, carries the state to the requested times, and a linear
+readout gives the prediction. Queries inside the context (``t <= T``) read out the CDE state
+``h(t)`` itself. With ``"hermite"`` or ``"linear"`` paths, ``h`` at a knot ``t_k`` depends on the
+data up to ``t_k`` only (between two knots the path already heads for the next observation);
+the ``"natural"`` spline looks at the whole context.
+
+Shapes: ``B`` series, ``L`` context points, ``C`` channels, ``D`` path channels, ``H`` hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tsode.data.batch import IrregularBatch, SeriesPart
+from tsode.models.base import IrregularModel
+from tsode.models.blocks import (
+    NFECounter,
+    ODEFunc,
+    check_query_times,
+    gather_times,
+    mlp,
+    small_init_,
+)
+from tsode.models.interpolation import (
+    FILL_METHODS,
+    PATH_METHODS,
+    InterpolatedPath,
+    path_coefficients,
+    path_num_channels,
+)
+from tsode.solvers import ADAPTIVE_METHODS, SolverConfig
+
+
+class CDEFunc(NFECounter):
+    """CDE vector field ``t, h -> f(h) X'(t)``: ``t (B,)``, ``h (B, H)`` -> ``(B, H)``.
+
+    ``f`` is an MLP ``H -> H * D`` with a final ``tanh`` (bounded), reshaped to ``(B, H, D)`` and
+    applied to the path derivative ``X'(t) (B, D)`` (per hour). Set :attr:`path` before solving.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        path_channels: int,
+        width: int = 64,
+        num_layers: int = 2,
+        activation: str = "tanh",
+        init_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.path_channels = path_channels
+        self.net = mlp(hidden_dim, hidden_dim * path_channels, width, num_layers, activation)
+        # Small initial field: h starts near h(t0) instead of drifting by ~|X| over the series.
+        small_init_(self.net, std=init_std)
+        self.path: InterpolatedPath | None = None
+
+    def matrix(self, h: Tensor) -> Tensor:
+        """f(h): ``(B, H)`` -> ``(B, H, D)``."""
+        return torch.tanh(self.net(h)).view(h.shape[0], self.hidden_dim, self.path_channels)
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:
+        if self.path is None:
+            raise RuntimeError("CDEFunc.path is not set; assign an InterpolatedPath before solving")
+        self.count()
+        dxdt = self.path.derivative(t).to(h.dtype)  # (B, D)
+        return torch.bmm(self.matrix(h), dxdt.unsqueeze(-1)).squeeze(-1)
+
+
+def _default_solver() -> SolverConfig:
+    return SolverConfig(method="dopri5", rtol=1e-3, atol=1e-4)
+
+
+class NeuralCDE(IrregularModel):
+    """Neural CDE encoder + ODE decoder forecaster (registered as ``"ncde"``).
+
+    Args:
+        num_channels: C, value channels of the data.
+        hidden_dim: H, size of the CDE hidden state (also the decoder state).
+        vf_width: width of the hidden layers of the CDE vector field ``f``.
+        vf_layers: number of hidden layers of ``f``.
+        vf_activation: hidden activation of ``f`` (the output always goes through ``tanh``);
+            smooth choices (tanh, softplus) keep adaptive steps few and adjoint gradients exact.
+        decoder_width: width of the ODE decoder's vector field ``g``.
+        decoder_layers: hidden layers of ``g`` (0 = linear dynamics).
+        interpolation: path type, ``"hermite"`` (cubic Hermite with backward differences,
+            causal, default), ``"linear"`` or ``"natural"`` (natural cubic spline).
+        fill: missing-value fill before interpolation: ``"ffill"`` (causal) or ``"linear"``.
+        include_time: time itself as a path channel.
+        include_counts: cumulative per-channel observation counts as path channels
+            (observational intensity; makes missingness informative).
+        solver: method / tolerances / adjoint for both the CDE and the decoder ODE
+            (default: dopri5, rtol 1e-3, atol 1e-4).
+        **base: optimizer / scheduler / normalizer arguments of
+            :class:`~tsode.models.base.IrregularModel` (``lr``, ``weight_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        hidden_dim: int = 32,
+        vf_width: int = 64,
+        vf_layers: int = 2,
+        vf_activation: str = "tanh",
+        decoder_width: int = 64,
+        decoder_layers: int = 2,
+        interpolation: str = "hermite",
+        fill: str = "ffill",
+        include_time: bool = True,
+        include_counts: bool = True,
+        solver: SolverConfig | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        scheduler: str = "none",
+        scheduler_gamma: float = 0.5,
+        scheduler_step_size: int = 10,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(
+            num_channels=num_channels,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scheduler_gamma=scheduler_gamma,
+            scheduler_step_size=scheduler_step_size,
+            channel_means=channel_means,
+            channel_stds=channel_stds,
+        )
+        if interpolation not in PATH_METHODS:
+            raise ValueError(f"interpolation must be one of {PATH_METHODS}, got {interpolation!r}")
+        if fill not in FILL_METHODS:
+            raise ValueError(f"fill must be one of {FILL_METHODS}, got {fill!r}")
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
+        self.save_hyperparameters()
+        self.hidden_dim = hidden_dim
+        self.interpolation = interpolation
+        self.fill = fill
+        self.include_time = include_time
+        self.include_counts = include_counts
+        self.solver = solver if solver is not None else _default_solver()
+        self.path_channels = path_num_channels(num_channels, include_time, include_counts)
+        self.initial = nn.Linear(self.path_channels, hidden_dim)
+        self.cde_func = CDEFunc(hidden_dim, self.path_channels, vf_width, vf_layers, vf_activation)
+        self.decoder_func = ODEFunc(hidden_dim, hidden_dim=decoder_width, num_layers=decoder_layers)
+        self.readout = nn.Linear(hidden_dim, num_channels)
+
+    # ------------------------------------------------------------------ building blocks
+    def make_path(self, context: SeriesPart) -> InterpolatedPath:
+        """The interpolated context path ``X`` (coefficients in the model's dtype)."""
+        if context.num_channels != self.num_channels:
+            raise ValueError(
+                f"NeuralCDE was built for num_channels={self.num_channels}, "
+                f"the batch has {context.num_channels} channels"
+            )
+        dtype = self.initial.weight.dtype
+        coefficients = path_coefficients(
+            context.times.to(dtype),
+            context.values.to(dtype),
+            context.mask,
+            context.lengths,
+            method=self.interpolation,  # type: ignore[arg-type]
+            fill=self.fill,  # type: ignore[arg-type]
+            include_time=self.include_time,
+            include_counts=self.include_counts,
+        )
+        return InterpolatedPath(coefficients)
+
+    def encode(self, path: InterpolatedPath, grid: Tensor) -> Tensor:
+        """Solve the CDE on a per-sample grid ``(B, N)`` starting at each row's first knot.
+
+        Returns the hidden states ``(B, N, H)`` at the grid times. Fixed-step methods hit every
+        grid time exactly in one solve. Adaptive methods serve output times by dense output and
+        would step across the knots, where the path's higher derivatives jump (many rejected
+        steps, and a slightly non-causal solution), so they are restarted at every grid time
+        instead, each solve starting from the previous one's proposed step size.
+        """
+        start = path.interval[:, 0]
+        h0 = self.initial(path.evaluate(start))
+        self.cde_func.path = path
+        if self.solver.method not in ADAPTIVE_METHODS:
+            return self.solver.solve(self.cde_func, h0, grid)
+        moving = grid[:, 1:] > grid[:, :-1]  # (B, N-1); zero-length intervals cost nothing
+        active = moving.any(dim=0).tolist()
+        h = h0
+        states = [h0]
+        step: Tensor | None = None
+        for k, is_active in enumerate(active):
+            if is_active:
+                solution = self.solver.solve(
+                    self.cde_func, h, grid[:, k : k + 2], return_solution=True, first_step=step
+                )
+                h = torch.where(moving[:, k : k + 1], solution.ys[:, -1], h)
+                proposed = solution.stats.next_step
+                if proposed is not None:
+                    step = proposed if step is None else torch.where(moving[:, k], proposed, step)
+            states.append(h)
+        return torch.stack(states, dim=1)
+
+    def decode(self, h_end: Tensor, grid: Tensor) -> Tensor:
+        """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``."""
+        return self.solver.solve(self.decoder_func, h_end, grid)
+
+    # ------------------------------------------------------------------ model interface
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+        """Predict at ``times (B, M)`` (hours, non-decreasing per row) -> ``{"mean": (B, M, C)}``.
+
+        Times after a series' last context time are reached by the ODE decoder; times within the
+        context read out the CDE state there; times before the first observation get ``h(t0)``.
+        """
+        context = batch.context
+        check_query_times(times, context.batch_size)
+        path = self.make_path(context)
+        knots = path.grid_points  # (B, L), padded tail repeats T
+        interval = path.interval
+        start, end = interval[:, :1], interval[:, 1:]
+        query = times.to(knots.dtype)
+
+        # CDE over the context knots plus the in-context queries, one sorted grid per row.
+        inside = torch.minimum(torch.maximum(query, start), end)
+        merged = torch.cat([knots, inside], dim=1)
+        grid, order = torch.sort(merged, dim=1, stable=True)
+        position = torch.empty_like(order)
+        position.scatter_(
+            1, order, torch.arange(merged.shape[1], device=order.device).expand_as(order)
+        )
+        hidden = self.encode(path, grid)  # (B, L + M, H)
+        h_end = hidden[:, -1]
+        h_inside = gather_times(hidden, position[:, knots.shape[1] :])
+
+        # ODE decoder from T to the queries after the context.
+        after = torch.maximum(query, end)
+        decoded = self.decode(h_end, torch.cat([end, after], dim=1))[:, 1:]
+
+        state = torch.where((query <= end).unsqueeze(-1), h_inside, decoded)
+        return {"mean": self.readout(state)}
