@@ -208,26 +208,26 @@ def datamodule_summary(datamodule: Any) -> dict[str, Any]:
     """Plain-data description of a data module: channels, sizes, task, static covariates."""
     if datamodule is None:
         return {}
-    summary_fn = getattr(datamodule, "summary", None)
-    if callable(summary_fn):
-        summary = summary_fn()
-        if isinstance(summary, Mapping):
-            return dict(_jsonable(summary))
     summary: dict[str, Any] = {"data_module": type(datamodule).__name__}
+    described = getattr(datamodule, "summary", None)
+    if callable(described) and not hasattr(described, "to_dict"):
+        described = described()
+    if hasattr(described, "to_dict"):
+        described = described.to_dict()
+    if isinstance(described, Mapping):
+        summary.update(_jsonable(described))
     for name in ("task", "num_channels", "num_static", "channels", "static_names", "batch_size"):
         try:
             value = getattr(datamodule, name)
         except Exception:  # property not available before setup
             continue
+        if hasattr(value, "state_dict"):
+            value = value.state_dict()
         if not callable(value):
             summary[name] = _jsonable(value)
-    for split in ("train", "val", "test"):
-        dataset = getattr(datamodule, f"{split}_dataset", None)
-        if dataset is not None:
-            try:
-                summary[f"num_series_{split}"] = len(dataset)
-            except TypeError:
-                pass
+    datasets = getattr(datamodule, "datasets", None)
+    if isinstance(datasets, Mapping):
+        summary["series_per_split"] = {split: len(ds) for split, ds in datasets.items()}
     return summary
 
 
