@@ -115,6 +115,10 @@ def reference(field: Field, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if times[0] == times[-1]:
             out.append(np.repeat(y0[row].numpy()[None], len(times), axis=0))
             continue
+        # scipy wants strictly monotone t_eval: solve at the unique times, then expand.
+        unique, inverse = np.unique(times, return_inverse=True)
+        if times[-1] < times[0]:
+            unique, inverse = unique[::-1], len(unique) - 1 - inverse
         sol = solve_ivp(
             _numpy_field(field),
             (times[0], times[-1]),
@@ -122,10 +126,10 @@ def reference(field: Field, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             method="DOP853",
             rtol=1e-10,
             atol=1e-12,
-            t_eval=times,
+            t_eval=unique,
         )
         assert sol.success
-        out.append(sol.y.T)
+        out.append(sol.y.T[inverse])
     return torch.tensor(np.stack(out), dtype=torch.float64)
 
 
@@ -374,3 +378,50 @@ def test_float32_neural_field_keeps_parameters_dtype() -> None:
     assert ys.dtype == torch.float32 and ys.shape == (5, 6, 4)
     ref = reference(NeuralField(seed=3), y0.double(), t.double())
     assert (ys.double() - ref).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_rows_may_integrate_in_different_directions(method: str) -> None:
+    _, y0, _ = PROBLEMS["neural"]
+    t = torch.tensor(
+        [[0.0, 0.5, 1.5, 2.0], [2.0, 1.2, 0.3, -0.5], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64
+    )
+    kwargs = {"rtol": 1e-8, "atol": 1e-11} if method == "dopri5" else {"step_size": 0.05}
+    ys = odeint(NEURAL, y0, t, method=method, **kwargs)
+    for row in range(3):
+        alone = odeint(NEURAL, y0[row : row + 1], t[row], method=method, **kwargs)
+        torch.testing.assert_close(ys[row], alone[0], rtol=0, atol=1e-11)
+    assert (ys - reference(NEURAL, y0, t)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_repeated_times_inside_and_at_the_start(method: str) -> None:
+    """Two observations at the same time (common in real data) give the same state."""
+    _, y0, _ = PROBLEMS["neural"]
+    t = torch.tensor(
+        [[0.0, 0.0, 0.7, 0.7, 1.4], [0.2, 0.9, 0.9, 0.9, 1.0], [0.0, 0.3, 0.6, 0.9, 1.2]],
+        dtype=torch.float64,
+    )
+    kwargs = {"rtol": 1e-8, "atol": 1e-11} if method == "dopri5" else {"step_size": 0.05}
+    ys = odeint(NEURAL, y0, t, method=method, **kwargs)
+    assert torch.equal(ys[:, 0], y0)
+    assert torch.equal(ys[0, 1], y0[0])
+    assert torch.equal(ys[0, 2], ys[0, 3])
+    assert torch.equal(ys[1, 1], ys[1, 2]) and torch.equal(ys[1, 2], ys[1, 3])
+    assert (ys - reference(NEURAL, y0, t)).abs().max().item() < 1e-5
+
+
+def test_throw_false_marks_failed_rows_and_keeps_the_others() -> None:
+    def square(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y**2
+
+    y0 = torch.tensor([[0.1], [1.0], [0.2]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    sol = odeint(square, y0, t, throw=False, return_solution=True, rtol=1e-8, atol=1e-10)
+    assert sol.stats.status.tolist()[0] == 0 and sol.stats.status.tolist()[2] == 0
+    assert sol.stats.status[1] != 0
+    assert torch.isnan(sol.ys[1, 2]).all() and torch.isfinite(sol.ys[1, :2]).all()
+    exact = y0 / (1 - y0 * t)  # y' = y^2 -> y0 / (1 - y0 t)
+    for row in (0, 2):
+        torch.testing.assert_close(sol.ys[row], exact[row][:, None], rtol=1e-6, atol=0)
+    torch.testing.assert_close(sol.ys[1, 1], exact[1, 1:2], rtol=1e-6, atol=0)
