@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 
-class LengthBucketSampler(Sampler[list[int]]):
+class LengthBucketSampler(BatchSampler):
     """Yield batches of indices whose ``lengths`` are close.
 
     Each epoch: shuffle (seeded by ``seed + epoch``), cut into pools of
@@ -27,7 +27,12 @@ class LengthBucketSampler(Sampler[list[int]]):
         shuffle: randomize pools and batch order each epoch.
         pool_factor: batches per sorting pool (larger: less padding, less randomness).
         drop_last: drop the last incomplete batch.
-        seed: base seed; call :meth:`set_epoch` to vary per epoch (Lightning does).
+        seed: base seed; the shuffle uses ``seed + epoch``; :meth:`set_epoch` (or Lightning,
+            through ``batch_sampler.sampler.set_epoch``) moves to the next epoch.
+        sampler: optional source of the item indices to batch (default: all of
+            ``range(len(lengths))``). It is a ``BatchSampler`` taking ``sampler`` so Lightning
+            can inject a ``DistributedSampler`` under DDP (each rank then buckets its own
+            share) and re-create it for prediction; ``set_epoch`` is forwarded to it.
     """
 
     def __init__(
@@ -38,9 +43,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         pool_factor: int = 50,
         drop_last: bool = False,
         seed: int = 0,
+        sampler: Iterable[int] | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if self.lengths.ndim not in (1, 2) or (
             self.lengths.ndim == 2 and self.lengths.shape[1] != 2
@@ -51,17 +57,24 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.pool_factor = max(1, pool_factor)
         self.drop_last = drop_last
         self.seed = seed
-        self.epoch = 0
+        self.sampler = sampler if sampler is not None else EpochIndexSampler(len(self.lengths))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the index sampler (Lightning sets it through ``batch_sampler.sampler``)."""
+        return int(getattr(self.sampler, "epoch", 0))
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
 
     def _batches(self) -> list[np.ndarray]:
-        n = len(self.lengths)
+        items = np.fromiter(iter(self.sampler), dtype=np.int64)
         if not self.shuffle:
-            return self._sorted_batches(np.arange(n))
+            return self._sorted_batches(items)
         rng = np.random.default_rng(self.seed + self.epoch)
-        perm = rng.permutation(n)
+        perm = items[rng.permutation(len(items))]
+        n = len(perm)
         pool = self.batch_size * self.pool_factor
         batches: list[np.ndarray] = []
         for start in range(0, n, pool):
@@ -95,8 +108,25 @@ class LengthBucketSampler(Sampler[list[int]]):
             yield batch.tolist()
 
     def __len__(self) -> int:
-        n = len(self.lengths)
+        n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class EpochIndexSampler(Sampler[int]):
+    """``range(n)`` in order, carrying the epoch number (``set_epoch``) for seeded shuffling."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def padding_fraction(lengths: np.ndarray, batches: Sequence[Sequence[int]]) -> float:

@@ -1,0 +1,119 @@
+"""DataModules inside a Lightning Trainer: fit/validate/predict, epochs, DDP sampler injection,
+checkpointed data state."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.fabric.utilities.data import _replace_dunder_methods
+from lightning.pytorch.utilities.data import _update_dataloader
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from tsode.data import IrregularBatch, SyntheticICUDataModule, TableDataModule
+
+
+class LastValueModel(L.LightningModule):
+    """Predicts each channel's last observed context value (plus a learned bias)."""
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(num_channels))
+        self.seen_ids: list[list] = []
+
+    def _predict(self, batch: IrregularBatch) -> torch.Tensor:
+        ctx = batch.context
+        weights = ctx.mask.float()
+        # last observed value per channel: cumulative max over observed positions
+        pos = torch.arange(ctx.times.shape[1]).view(1, -1, 1).expand_as(weights)
+        last = torch.where(ctx.mask, pos, -1).amax(1)  # (B, C)
+        value = ctx.values.gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1)
+        value = torch.where(last >= 0, value, torch.zeros_like(value))
+        return (value + self.bias).unsqueeze(1).expand_as(batch.target.values)
+
+    def training_step(self, batch: IrregularBatch, _):
+        self.seen_ids.append(list(batch.series_ids))
+        pred = self._predict(batch)
+        m = batch.target.mask
+        return ((pred - batch.target.values)[m] ** 2).mean()
+
+    def validation_step(self, batch: IrregularBatch, _):
+        pred = self._predict(batch)
+        m = batch.target.mask
+        self.log("val/mse", ((pred - batch.target.values)[m] ** 2).mean())
+
+    def predict_step(self, batch: IrregularBatch, _):
+        return {"mean": self._predict(batch), "ids": batch.series_ids}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _trainer(**kw) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
+def test_fit_validate_predict_and_epoch_reshuffle(tmp_path) -> None:
+    dm = SyntheticICUDataModule(num_series=60, batch_size=8, seed=1)
+    model = LastValueModel(dm.num_channels)
+    trainer = _trainer(max_epochs=2, default_root_dir=tmp_path, enable_checkpointing=True)
+    trainer.fit(model, datamodule=dm)
+    n_train = len(dm.datasets["train"])
+    per_epoch = -(-n_train // 8)
+    assert len(model.seen_ids) == 2 * per_epoch
+    first = [i for b in model.seen_ids[:per_epoch] for i in b]
+    second = [i for b in model.seen_ids[per_epoch:] for i in b]
+    assert sorted(first) == sorted(second) == sorted(dm.datasets["train"].series_ids)
+    assert first != second  # set_epoch reshuffles the buckets
+    preds = trainer.predict(model, datamodule=dm)
+    ids = [i for p in preds for i in p["ids"]]
+    assert sorted(ids) == sorted(dm.datasets["test"].series_ids)
+    # the fitted data state is stored in the checkpoint and restores the same normalizer
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
+    state = ckpt[type(dm).__qualname__]
+    other = SyntheticICUDataModule(num_series=60, batch_size=8, seed=1, noise_std=0.5)
+    other.load_state_dict(state)
+    other.setup()
+    assert other.normalizer == dm.normalizer
+
+
+def test_loaded_state_replaces_refitting() -> None:
+    df = pd.DataFrame(
+        {
+            "series_id": np.repeat(np.arange(10), 4),
+            "time": np.tile(np.arange(4.0), 10),
+            "x": np.arange(40.0),
+        }
+    )
+    dm = TableDataModule(df, cutoff=1.5)
+    dm.setup()
+    shifted = TableDataModule(df.assign(x=df.x + 1000.0), cutoff=1.5)
+    shifted.load_state_dict(dm.state_dict())
+    assert shifted.normalizer == dm.normalizer
+    batch = next(iter(shifted.val_dataloader()))
+    assert (batch.context.values[batch.context.mask] > 10).all()  # normalized with old stats
+
+
+def test_ddp_sampler_injection_partitions_buckets() -> None:
+    dm = SyntheticICUDataModule(num_series=80, batch_size=8, seed=2)
+    dm.setup()
+    ds = dm.datasets["train"]
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = dm.train_dataloader()
+    seen = []
+    for rank in range(2):
+        dist = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        ranked = _update_dataloader(loader, dist)
+        batches = list(ranked)
+        assert all(isinstance(b, IrregularBatch) for b in batches)
+        assert len(batches) == len(ranked.batch_sampler) == -(-len(dist) // 8)
+        seen += [i for b in batches for i in b.series_ids]
+    assert set(seen) == set(ds.series_ids)  # each rank buckets its own share
+    assert len(seen) == 2 * len(dist)
