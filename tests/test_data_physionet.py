@@ -244,3 +244,19 @@ def test_real_set_a(tmp_path_factory) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch.static.shape == (64, 8) and batch.context.values.shape[-1] == 37
     assert (batch.context.times[batch.context.time_mask] <= 24.0).all()
+
+
+def test_two_sets_are_concatenated(tmp_path: Path) -> None:
+    root = _write_dir(tmp_path / "pn")
+    b = root / "set-b"
+    b.mkdir()
+    text = RECORDS[132541].replace("132541", "142541")
+    (b / "142541.txt").write_text(text)
+    (root / "Outcomes-b.txt").write_text(OUTCOMES.splitlines()[0] + "\n142541,1,1,1,1,1\n")
+    table = load_physionet2012(root, sets=("a", "b"), cache_dir=tmp_path / "c", progress=False)
+    assert table.series_ids == [132539, 132540, 132541, 142541]
+    np.testing.assert_array_equal(table.lengths, [3, 3, 2, 2])
+    np.testing.assert_array_equal(
+        table.values[-2:], table.values[table.offsets[2] : table.offsets[3]]
+    )
+    assert table.labels[-1] == 1 and table.static.shape == (4, 8)

@@ -253,3 +253,22 @@ def test_static_and_labels_reach_the_batch() -> None:
         ages = dm.static_normalizer.inverse(batch.static.double().numpy())
         np.testing.assert_allclose(ages[:, 0], 40 + ids.numpy(), rtol=1e-6)
         assert (batch.context.times[batch.context.time_mask] <= 1.2).all()
+
+
+def test_timezone_survives_the_round_trip() -> None:
+    df = pd.DataFrame(
+        {
+            "series_id": np.repeat([1, 2, 3, 4, 5], 3),
+            "time": pd.Timestamp("2024-03-30 23:00", tz="Europe/Berlin")
+            + pd.to_timedelta(np.tile([0, 1.5, 3.0], 5), unit="h"),  # crosses the DST switch
+            "x": np.arange(15.0),
+        }
+    )
+    dm = TableDataModule(df, cutoff=1.0)
+    dm.setup()
+    batch = next(iter(dm.predict_dataloader_for(df)))
+    out = batch_to_frame(batch, "context", normalizer=dm.normalizer, time_axis=dm.time_axis)
+    out = out.sort_values(["series_id", "time"]).reset_index(drop=True)
+    assert str(out.time.dt.tz) == "Europe/Berlin"
+    assert (out.time == df.time).all()
+    np.testing.assert_array_equal(dm.table.series(0)[0], [0.0, 1.5, 3.0])  # true elapsed hours

@@ -107,6 +107,8 @@ class IrregularDataModule(L.LightningDataModule):
             raise DataValidationError(
                 f"{type(self).__name__}: no series with at least {self.min_time_points} time points"
             )
+        if self._loaded_state is not None and table.channels != self._loaded_state["channels"]:
+            table = table.with_channels(self._loaded_state["channels"])  # unknown ones raise
         self.table = table
         self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
         train = table.subset(self.split_indices["train"])

@@ -75,7 +75,10 @@ class TimeAxis:
         delta = pd.to_timedelta(hours * 3600.0, unit="s")
         if self.kind == "timedelta":
             return pd.Series(delta)
-        return pd.Series(pd.Timestamp(self.reference) + delta)
+        stamps = pd.Series(pd.Timestamp(self.reference) + delta)
+        if self.tz is not None:
+            stamps = stamps.dt.tz_convert(self.tz)
+        return stamps
 
     @classmethod
     def infer(cls, column: pd.Series, unit: str | float = "h") -> TimeAxis:
