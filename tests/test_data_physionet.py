@@ -115,6 +115,8 @@ def test_cache_hit_and_invalidation(tmp_path: Path) -> None:
     first = load_physionet2012(root, cache_dir=cache, progress=False)
     second = load_physionet2012(root, cache_dir=cache, progress=False)
     assert first.info["cache"] == "miss" and second.info["cache"] == "hit"
+    entries = [p.name for p in (cache / "physionet2012").iterdir()]
+    assert len(entries) == 1 and ".tmp" not in entries[0]  # renamed into place, no leftovers
     np.testing.assert_array_equal(first.values, second.values)
     np.testing.assert_array_equal(first.times, second.times)
     np.testing.assert_array_equal(first.static, second.static)

@@ -27,8 +27,10 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -336,9 +338,10 @@ def _source_key(paths: Sequence[Path | None], extra: str) -> str:
 
 
 def _save_cache(table: SeriesTable, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(directory.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Write into a private temporary directory, then rename it into place (atomic, so
+    concurrent writers, e.g. DDP ranks, never leave a half-written cache)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp", dir=directory.parent))
     rows = {"time": table.times}
     rows.update({c: table.values[:, j] for j, c in enumerate(table.channels)})
     pq.write_table(pa.table(rows), tmp / "rows.parquet")
@@ -349,9 +352,10 @@ def _save_cache(table: SeriesTable, directory: Path) -> None:
     pq.write_table(pa.table(per), tmp / "series.parquet")
     meta = {"channels": table.channels, "static_names": table.static_names, "info": table.info}
     (tmp / "meta.json").write_text(json.dumps(meta))
-    for f in tmp.iterdir():
-        f.replace(directory / f.name)
-    tmp.rmdir()
+    try:
+        tmp.rename(directory)
+    except OSError:  # another process finished first: keep its cache
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_cache(directory: Path) -> SeriesTable | None:
@@ -588,19 +592,28 @@ class PhysioNet2012DataModule(IrregularDataModule):
     def static_names(self) -> list[str]:
         return list(STATIC_NAMES)
 
-    def prepare_data(self) -> None:
-        if self.download:
-            missing = []
-            for s in self.sets:
-                try:
-                    find_sources(self.root, s)
-                except FileNotFoundError:
-                    missing.append(s)
-            if missing:
-                download_physionet2012(self.root, missing, base_url=self.base_url)
+    def _download_missing(self) -> None:
+        if not self.download:
+            return
+        missing = []
+        for s in self.sets:
+            try:
+                find_sources(self.root, s)
+            except FileNotFoundError:
+                missing.append(s)
+        if missing:
+            download_physionet2012(self.root, missing, base_url=self.base_url)
 
-    def load_table(self) -> SeriesTable:
-        self.prepare_data()
+    def prepare_data(self) -> None:
+        """Download missing files (``download=True``) and parse once into the cache.
+
+        Lightning calls this on one process only, so DDP ranks then all hit the cache.
+        """
+        self._download_missing()
+        if self.use_cache:
+            self._load()
+
+    def _load(self) -> SeriesTable:
         return load_physionet2012(
             self.root,
             self.sets,
@@ -609,3 +622,7 @@ class PhysioNet2012DataModule(IrregularDataModule):
             quantization_minutes=self.quantization_minutes,
             progress=self.progress,
         )
+
+    def load_table(self) -> SeriesTable:
+        self._download_missing()
+        return self._load()
