@@ -9,7 +9,10 @@ used for every configuration.
 Model sizes (the latent ODE paper's PhysioNet settings): latent ODE with 20 latent dims, 40
 recognition dims, 3x50 ODE nets (both the latent and the recognition ODE), 50 GRU units;
 ODE-RNN with a 50-dim hidden state and a 3x50 ODE net; GRU-dt with 50 units; Neural CDE with
-a 50-dim state and a 3x50 vector field. All ODE solves: dopri5, rtol=1e-3, atol=1e-4.
+a 50-dim state and a 3x50 vector field. Solvers (``--solvers``): ``dopri5`` (rtol=1e-3,
+atol=1e-4) everywhere, or ``euler`` -- the reference implementation's setting: fixed-step Euler
+with steps of at most 48 h / 50 for the ODE-RNN (the latent ODE's recognition ODE-RNN), dopri5
+(rtol=1e-3, atol=1e-4) for the latent trajectory.
 
 Grid modes for ODE-RNN and latent ODE: ``per_sample`` (each series integrated only over its own
 observation times) and ``union`` (the reference implementation's batching: every series stepped
@@ -39,7 +42,13 @@ from pathlib import Path
 
 import torch
 
-SOLVER_KW = dict(method="dopri5", rtol=1e-3, atol=1e-4)
+SOLVERS = {
+    # adaptive default of tsode's ODE models
+    "dopri5": dict(method="dopri5", rtol=1e-3, atol=1e-4),
+    # the reference implementation's setting: Euler in the ODE-RNN (encoder), steps of at most
+    # 1/50 of the 48 h window; the latent ODE keeps dopri5 for z(t)
+    "euler": dict(method="euler", step_size=48.0 / 50),
+}
 BATCH_SIZE = 50
 REFERENCE = {"odernn": 11.0, "latent_ode": 140.0}  # s / batch of 50, reference code, this machine
 
@@ -47,14 +56,14 @@ MODEL_KW = {
     "odernn": dict(hidden_dim=50, ode_hidden_dim=50, ode_layers=3, gru_input_dim=0),
     "latent_ode": dict(
         latent_dim=20, rec_dim=40, ode_hidden_dim=50, ode_layers=3, rec_ode_hidden_dim=50,
-        rec_ode_layers=3, gru_units=50, num_samples=1,
+        rec_ode_layers=3, gru_units=50, num_samples=3,
     ),
     "gru_dt": dict(hidden_dim=50),
     "ncde": dict(hidden_dim=50, vf_width=50, vf_layers=3),
 }
 SIZES = {
     "odernn": "hidden 50, ODE 3x50",
-    "latent_ode": "latent 20, rec 40, ODE 3x50 (x2), GRU units 50, K=1",
+    "latent_ode": "latent 20, rec 40, ODE 3x50 (x2), GRU units 50, K=3",
     "gru_dt": "hidden 50",
     "ncde": "hidden 50, field 3x50",
 }
@@ -102,7 +111,7 @@ def current_rss_kib() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int) -> dict:
+def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int, solver: str) -> dict:
     """One configuration (in a subprocess): train ``steps`` steps after a warm-up step."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -111,8 +120,15 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int)
 
     batches = torch.load(batch_file, weights_only=False)
     kwargs = dict(MODEL_KW[name])
-    if name in ("odernn", "latent_ode", "ncde"):
-        kwargs["solver"] = SolverConfig(**SOLVER_KW, adjoint=adjoint)
+    adaptive = SolverConfig(**SOLVERS["dopri5"], adjoint=adjoint)
+    chosen = SolverConfig(**SOLVERS[solver], adjoint=adjoint)
+    if name == "latent_ode":
+        kwargs["solver"] = adaptive
+        kwargs["encoder_solver"] = chosen
+    elif name == "odernn":
+        kwargs["solver"] = chosen
+    elif name == "ncde":
+        kwargs["solver"] = adaptive
     if name in ("odernn", "latent_ode"):
         kwargs["grid"] = grid
     model = MODELS[name](num_channels=batches[0].context.num_channels, **kwargs)
@@ -137,6 +153,7 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "model": name,
+        "solver": solver if name in ("odernn", "latent_ode") else ("dopri5" if name == "ncde" else "-"),
         "grid": grid,
         "gradients": "adjoint" if adjoint else "backprop",
         "s_per_step": statistics.median(times),
@@ -148,15 +165,21 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int)
     }
 
 
-def configs(args: argparse.Namespace) -> list[tuple[str, str, bool, int]]:
+def configs(args: argparse.Namespace) -> list[tuple[str, str, bool, int, str]]:
+    """(model, grid, adjoint, steps, solver) for every row of the table."""
     out = []
     for name in args.models:
-        ode = name in ("odernn", "latent_ode", "ncde")
-        out.append((name, "per_sample", False, args.steps))
-        if ode:
-            out.append((name, "per_sample", True, args.steps))
-        if name in ("odernn", "latent_ode") and args.union_steps > 0:
-            out.append((name, "union", False, args.union_steps))
+        if name in ("odernn", "latent_ode"):
+            for solver in args.solvers:
+                out.append((name, "per_sample", False, args.steps, solver))
+                out.append((name, "per_sample", True, args.steps, solver))
+                if args.union_steps > 0:
+                    out.append((name, "union", False, args.union_steps, solver))
+        elif name == "ncde":
+            out.append((name, "per_sample", False, args.steps, "dopri5"))
+            out.append((name, "per_sample", True, args.steps, "dopri5"))
+        else:
+            out.append((name, "per_sample", False, args.steps, "dopri5"))
     return out
 
 
@@ -167,13 +190,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
     parser.add_argument("--union-steps", type=int, default=1, help="timed steps in union mode")
     parser.add_argument("--models", nargs="+", default=["odernn", "latent_ode", "gru_dt", "ncde"])
+    parser.add_argument("--solvers", nargs="+", default=["euler", "dopri5"], choices=sorted(SOLVERS))
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    parser.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--_worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args._worker:
-        batch_file, name, grid, adjoint, steps = args._worker
-        print(json.dumps(run_config(batch_file, name, grid, adjoint == "1", int(steps))))
+        batch_file, name, grid, adjoint, steps, solver = args._worker
+        print(json.dumps(run_config(batch_file, name, grid, adjoint == "1", int(steps), solver)))
         return
 
     if not args.root.exists():
@@ -185,8 +209,9 @@ def main() -> None:
         print(f"# PhysioNet 2012 sets {'+'.join(args.sets)}, interpolation task, batch {BATCH_SIZE}, "
               f"minute resolution: {facts}", flush=True)
         rows = []
-        for name, grid, adjoint, steps in configs(args):
-            cmd = [sys.executable, __file__, "--_worker", batch_file, name, grid, "1" if adjoint else "0", str(steps)]
+        for name, grid, adjoint, steps, solver in configs(args):
+            cmd = [sys.executable, __file__, "--_worker", batch_file, name, grid,
+                   "1" if adjoint else "0", str(steps), solver]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"# {name} {grid} adjoint={adjoint} FAILED:\n{proc.stderr[-2000:]}", flush=True)
@@ -196,18 +221,19 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    per_sample = {(r["model"], r["gradients"]): r for r in rows if r["grid"] == "per_sample"}
+    per_sample = {(r["model"], r["solver"], r["gradients"]): r for r in rows if r["grid"] == "per_sample"}
     print()
-    print("| model | sizes | grid | gradients | s/step | s/epoch (est.) | NFE fwd | NFE bwd | peak RSS (MB) "
+    print("| model | sizes | solver | grid | gradients | s/step | s/epoch (est.) | NFE fwd | NFE bwd | peak RSS (MB) "
           "| training mem (MB) | vs reference | vs own union |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = REFERENCE.get(r["model"])
         vs_ref = f"{ref / r['s_per_step']:.1f}x" if ref and r["grid"] == "per_sample" else ""
         vs_union = ""
-        if r["grid"] == "union" and (r["model"], "backprop") in per_sample:
-            vs_union = f"per-sample {r['s_per_step'] / per_sample[(r['model'], 'backprop')]['s_per_step']:.1f}x faster"
-        print(f"| {r['model']} | {SIZES[r['model']]} | {r['grid']} | {r['gradients']} | {r['s_per_step']:.3f} "
+        key = (r["model"], r["solver"], "backprop")
+        if r["grid"] == "union" and key in per_sample:
+            vs_union = f"per-sample {r['s_per_step'] / per_sample[key]['s_per_step']:.1f}x faster"
+        print(f"| {r['model']} | {SIZES[r['model']]} | {r['solver']} | {r['grid']} | {r['gradients']} | {r['s_per_step']:.3f} "
               f"| {r['s_per_epoch']:.0f} | {r['nfe_forward']:.0f} | {r['nfe_backward']:.0f} "
               f"| {r['peak_rss_mb']:.0f} | {r['train_mem_mb']:.0f} | {vs_ref} | {vs_union} |")
     if args.json:

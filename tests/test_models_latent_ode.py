@@ -108,3 +108,13 @@ def test_bad_arguments_are_named():
         LatentODE(num_channels=2, obs_std=0.0)
     with pytest.raises(ValueError, match="quantile_levels"):
         LatentODE(num_channels=2, quantile_levels=[0.5, 1.5])
+
+
+def test_encoder_solver_is_used_by_the_recognition_network():
+    from tsode.solvers import SolverConfig
+
+    euler = SolverConfig(method="euler", step_size=0.25)
+    model = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, encoder_solver=euler)
+    assert model.encoder.solver is euler
+    assert model.solver is not euler
+    assert LatentODE(num_channels=2, latent_dim=2, rec_dim=3).encoder.solver is not None

@@ -27,11 +27,11 @@ from tsode.models.blocks import (
 
 
 class _ParameterFree(IrregularModel):
-    """Base of the parameter-free baselines: no optimizer, metrics only during ``fit``."""
+    """Base of the parameter-free baselines: no optimizer (``training_step`` returns None, so
+    Lightning skips the optimization step), statistics and metrics only during ``fit``."""
 
     def __init__(self, num_channels: int, channel_means=None, channel_stds=None) -> None:  # noqa: ANN001
         super().__init__(num_channels=num_channels, channel_means=channel_means, channel_stds=channel_stds)
-        self.automatic_optimization = False
 
     def training_step(self, batch: IrregularBatch, batch_idx: int = 0) -> None:
         self.fit_batch(batch)

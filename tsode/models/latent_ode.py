@@ -105,7 +105,9 @@ class LatentODE(IrregularModel):
         poisson: add the Poisson observation-time likelihood (intensity from ``z``).
         reconstruct_context: include the context observations in the likelihood (recommended;
             disable when targets duplicate context entries to avoid counting them twice).
-        solver: solver for the latent and the recognition ODEs.
+        solver: solver for the latent ODE (and the recognition ODE unless ``encoder_solver``).
+        encoder_solver: solver for the recognition ODE-RNN (e.g. fixed-step Euler, as in the
+            reference implementation); None uses ``solver``.
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
@@ -137,6 +139,7 @@ class LatentODE(IrregularModel):
         poisson: bool = False,
         reconstruct_context: bool = True,
         solver: SolverConfig | None = None,
+        encoder_solver: SolverConfig | None = None,
         grid: str = "per_sample",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -178,8 +181,9 @@ class LatentODE(IrregularModel):
         self.poisson = poisson
         self.reconstruct_context = reconstruct_context
         self.solver = solver if solver is not None else default_solver()
+        self.encoder_solver = encoder_solver if encoder_solver is not None else self.solver
         self.encoder = ODERNNEncoder(
-            num_channels, rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.solver
+            num_channels, rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.encoder_solver
         )
         self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
         self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
