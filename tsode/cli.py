@@ -237,16 +237,23 @@ def _limit_threads() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tsode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    _limit_threads()
     if args and args[0] == "quickstart":
+        _limit_threads()
         return _quickstart(args[1:])
-    TsodeArgumentParser.recipe_files = _recipe_files(args)
-    for path in TsodeArgumentParser.recipe_files:
-        if not Path(path).is_file():
-            sys.stderr.write(f"tsode: recipe file not found: {path}\n")
-            return 2
-    TsodeCLI(args=args)
+    missing = [path for path in _recipe_files(args) if not Path(path).is_file()]
+    if missing:
+        sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
+        return 2
+    run(args)
     return 0
+
+
+def run(args: Sequence[str]) -> TsodeCLI:
+    """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
+    (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
+    _limit_threads()
+    TsodeArgumentParser.recipe_files = _recipe_files(args)
+    return TsodeCLI(args=args)
 
 
 if __name__ == "__main__":
