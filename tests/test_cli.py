@@ -3,16 +3,19 @@ and the quickstart."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from tsode.cli import explain_parse_error, main
+from tsode.data import SyntheticICUDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
@@ -56,6 +59,24 @@ def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
     assert "val/mse" in run.data.metrics and "val/mse_orig" in run.data.metrics
     checkpoints = sorted(tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"))
     assert len(checkpoints) == 1
+
+    # the logged model serves forecasts through `mlflow models predict`
+    observations = tmp_path / "obs.csv"
+    dm = SyntheticICUDataModule(num_series=4, seed=7)
+    dm.setup()
+    dm.table.to_long_frame().to_csv(observations, index=False)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    served = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "predict",
+         "-m", f"runs:/{run.info.run_id}/model", "-i", str(observations), "-t", "csv",
+         "-o", str(tmp_path / "pred.json"), "--env-manager", "local"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert served.returncode == 0, served.stderr[-3000:]
+    predictions = pd.DataFrame(json.loads((tmp_path / "pred.json").read_text())["predictions"])
+    assert set(predictions.columns) == {"series_id", "time", "channel", "mean"}
+    assert predictions["series_id"].nunique() == 4
+    assert predictions["mean"].notna().all()
 
     test = run_tsode(
         ["test", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoints[0])], tmp_path

@@ -839,7 +839,10 @@ class Forecaster:
             raise ValueError(f"{file}: unsupported forecaster format version {version!r}")
         model_class = _resolve_model_class(payload["model_class"])
         hparams = dict(payload["hyper_parameters"])
-        hparams = {k: v for k, v in hparams.items() if k in _accepted_args(model_class)}
+        # (LightningCLI stores structured arguments such as the solver as plain mappings and
+        # adds bookkeeping keys: keep constructor arguments, rebuild structured ones)
+        accepted = _accepted_args(model_class)
+        hparams = {k: _convert_arg(k, v) for k, v in hparams.items() if k in accepted}
         module = model_class(**hparams)
         module.load_state_dict(payload["state_dict"])
         options = payload["options"]
