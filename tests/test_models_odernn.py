@@ -100,3 +100,26 @@ def test_forecast_inside_context_does_not_see_the_value_it_predicts():
         pred2 = model.forecast(changed, times)["mean"]
     torch.testing.assert_close(pred2[:, :2], pred[:, :2])  # t=1.0, 2.0 only see earlier points
     assert not torch.allclose(pred2[:, 2], pred[:, 2])  # t=2.5 sees it
+
+
+def test_queries_at_context_times_use_the_state_before_that_update(forecast_batch):
+    """Fast path (prior states from the encoder loop) == evolving from the previous observation."""
+    model = build("odernn")
+    model.eval()
+    ctx = forecast_batch.context
+    with torch.no_grad():
+        fast = model.forecast(forecast_batch, ctx.times)["mean"]
+        enc = model.encoder.encode(ctx)
+        expected = torch.empty_like(fast)
+        for b in range(ctx.batch_size):
+            for j in range(ctx.times.shape[1]):
+                t = ctx.times[b, j]
+                earlier = (ctx.times[b, : int(ctx.lengths[b])] < t).nonzero().flatten()
+                if len(earlier) == 0:
+                    h = torch.zeros(1, enc.h.shape[1])
+                else:
+                    i = int(earlier[-1])
+                    h = odeint(model.encoder.func, enc.states[b, i : i + 1], torch.stack([ctx.times[b, i], t]),
+                               rtol=1e-6, atol=1e-7)[:, -1]
+                expected[b, j] = model.decoder(h)[0]
+    torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)

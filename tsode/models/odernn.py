@@ -13,6 +13,8 @@ strictly before the requested time) and decode.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +36,21 @@ from tsode.solvers import SolverConfig
 def default_solver() -> SolverConfig:
     """Default solver for the ODE-RNN family: dopri5 at moderate tolerances."""
     return SolverConfig(method="dopri5", rtol=1e-3, atol=1e-4)
+
+
+@dataclass
+class EncoderOutput:
+    """What :meth:`ODERNNEncoder.encode` returns.
+
+    h: ``(B, H)`` state after the last update in the direction of travel.
+    states: ``(B, L, H)`` state right after the (masked) update at each time point.
+    prior_states: ``(B, L, H)`` state right before the update at each time point, i.e. the
+        prediction of that point from the earlier observations only.
+    """
+
+    h: Tensor
+    states: Tensor
+    prior_states: Tensor
 
 
 class ODERNNEncoder(nn.Module):
@@ -62,15 +79,26 @@ class ODERNNEncoder(nn.Module):
         self.gru = MaskedGRUCell(num_channels, hidden_dim, input_hidden_dim=gru_input_dim)
         self.solver = solver if solver is not None else default_solver()
 
-    def _evolve(self, h: Tensor, t_from: Tensor, t_to: Tensor) -> Tensor:
+    def _evolve(
+        self, h: Tensor, t_from: Tensor, t_to: Tensor, first_step: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Per-sample solve of every row from ``t_from (B,)`` to ``t_to (B,)``; rows with equal
-        times are returned unchanged."""
+        times are returned unchanged. Returns the new state and the adaptive controller's
+        proposed next step per row (None for fixed-step methods), which the next interval
+        uses as its first step (no initial-step heuristic between observations)."""
         moving = t_from != t_to
         if not bool(moving.any()):
-            return h
+            return h, first_step
         grid = torch.stack([t_from, t_to], dim=1)
-        h_new = self.solver.solve(self.func, h, grid)[:, -1]
-        return torch.where(moving.unsqueeze(-1), h_new, h)
+        sol = self.solver.solve(self.func, h, grid, return_solution=True, first_step=first_step)
+        h_new = sol.ys[:, -1]
+        next_step = sol.stats.next_step
+        if next_step is not None:
+            next_step = next_step.detach()
+            # rows that did not move keep their previous hint (or the moving rows' mean)
+            keep = first_step if first_step is not None else next_step[moving].mean().expand_as(next_step)
+            next_step = torch.where(moving, next_step, keep)
+        return torch.where(moving.unsqueeze(-1), h_new, h), next_step
 
     def forward(
         self,
@@ -95,38 +123,48 @@ class ODERNNEncoder(nn.Module):
             ``states`` ``(B, L, H)`` indexed like ``part.times`` (or None). Rows without any
             observation return the initial state (zeros).
         """
+        out = self.encode(part, backwards=backwards, grid=grid)
+        return out.h, (out.states if return_states else None)
+
+    def encode(self, part: SeriesPart, backwards: bool = False, grid: str = "per_sample") -> EncoderOutput:
+        """Like :meth:`forward`, returning the final state and the states after and before the
+        update at every time point (see :class:`EncoderOutput`)."""
         if grid not in GRID_MODES:
             raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
         if grid == "union":
-            return self._forward_union(part, backwards, return_states)
+            return self._encode_union(part, backwards)
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         update = part.time_mask & mask.any(dim=-1)
         h = times.new_zeros(bsz, self.hidden_dim)
-        states: list[Tensor | None] = [None] * length
+        states: list[Tensor] = [h] * length
+        priors: list[Tensor] = [h] * length
         order = range(length - 1, -1, -1) if backwards else range(length)
         prev_t: Tensor | None = None
+        step_hint: Tensor | None = None
         for i in order:
             t_i = times[:, i]
             if prev_t is not None:
-                h = self._evolve(h, prev_t, t_i)
+                h, step_hint = self._evolve(h, prev_t, t_i, step_hint)
+            priors[i] = h
             h = self.gru(h, values[:, i], mask[:, i], update[:, i])
             prev_t = t_i
             states[i] = h
-        stacked = torch.stack(states, dim=1) if (return_states and length) else None  # type: ignore[arg-type]
-        return h, stacked
+        if length == 0:
+            empty = times.new_zeros(bsz, 0, self.hidden_dim)
+            return EncoderOutput(h, empty, empty)
+        return EncoderOutput(h, torch.stack(states, dim=1), torch.stack(priors, dim=1))
 
-    def _forward_union(
-        self, part: SeriesPart, backwards: bool, return_states: bool
-    ) -> tuple[Tensor, Tensor | None]:
+    def _encode_union(self, part: SeriesPart, backwards: bool) -> EncoderOutput:
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         real = part.time_mask
         update = real & mask.any(dim=-1)
         h = times.new_zeros(bsz, self.hidden_dim)
-        states = times.new_zeros(bsz, length, self.hidden_dim) if return_states else None
+        states = times.new_zeros(bsz, length, self.hidden_dim)
+        priors = times.new_zeros(bsz, length, self.hidden_dim)
         if length == 0 or not bool(real.any()):
-            return h, states
+            return EncoderOutput(h, states, priors)
         union = torch.unique(times[real])
         if backwards:
             union = union.flip(0)
@@ -152,17 +190,17 @@ class ODERNNEncoder(nn.Module):
                 match = in_range & (times[rows, idx] == u)
                 if not bool(match.any()):
                     break
+                priors = priors.index_put((rows[match], idx[match]), h[match])
                 h = self.gru(h, values[rows, idx], mask[rows, idx], match & update[rows, idx])
-                if states is not None:
-                    states[rows[match], idx[match]] = h[match]
+                states = states.index_put((rows[match], idx[match]), h[match])
                 started = started | match
                 ptr = ptr + (match.long() * (-1 if backwards else 1))
             prev_u = u
-        if states is not None and not backwards:
-            # padded entries hold the final state, as in the per-sample mode
-            pad = ~real
-            states = torch.where(pad.unsqueeze(-1), h.unsqueeze(1).expand_as(states), states)
-        return h, states
+        if not backwards:  # padded entries hold the final state, as in the per-sample mode
+            pad = (~real).unsqueeze(-1)
+            states = torch.where(pad, h.unsqueeze(1).expand_as(states), states)
+            priors = torch.where(pad, h.unsqueeze(1).expand_as(priors), priors)
+        return EncoderOutput(h, states, priors)
 
 
 class ODERNN(IrregularModel):
@@ -232,26 +270,36 @@ class ODERNN(IrregularModel):
         """
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
-        h_last, states = self.encoder(ctx, backwards=False, return_states=True, grid=self.grid)
-        t_last = ctx.times[:, -1] if ctx.times.shape[1] else times.new_zeros(ctx.batch_size)
-        if times.shape[1] == 0:
-            return {"mean": times.new_zeros(*times.shape, self.num_channels)}
-        if bool((times > t_last.unsqueeze(1)).all()) or states is None:
-            h = solve_from(self.solver, self.encoder.func, h_last, t_last, times, self.grid)
-        else:
-            idx = last_before(ctx.times, ctx.lengths, times, strict=True)  # (B, M) in [-1, L-1]
-            before_any = idx < 0
-            idx0 = idx.clamp_min(0)
-            h_start = gather_times(states, idx0)
-            h_start = torch.where(before_any.unsqueeze(-1), torch.zeros_like(h_start), h_start)
-            t_start = torch.where(before_any, times, ctx.times.gather(1, idx0))
-            bsz, m = times.shape
-            h = solve_from(
-                self.solver,
-                self.encoder.func,
-                h_start.reshape(bsz * m, -1),
-                t_start.reshape(-1),
-                times.reshape(bsz * m, 1),
-                "per_sample",
-            ).reshape(bsz, m, -1)
+        enc = self.encoder.encode(ctx, backwards=False, grid=self.grid)
+        bsz, m = times.shape
+        length = ctx.times.shape[1]
+        t_last = ctx.times[:, -1] if length else times.new_zeros(bsz)
+        if m == 0:
+            return {"mean": times.new_zeros(bsz, 0, self.num_channels)}
+        if length == 0 or bool((times > t_last.unsqueeze(1)).all()):
+            h = solve_from(self.solver, self.encoder.func, enc.h, t_last, times, self.grid)
+            return {"mean": self.decoder(h)}
+        # a query at a context time t_j: the state just before the update at j (the first
+        # index with that time) is exactly "evolved from the last observation before t_j"
+        first_at = torch.searchsorted(ctx.times.contiguous(), times.contiguous(), right=False)
+        at = first_at.clamp_max(length - 1)
+        matched = (first_at < ctx.lengths.unsqueeze(1)) & (ctx.times.gather(1, at) == times)
+        h_matched = gather_times(enc.prior_states, at)
+        if bool(matched.all()):
+            return {"mean": self.decoder(h_matched)}
+        idx = last_before(ctx.times, ctx.lengths, times, strict=True)  # (B, M) in [-1, L-1]
+        before_any = idx < 0
+        idx0 = idx.clamp_min(0)
+        h_start = gather_times(enc.states, idx0)
+        h_start = torch.where(before_any.unsqueeze(-1), torch.zeros_like(h_start), h_start)
+        t_start = torch.where(before_any, times, ctx.times.gather(1, idx0))
+        h = solve_from(
+            self.solver,
+            self.encoder.func,
+            h_start.reshape(bsz * m, -1),
+            t_start.reshape(-1),
+            times.reshape(bsz * m, 1),
+            "per_sample",
+        ).reshape(bsz, m, -1)
+        h = torch.where(matched.unsqueeze(-1), h_matched, h)
         return {"mean": self.decoder(h)}
