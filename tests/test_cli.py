@@ -84,6 +84,20 @@ def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/mse" in test.stdout
 
+    output = tmp_path / "forecasts.csv"
+    predict = run_tsode(
+        ["predict", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoints[0]),
+         "--predictions.output", str(output), "--predictions.quantiles", "[0.1, 0.9]"],
+        tmp_path,
+    )
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    forecasts = pd.read_csv(output)
+    assert list(forecasts.columns) == ["series_id", "time", "channel", "mean", "q0.1", "q0.9",
+                                       "observed"]
+    assert forecasts["observed"].notna().any() and forecasts["mean"].notna().all()
+    assert (forecasts["q0.1"] <= forecasts["q0.9"]).all()
+    assert (forecasts["time"] > 24.0).all()  # forecast task: targets after the 24 h cutoff
+
 
 def test_print_config_shows_resolved_recipe_with_overrides(tmp_path: Path) -> None:
     out = run_tsode(

@@ -5,7 +5,7 @@ Usage::
     tsode fit      --config recipes/<name>.yaml [--trainer.max_epochs 3 ...]
     tsode validate --config recipes/<name>.yaml --ckpt_path <checkpoint>
     tsode test     --config recipes/<name>.yaml --ckpt_path <checkpoint>
-    tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint>
+    tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint> --predictions.output f.csv
     tsode fit      --config recipes/<name>.yaml --print_config
     tsode quickstart [--config recipes/quickstart.yaml] [--max_epochs N]
 
@@ -13,8 +13,8 @@ A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_p
 ``tsode.data`` data module) and trainer options. ``num_channels`` /
 ``channel_means`` / ``channel_stds`` of the model are linked from the data module. Every run
 logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see ``docs/tracking.md``); the
-``checkpoint`` section configures the best-checkpoint callback and ``tracking`` the MLflow
-artifacts callback.
+``checkpoint`` section configures the best-checkpoint callback, ``tracking`` the MLflow
+artifacts callback and ``predictions`` where ``tsode predict`` writes its forecasts.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from tsode.prediction_writer import ForecastWriter
 from tsode.tracking import MLflowArtifacts, find_mlflow_logger
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -186,6 +187,7 @@ class TsodeCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(MLflowArtifacts, "tracking")
+        parser.add_lightning_class_args(ForecastWriter, "predictions")
         # (num_static is not linked: no model takes static covariates yet, and jsonargparse
         # would pass a link target the model lacks as an unexpected keyword argument)
         parser.link_arguments("data.num_channels", "model.init_args.num_channels", apply_on="instantiate")

@@ -1,0 +1,88 @@
+"""Write ``tsode predict`` outputs as a tidy table (CSV or Parquet) in original units.
+
+Columns: ``series_id, time, channel, mean[, q<level> ...], observed`` — one row per (series,
+target time, channel) of the data module's prediction split, ``observed`` being the held-out
+value where there is one (NaN elsewhere), so forecasts and truth sit side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from tsode.data import IrregularBatch, values_to_frame
+
+
+class ForecastWriter(BasePredictionWriter):
+    """Collect ``predict_step`` outputs and write them to ``output`` at the end of prediction.
+
+    Args:
+        output: ``.csv`` or ``.parquet`` path; None writes nothing.
+        quantiles: levels to add as ``q<level>`` columns, from the model's samples (models
+            without samples: omitted).
+    """
+
+    def __init__(self, output: str | None = None, quantiles: list[float] | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.quantiles = list(quantiles or [])
+        self.frames: list[pd.DataFrame] = []
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.frames = []
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: IrregularBatch,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if self.output is None or not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        normalizer = getattr(datamodule, "normalizer", None)
+        time_axis = getattr(datamodule, "time_axis", None)
+        target = batch.target
+        observed = torch.where(target.mask, target.values, torch.full_like(target.values, float("nan")))
+        extra = {"observed": observed.cpu()}
+        samples = prediction.get("samples") if isinstance(prediction, dict) else None
+        if samples is not None and self.quantiles:
+            levels = torch.as_tensor(self.quantiles, dtype=samples.dtype, device=samples.device)
+            for level, q in zip(self.quantiles, torch.quantile(samples, levels, dim=0)):
+                extra[f"q{level:g}"] = q.cpu()
+        frame = values_to_frame(
+            batch.series_ids,
+            prediction["times"].cpu(),
+            prediction["mean"].cpu(),
+            prediction["mask"].cpu(),
+            batch.channels,
+            time_offset=None if batch.time_offset is None else batch.time_offset.cpu(),
+            normalizer=normalizer,
+            time_axis=time_axis,
+            extra=extra,
+            std_columns=(),
+        ).rename(columns={"value": "mean"})
+        columns = ["series_id", "time", "channel", "mean"]
+        columns += [c for c in frame.columns if c.startswith("q")] + ["observed"]
+        self.frames.append(frame[columns])
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.output is None or not trainer.is_global_zero or not self.frames:
+            return
+        table = pd.concat(self.frames, ignore_index=True)
+        path = Path(self.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".parquet":
+            table.to_parquet(path, index=False)
+        else:
+            table.to_csv(path, index=False)
+        print(f"tsode: wrote {len(table)} forecast rows to {path}")
