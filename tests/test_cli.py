@@ -196,3 +196,14 @@ def test_quickstart_command_prints_comparison_and_locations(tmp_path: Path) -> N
     run = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])[0]
     assert "baseline_locf/test/mse" in run.data.metrics
     assert "test/mse" in run.data.metrics
+
+
+def test_quickstart_fails_loudly_without_the_models(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import tsode.models
+
+    monkeypatch.setattr(tsode.models, "MODELS", {"locf": tsode.models.MODELS["locf"]})
+    assert main(["quickstart"]) == 1
+    err = capsys.readouterr().err
+    assert "['latent_ode'] are not implemented yet" in err and "nothing was trained" in err
