@@ -22,7 +22,7 @@ Each configuration runs in a fresh subprocess with one thread (``torch.set_num_t
 Reported: median wall time of a training step (forward + backward + Adam step) after one
 warm-up step, the same times the number of training batches per epoch (estimate), NFE of
 forward and backward (vector-field calls, counted in the model, mean over steps), and peak
-memory as the process's peak RSS (``ru_maxrss``, whole process: interpreter, torch, data and
+memory as the process's peak RSS (``VmHWM``, whole process: interpreter, torch, data and
 allocator caching included) and its growth over the RSS just before training.
 
 Usage: ``python benchmarks/models.py [--steps 4] [--union-steps 2] [--sets a b] [--json out]``
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -102,13 +101,24 @@ def prepare_batches(args: argparse.Namespace, path: Path) -> dict:
     }
 
 
-def current_rss_kib() -> int:
-    """Current resident set size of this process in KiB (Linux ``/proc/self/statm``)."""
-    import os
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+def current_rss_kib() -> int:
+    """Current resident set size of this process in KiB."""
+    return _status_kib("VmRSS")
+
+
+def peak_rss_kib() -> int:
+    """Peak resident set size of this process in KiB (``VmHWM``; unlike ``ru_maxrss`` it is not
+    inherited from the parent across fork + exec)."""
+    return _status_kib("VmHWM")
 
 
 def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int, solver: str) -> dict:
@@ -150,7 +160,7 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int,
             times.append(elapsed)
             nfe_f.append(forward_nfe)
             nfe_b.append(backward_nfe)
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = peak_rss_kib()
     return {
         "model": name,
         "solver": solver if name in ("odernn", "latent_ode") else ("dopri5" if name == "ncde" else "-"),
@@ -159,7 +169,7 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int,
         "s_per_step": statistics.median(times),
         "nfe_forward": statistics.mean(nfe_f),
         "nfe_backward": statistics.mean(nfe_b),
-        "peak_rss_mb": rss_after / 1024.0,  # ru_maxrss is KiB on Linux
+        "peak_rss_mb": rss_after / 1024.0,
         "train_mem_mb": max(0, rss_after - rss_before) / 1024.0,
         "steps_timed": len(times),
     }

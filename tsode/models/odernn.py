@@ -177,13 +177,18 @@ class ODERNNEncoder(nn.Module):
         started = torch.zeros(bsz, dtype=torch.bool, device=times.device)
         rows = torch.arange(bsz, device=times.device)
         prev_u: Tensor | None = None
+        step_hint: Tensor | None = None
         for u in union:
             if prev_u is not None and bool(started.any()):
                 inside = (u >= t_first) if backwards else (u <= t_last)
                 active = started & inside
                 if bool(active.any()):
-                    h_new = self.solver.solve(self.func, h, torch.stack([prev_u, u]))[:, -1]
-                    h = torch.where(active.unsqueeze(-1), h_new, h)
+                    sol = self.solver.solve(
+                        self.func, h, torch.stack([prev_u, u]), return_solution=True, first_step=step_hint
+                    )
+                    if sol.stats.next_step is not None:  # same step chaining as per-sample mode
+                        step_hint = sol.stats.next_step.detach()
+                    h = torch.where(active.unsqueeze(-1), sol.ys[:, -1], h)
             while True:  # consume every observation of every row at time u (handles duplicates)
                 idx = ptr.clamp(0, max(length - 1, 0))
                 in_range = (ptr >= 0) & (ptr < part.lengths) & has_obs
