@@ -301,3 +301,15 @@ def test_bad_input_errors_name_the_problem() -> None:
     path = InterpolatedPath.from_data(times, values, mask, lengths)
     with pytest.raises(ValueError, match="B=4"):
         path.evaluate(torch.zeros(3))
+
+
+def test_coefficients_are_cacheable(tmp_path) -> None:
+    """Coefficients are plain tensors: saved once, reloaded, they give the same path."""
+    times, values, mask, lengths = make_batch(seed=14)
+    co = path_coefficients(times, values, mask, lengths, method="natural")
+    torch.save(co.__dict__, tmp_path / "coeffs.pt")
+    reloaded = type(co)(**torch.load(tmp_path / "coeffs.pt"))
+    q = split_points(times, lengths)
+    torch.testing.assert_close(
+        InterpolatedPath(reloaded).evaluate(q), InterpolatedPath(co).evaluate(q)
+    )

@@ -269,3 +269,31 @@ def test_checkpoint_round_trip(tmp_path, forecast_batch) -> None:
     _, pred = loss_and_pred(model, forecast_batch)
     _, pred2 = loss_and_pred(loaded, forecast_batch)
     torch.testing.assert_close(pred2, pred)
+
+
+def test_lightning_fit_logs_loss_and_adjoint_nfe(tmp_path) -> None:
+    import lightning as L
+
+    from tsode.data import SyntheticICUDataModule
+
+    data = SyntheticICUDataModule(num_series=12, min_obs=5, max_obs=10, batch_size=4, seed=0)
+    model = NeuralCDE(
+        num_channels=5,
+        hidden_dim=8,
+        vf_width=8,
+        decoder_width=8,
+        solver=SolverConfig(method="rk4", step_size=1.0, adjoint=True),
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/mse"])
+    assert model.last_nfe_forward > 0 and model.last_nfe_backward > 0
