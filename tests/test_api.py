@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,21 @@ def test_clear_errors(fitted: Forecaster, frame: pd.DataFrame) -> None:
     bad.loc[bad.index[5], "channel"] = "glucose"
     with pytest.raises(DataValidationError, match="glucose"):
         fitted.predict(bad, horizon=1.0, progress=False)
+
+
+def test_datetime_table_round_trip(tmp_path) -> None:
+    """Datetime time columns (here as ISO strings in a CSV): forecasts come back as datetimes."""
+    sample = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "icu_long.csv"
+    frame = pd.read_csv(sample)
+    fc = Forecaster("gru_dt", hidden_dim=8, trainer_kwargs={**FAST_TRAINER, "max_epochs": 1},
+                    tracking=False, work_dir=tmp_path, verbose=False).fit(frame, cutoff=24.0)
+    assert fc.data.time_axis.kind == "datetime"
+    first = frame["series_id"].iloc[0]
+    subset = frame[frame["series_id"] == first]
+    wanted = ["2030-01-01 06:00", "2030-01-01 07:30"]
+    out = fc.predict(subset, times=wanted, progress=False)
+    assert pd.api.types.is_datetime64_any_dtype(out["time"])
+    assert sorted(out["time"].unique()) == list(pd.to_datetime(wanted))
+    horizon = fc.predict(subset, horizon=2.0, step=1.0, progress=False)
+    last = pd.to_datetime(subset["time"]).max()
+    assert sorted(horizon["time"].unique()) == [last + pd.Timedelta(hours=1), last + pd.Timedelta(hours=2)]

@@ -23,6 +23,7 @@ import importlib
 import inspect
 import logging
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,7 +441,9 @@ class Forecaster:
         if not trainable:
             options["max_epochs"] = 1  # parameter-free baselines: one pass for the metrics
         checkpoint = ModelCheckpoint(
-            monitor=MONITOR, mode="min", save_top_k=1, filename="best-{epoch}"
+            monitor=MONITOR, mode="min", save_top_k=1, filename="best-{epoch}",
+            # with MLflow: <work_dir>/<experiment>/<run>/checkpoints; else a fresh folder
+            dirpath=None if self.tracking else self.work_dir / "checkpoints" / uuid.uuid4().hex[:12],
         )
         callbacks: list[Callback] = [checkpoint]
         if self.patience is not None and trainable:
@@ -533,7 +536,7 @@ class Forecaster:
                         f"predict: the times table needs columns {spec.id_col!r} and "
                         f"{spec.time_col!r}; it has {list(times.columns)}"
                     )
-            hours = self.data.time_axis.to_hours(times[spec.time_col])
+            hours = self._to_hours(times[spec.time_col])
             by_id: dict[Any, list[float]] = {}
             for sid, h in zip(times[spec.id_col].tolist(), hours):
                 by_id.setdefault(sid, []).append(float(h))
@@ -549,10 +552,22 @@ class Forecaster:
                 rows.append(absolute - table.time_offset[i])
             return rows
         column = pd.Series(np.asarray(times) if not isinstance(times, pd.Series) else times)
-        absolute = np.sort(self.data.time_axis.to_hours(column))
+        absolute = np.sort(self._to_hours(column))
         if not np.all(np.isfinite(absolute)):
             raise ValueError("predict: times must be finite")
         return [absolute - table.time_offset[i] for i in indices]
+
+    def _to_hours(self, column: pd.Series) -> np.ndarray:
+        """Query times in the input's representation (numbers, datetimes or their strings,
+        timedeltas) -> float hours on the fitted time axis."""
+        axis = self._fitted().time_axis
+        if axis.kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(column):
+            column = pd.to_datetime(column)
+            if axis.tz is not None and column.dt.tz is None:
+                column = column.dt.tz_localize(axis.tz)
+        elif axis.kind == "timedelta" and not pd.api.types.is_timedelta64_dtype(column):
+            column = pd.to_timedelta(column)
+        return axis.to_hours(column.reset_index(drop=True))
 
     def _forecast(
         self, batch: IrregularBatch, times: Tensor, quantiles: Sequence[float]
