@@ -5,8 +5,13 @@ float32, dopri5 at rtol=1e-6, atol=1e-8 for every library, on
 
 * a shared grid: 20 evaluation times over [0, T] for every row;
 * per-sample irregular grids: each row its own 20 sorted random times in [0, T_row],
-  T_row in [T/2, T]. tsode and torchode take the (B, n) grid directly; torchdiffeq takes the
-  union of all rows' times (its natural workaround) and each row's values are gathered from it.
+  T_row in [T/2, T], at minute resolution (time in hours; ICU records such as PhysioNet 2012
+  are timestamped to the minute). tsode and torchode take the (B, n) grid directly;
+  torchdiffeq takes the union of all rows' times (its natural workaround, here ~120 points)
+  and each row's values are gathered from it. With continuous random times the union has
+  ~B*n points and torchdiffeq's backward becomes impractically slow (its in-place writes
+  into the (n_union, B, D) solution buffer cost a full-buffer copy per output point in
+  backward): a float64 reference on that grid was still running after 18 minutes.
 
 Modes: forward only (under no_grad), forward+backward by backprop through the solver, and
 forward+backward by the continuous adjoint. Reported per row: median wall time over repeats,
@@ -14,10 +19,14 @@ NFE (vector-field calls, forward + backward, counted in the module itself), the 
 of the forward values and the relative max error of the parameter gradients against a float64
 dopri8 reference at rtol=1e-11, and ratios to torchdiffeq and torchode in the same mode.
 
-Memory: peak resident-set growth (``ru_maxrss`` after the solve minus ``ru_maxrss`` before it)
-of one forward+backward in a fresh subprocess per configuration, as the integration length
-grows 1x -> 10x on the shared grid. This measures the whole process (allocator caching
-included), not only tensors.
+Memory: peak resident-set growth of one forward+backward in a fresh subprocess per
+configuration (VmHWM after the solve minus VmRSS just before it, with the peak reset through
+/proc/self/clear_refs; ``ru_maxrss`` is not usable since it survives fork+exec), as the
+integration length grows 1x -> 10x (and 20x) on the shared grid. This measures the whole
+process (allocator caching included), not only tensors.
+
+torchode's adjoint is its ``BacksolveAdjoint``; on grids with repeated times (minute
+timestamps) it returns non-finite gradients, which the table reports as such.
 
 All runs use one thread (``torch.set_num_threads(1)``) for stable timings on a shared machine.
 
@@ -99,6 +108,8 @@ def make_problem(grid: str, batch: int, length: float, seed: int = 1) -> Problem
         inner = torch.rand(batch, NUM_TIMES - 1, generator=gen).sort(dim=1).values
         t = torch.cat([torch.zeros(batch, 1), inner * ends], dim=1)
         t[:, -1] = ends[:, 0]
+        # Timestamps at minute resolution (time in hours), as in ICU records (PhysioNet 2012).
+        t = torch.round(t * 60) / 60
     weights = torch.randn(batch, NUM_TIMES, DIM, generator=gen) / (batch * NUM_TIMES) ** 0.5
     return Problem(y0, t, weights)
 
@@ -246,6 +257,8 @@ def measure_group(
                 result.grad_error = (
                     (grads.double() - ref.grads).abs().max() / ref.grads.abs().max()
                 ).item()
+                if not bool(torch.isfinite(grads).all()):
+                    result.extra["grad_note"] = "non-finite"
             times[solver] = []
         results[solver] = result
     for _ in range(repeats):
@@ -387,7 +400,8 @@ def print_timing_table(results: list[Result]) -> None:
         print(
             f"| {r.grid} | {r.mode} | {r.solver} | {r.seconds * 1e3:.1f} | {r.extra['runs']} "
             f"| {r.nfe_forward}+{r.nfe_backward} | {_fmt(r.y_error, '.1e')} "
-            f"| {_fmt(r.grad_error, '.1e')} | {ratios[0]} | {ratios[1]} |"
+            f"| {r.extra.get('grad_note') or _fmt(r.grad_error, '.1e')} "
+            f"| {ratios[0]} | {ratios[1]} |"
         )
 
 
@@ -469,7 +483,7 @@ def main() -> None:
             work_precision(grid, p, ref, (1e-3, 1e-4, 1e-5, 1e-6), min(repeats, 3), args.seed)
             print(f"  measured work-precision {grid}", file=sys.stderr, flush=True)
 
-    scales = (1, 3) if args.quick else (1, 3, 10)
+    scales = (1, 3) if args.quick else (1, 3, 10, 20)
     memory_batch = args.batch or 256
     print(
         f"\n## Peak memory of forward+backward vs integration length (shared grid, batch "
@@ -479,9 +493,11 @@ def main() -> None:
     print(
         "| solver | mode | "
         + " | ".join(f"{s}x MB (NFE)" for s in scales)
-        + f" | growth 1x->{scales[-1]}x |"
+        + " | "
+        + " | ".join(f"growth 1x->{s}x" for s in scales[1:])
+        + " |"
     )
-    print("|---|---|" + "---:|" * (len(scales) + 1))
+    print("|---|---|" + "---:|" * (2 * len(scales) - 1))
     for solver in ("tsode",) if args.quick else ("tsode", "torchdiffeq"):
         for mode in ("backprop", "adjoint"):
             cells, peaks = [], []
@@ -493,8 +509,10 @@ def main() -> None:
                 else:
                     cells.append(f"{m['peak_rss_delta_mb']:.1f} ({m['nfe_f']}+{m['nfe_b']})")
                     peaks.append(m["peak_rss_delta_mb"])
-            growth = peaks[-1] / peaks[0] if peaks[0] > 0 else float("nan")
-            print(f"| {solver} | {mode} | " + " | ".join(cells) + f" | {_fmt(growth, '.2f')}x |")
+            growth = [
+                _fmt(peak / peaks[0], ".2f") + "x" if peaks[0] > 0 else "n/a" for peak in peaks[1:]
+            ]
+            print(f"| {solver} | {mode} | " + " | ".join(cells + growth) + " |")
             print(f"  measured memory {solver}/{mode}", file=sys.stderr, flush=True)
 
 
