@@ -252,3 +252,21 @@ def test_adjoint_with_mixed_directions_and_repeated_times() -> None:
     for name, g_bp, g_adj in zip(("y0", "t", "params"), bp, adj):
         assert torch.isfinite(g_adj).all(), name
         _assert_grad_close(g_adj, g_bp, 1e-6, f"mixed directions adjoint vs backprop ({name})")
+
+
+@pytest.mark.parametrize("adjoint", [False, True], ids=["backprop", "adjoint"])
+def test_float32_gradients_keep_dtype_and_agree_with_float64(adjoint: bool) -> None:
+    field64 = SmallField(seed=9)
+    field32 = SmallField(seed=9).float()
+    gen = torch.Generator().manual_seed(9)
+    y0 = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.4, 1.5], [1.0, 0.6, 0.1]], dtype=torch.float64)
+    grads = {}
+    for name, field, dtype in (("64", field64, torch.float64), ("32", field32, torch.float32)):
+        y = y0.to(dtype).requires_grad_(True)
+        ys = odeint(field, y, t.to(dtype), rtol=1e-6, atol=1e-8, adjoint=adjoint)
+        assert ys.dtype == dtype
+        g = torch.autograd.grad(ys.pow(2).sum(), [y, *field.parameters()])
+        assert all(x.dtype == dtype for x in g)
+        grads[name] = torch.cat([x.reshape(-1) for x in g])
+    _assert_grad_close(grads["32"].double(), grads["64"], 1e-4, "float32 vs float64 gradients")
