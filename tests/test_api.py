@@ -192,3 +192,10 @@ def test_datetime_table_round_trip(tmp_path) -> None:
     horizon = fc.predict(subset, horizon=2.0, step=1.0, progress=False)
     last = pd.to_datetime(subset["time"]).max()
     assert sorted(horizon["time"].unique()) == [last + pd.Timedelta(hours=1), last + pd.Timedelta(hours=2)]
+
+
+def test_forecaster_plot(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:2])]
+    fig = fitted.plot(subset, max_channels=2)
+    assert len(fig.axes) == 4
+    assert all(ax.get_lines() for ax in fig.axes)  # a forecast line in every panel
