@@ -12,7 +12,12 @@ So ``mlflow models predict -m runs:/<run id>/model -i obs.csv -t csv --env-manag
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
 
 ARTIFACT_KEY = "forecaster"
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 REQUIREMENTS = ("torch", "lightning", "pandas", "numpy", "pyarrow", "mlflow", "torchmetrics", "scipy")
 
 
@@ -68,6 +74,27 @@ def signature(default_horizon: float) -> ModelSignature:
     )
 
 
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """No artifact-copy progress bars and no pickling advisory while saving a model."""
+    previous = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*CloudPickle.*")
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if previous is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = previous
+
+
 def _requirements() -> list[str]:
     pins = []
     for name in REQUIREMENTS:
@@ -81,7 +108,7 @@ def _requirements() -> list[str]:
 def save_pyfunc_model(forecaster: Any, path: str | Path) -> Path:
     """Write ``forecaster`` as an MLflow model directory at ``path`` (must not exist)."""
     path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         saved = forecaster.save(Path(tmp) / ARTIFACT_KEY)
         mlflow.pyfunc.save_model(
             path=str(path),
