@@ -207,3 +207,9 @@ def test_quickstart_fails_loudly_without_the_models(
     assert main(["quickstart"]) == 1
     err = capsys.readouterr().err
     assert "['latent_ode'] are not implemented yet" in err and "nothing was trained" in err
+
+
+def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: tsode {fit,validate,test,predict}" in err and "quickstart" in err

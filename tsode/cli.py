@@ -42,6 +42,15 @@ REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LINKED_FROM_DATA = ("num_channels", "channel_means", "channel_stds")
 
 
+USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key value ...]
+       tsode quickstart [--max_epochs N] [--config RECIPE.yaml]
+
+  fit        train a model (an MLflow run)      validate / test   score a checkpoint (--ckpt_path)
+  predict    forecast (--predictions.output f.csv)   quickstart   the README's main job
+  options: --print_config, any recipe key (--trainer.max_epochs 3); tsode fit --help lists them
+"""
+
+
 class RecipeError(SystemExit):
     """A recipe (or command-line override) was rejected; the message names key and file."""
 
@@ -239,6 +248,9 @@ def _limit_threads() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tsode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        sys.stderr.write(USAGE)
+        return 2
     if args and args[0] == "quickstart":
         _limit_threads()
         return _quickstart(args[1:])
