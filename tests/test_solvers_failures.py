@@ -213,17 +213,7 @@ def test_solver_config_matches_odeint_and_passes_options() -> None:
     ("rate", "end"),
     [
         (100.0, 1.0),
-        pytest.param(
-            1000.0,
-            0.3,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="implementation bug: the adjoint silently returns a wrong gradient "
-                "(54% off) when backward re-integration of y is unstable; fix: compare the "
-                "re-integrated y with the stored forward ys at each output time and raise "
-                "(patch in /tmp/team/solver-fixes.patch)",
-            ),
-        ),
+        (1000.0, 0.3),
     ],
     ids=["k100", "k1000"],
 )
@@ -248,3 +238,35 @@ def test_adjoint_on_contracting_dynamics_is_right_or_loud(rate: float, end: floa
         return
     assert torch.isfinite(got)
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=0)
+
+
+def test_adjoint_names_the_rows_whose_backward_reintegration_diverged() -> None:
+    """Only the stiff row is reported; the gentle row in the same batch is not."""
+    rates = torch.tensor([[1000.0], [1.0]], dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+    def relax(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -scale * rates * (y - torch.cos(t)[:, None])
+
+    y0 = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.1, 0.3], dtype=torch.float64)
+    ys = odeint(relax, y0, t, rtol=1e-5, atol=1e-7, adjoint=True, adjoint_params=(scale,))
+    with pytest.raises(SolverError, match="re-integrating") as info:
+        ys.sum().backward()
+    message = str(info.value)
+    assert "row 0" in message and "row 1" not in message
+    assert "adjoint=False" in message
+
+
+def test_adjoint_backward_max_steps_names_rows() -> None:
+    """The backward solve is bounded too, and its error names the rows that drive its step."""
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    def rotation(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], -y[:, 0]], dim=-1)
+
+    ys = odeint(rotation, y0, t, rtol=1e-3, atol=1e-5, max_steps=60, adjoint=True,
+                adjoint_rtol=1e-12, adjoint_atol=1e-12)
+    with pytest.raises(SolverError, match="max_steps=60") as info:
+        ys.sum().backward()
+    assert "hardest rows: row" in str(info.value)

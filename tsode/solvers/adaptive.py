@@ -136,6 +136,11 @@ def solve_adaptive(
     eps = torch.finfo(time_dtype).eps
     magnitude = torch.maximum(torch.maximum(t0.abs(), t_end.abs()), span)
     min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
+    # Without a graph to build (e.g. the adjoint's forward pass), outputs go straight into one
+    # buffer, so memory does not grow with the number of steps; with a graph they are kept per
+    # step and scattered once at the end (in-place writes would break autograd).
+    direct = not torch.is_grad_enabled()
+    output_buffer = y0.new_zeros(batch, n + 1, y0.shape[-1]) if direct else None
     output_values: list[Tensor] = []
     output_columns: list[Tensor] = []
 
@@ -192,10 +197,14 @@ def solve_adaptive(
             t_out = offsets.gather(1, columns.clamp(max=n - 1))
             safe_h = torch.where(accept, h_signed, torch.ones_like(h_signed))
             theta = torch.where(valid, (t_out - t.unsqueeze(1)) / safe_h.unsqueeze(1), 0.0)
-            output_values.append(
-                dense_evaluate(tableau, y, safe_h, torch.stack(stages, dim=1), theta)
-            )
-            output_columns.append(torch.where(valid, columns, n))
+            values = dense_evaluate(tableau, y, safe_h, torch.stack(stages, dim=1), theta)
+            targets = torch.where(valid, columns, n)
+            if direct:
+                index = targets.unsqueeze(-1).expand(-1, -1, values.shape[-1])
+                output_buffer.scatter_(1, index, values)
+            else:
+                output_values.append(values)
+                output_columns.append(targets)
 
         accept_col = accept.unsqueeze(-1)
         y = torch.where(accept_col, y_new, y)
@@ -210,7 +219,7 @@ def solve_adaptive(
                 status,
             )
 
-    ys = _assemble_outputs(y0, n, num_initial, output_values, output_columns)
+    ys = _assemble_outputs(y0, n, num_initial, output_values, output_columns, output_buffer)
     if bool((status != Status.SUCCESS).any()):
         unreached = torch.arange(n, device=y0.device).unsqueeze(0) >= next_output.unsqueeze(1)
         ys = torch.where(unreached.unsqueeze(-1), torch.full_like(ys, float("nan")), ys)
@@ -236,14 +245,22 @@ def _shifted(func: VectorField, start: Tensor, state_dtype: torch.dtype) -> Vect
 
 
 def _assemble_outputs(
-    y0: Tensor, n: int, num_initial: Tensor, values: list[Tensor], columns: list[Tensor]
+    y0: Tensor,
+    n: int,
+    num_initial: Tensor,
+    values: list[Tensor],
+    columns: list[Tensor],
+    filled: Tensor | None = None,
 ) -> Tensor:
-    """Scatter dense outputs (each (B, m, D) with columns (B, m)) into (B, n, D).
+    """Scatter dense outputs (each (B, m, D) with columns (B, m)) into (B, n, D), or take the
+    already ``filled`` (B, n + 1, D) buffer.
 
     Invalid writes go to a dummy column n that is dropped; outputs at the start time are y0.
     """
     batch, dim = y0.shape
-    if values:
+    if filled is not None:
+        buffer = filled[:, :n]
+    elif values:
         stacked = torch.cat(values, dim=1)
         index = torch.cat(columns, dim=1).unsqueeze(-1).expand(-1, -1, dim)
         buffer = y0.new_zeros(batch, n + 1, dim).scatter(1, index, stacked)[:, :n]
