@@ -8,7 +8,8 @@
 * :class:`MaskedGRUCell` -- GRU update whose input is ``[values, mask]`` (missing channels are
   explicit) and that leaves rows untouched where no update should happen (padding).
 * :func:`mlp` and :class:`MLPDecoder` -- small feed-forward nets (encoders / decoders / heads).
-* :func:`gather_times` / :func:`last_before` -- index helpers for per-series time grids.
+* :func:`gather_times` / :func:`last_before` / :func:`distinct_times` -- index helpers for
+  per-series time grids.
 """
 
 from __future__ import annotations
@@ -212,6 +213,30 @@ def gather_times(x: Tensor, index: Tensor) -> Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def distinct_times(times: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row distinct values of non-decreasing times.
+
+    Args:
+        times: ``(B, N)`` non-decreasing per row.
+
+    Returns:
+        ``grid (B, U)`` -- each row's distinct times in order, the tail (beyond the row's own
+        number of distinct times) repeating its last time, ``U`` the largest count over rows --
+        and ``index (B, N)`` long with ``grid.gather(1, index) == times``.
+    """
+    bsz, n = times.shape
+    if n <= 1:
+        return times, torch.zeros_like(times, dtype=torch.long)
+    new = torch.ones_like(times, dtype=torch.bool)
+    new[:, 1:] = times[:, 1:] != times[:, :-1]
+    index = new.long().cumsum(dim=1) - 1
+    width = int(index[:, -1].max()) + 1
+    positions = torch.arange(n, device=times.device).expand(bsz, n)
+    first = torch.full((bsz, width), n - 1, dtype=torch.long, device=times.device)
+    first = first.scatter_reduce(1, index, positions, reduce="amin")  # tail stays at n - 1
+    return times.gather(1, first), index
+
+
 def check_query_times(times: Tensor, batch_size: int, name: str = "times") -> None:
     """Validate requested prediction times: shape ``(B, M)``, finite, non-decreasing per row."""
     if times.dim() != 2 or times.shape[0] != batch_size:
@@ -257,7 +282,12 @@ def solve_from(
         return y0.new_zeros(y0.shape[0], 0, y0.shape[1])
     if grid == "per_sample":
         t = torch.cat([t0.unsqueeze(1), times], dim=1)
-        return solver.solve(func, y0, t)[:, 1:]
+        grid_t, index = distinct_times(t)
+        if grid_t.shape[1] == t.shape[1]:
+            return solver.solve(func, y0, t)[:, 1:]
+        # repeated times (e.g. a target observed at a context time) share one output point:
+        # the same values, but fewer output intervals (each costs >= 1 backward adjoint step)
+        return gather_times(solver.solve(func, y0, grid_t), index[:, 1:])
     rel = times - t0.unsqueeze(1)
     union = torch.unique(torch.cat([rel.new_zeros(1), rel.flatten()]))  # sorted, starts at 0
     ys = solver.solve(func, y0, union)  # (B, U, D)

@@ -87,18 +87,31 @@ class ODERNNEncoder(nn.Module):
         proposed next step per row (None for fixed-step methods), which the next interval
         uses as its first step (no initial-step heuristic between observations)."""
         moving = t_from != t_to
-        if not bool(moving.any()):
+        rows = moving.nonzero().flatten()
+        num_moving = rows.numel()
+        if num_moving == 0:
             return h, first_step
-        grid = torch.stack([t_from, t_to], dim=1)
-        sol = self.solver.solve(self.func, h, grid, return_solution=True, first_step=first_step)
-        h_new = sol.ys[:, -1]
+        if num_moving == h.shape[0]:
+            grid = torch.stack([t_from, t_to], dim=1)
+            sol = self.solver.solve(self.func, h, grid, return_solution=True, first_step=first_step)
+            next_step = sol.stats.next_step
+            return sol.ys[:, -1], (next_step.detach() if next_step is not None else None)
+        # Only the rows that move are handed to the solver: a smaller batch per evaluation, and
+        # no zero-length rows in the solve (with the adjoint they would force the backward
+        # pass's batch-shared initial step down to 1e-6, i.e. ~8 steps per interval).
+        grid = torch.stack([t_from.index_select(0, rows), t_to.index_select(0, rows)], dim=1)
+        hint = first_step.index_select(0, rows) if first_step is not None else None
+        sol = self.solver.solve(
+            self.func, h.index_select(0, rows), grid, return_solution=True, first_step=hint
+        )
+        h_new = h.index_copy(0, rows, sol.ys[:, -1])
         next_step = sol.stats.next_step
         if next_step is not None:
             next_step = next_step.detach()
             # rows that did not move keep their previous hint (or the moving rows' mean)
-            keep = first_step if first_step is not None else next_step[moving].mean().expand_as(next_step)
-            next_step = torch.where(moving, next_step, keep)
-        return torch.where(moving.unsqueeze(-1), h_new, h), next_step
+            keep = first_step if first_step is not None else next_step.mean().expand(h.shape[0])
+            next_step = keep.index_copy(0, rows, next_step)
+        return h_new, next_step
 
     def forward(
         self,

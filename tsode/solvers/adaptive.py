@@ -197,7 +197,7 @@ def solve_adaptive(
             t_out = offsets.gather(1, columns.clamp(max=n - 1))
             safe_h = torch.where(accept, h_signed, torch.ones_like(h_signed))
             theta = torch.where(valid, (t_out - t.unsqueeze(1)) / safe_h.unsqueeze(1), 0.0)
-            values = dense_evaluate(tableau, y, safe_h, torch.stack(stages, dim=1), theta)
+            values = dense_evaluate(tableau, y, safe_h, stages, theta)
             targets = torch.where(valid, columns, n)
             if direct:
                 index = targets.unsqueeze(-1).expand(-1, -1, values.shape[-1])

@@ -40,11 +40,11 @@ def rk_step(
     stages = [k1]
     for i in range(1, tableau.num_stages):
         increment = _combine(tableau.a[i][:i], stages)
-        y_i = y + h_col * increment if increment is not None else y
+        y_i = torch.addcmul(y, h_col, increment) if increment is not None else y
         stages.append(func(t_state + tableau.c[i] * h_state, y_i))
         nfe += 1
     # For FSAL tableaus the last stage was evaluated at exactly this new state.
-    y_new = y + h_col * _combine(tableau.b, stages)
+    y_new = torch.addcmul(y, h_col, _combine(tableau.b, stages))
     error = None
     if tableau.b_error is not None:
         error = h_col * _combine(tableau.b_error, stages)
@@ -68,7 +68,7 @@ def _combine(weights, stages: list[Tensor]) -> Tensor | None:
     for w, k in zip(weights, stages):
         if w == 0.0:
             continue
-        total = w * k if total is None else total + w * k
+        total = k * w if total is None else total.add(k, alpha=w)  # fused multiply-add
     return total
 
 
@@ -79,20 +79,40 @@ def error_ratio(error: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float)
 
 
 def dense_evaluate(
-    tableau: ButcherTableau, y0: Tensor, h: Tensor, stages: Tensor, theta: Tensor
+    tableau: ButcherTableau, y0: Tensor, h: Tensor, stages: list[Tensor], theta: Tensor
 ) -> Tensor:
     """States at ``t + theta * h`` within a step, for several theta per row at once.
 
     Args:
         y0: (B, D) state at the start of the step; h: (B,) signed step.
-        stages: (B, s, D) the step's stage derivatives, stacked.
+        stages: the step's s stage derivatives, each (B, D).
         theta: (B, m) fractions of the step in [0, 1].
     Returns:
         (B, m, D): y0 + h * sum_i w_i(theta) k_i.
     """
-    coefficients = torch.tensor(tableau.dense, dtype=y0.dtype, device=y0.device)  # (s, P)
-    powers = torch.stack(
-        [theta.to(y0.dtype) ** (p + 1) for p in range(coefficients.shape[1])], dim=-1
-    )  # (B, m, P)
-    weights = powers @ coefficients.T  # (B, m, s)
-    return y0.unsqueeze(1) + h.to(y0.dtype)[:, None, None] * (weights @ stages)
+    coefficients = _dense_coefficients(tableau, y0.dtype, y0.device)  # (P, s)
+    theta = theta.to(y0.dtype)
+    powers = [theta]
+    for _ in range(1, coefficients.shape[0]):
+        powers.append(powers[-1] * theta)
+    weights = torch.stack(powers, dim=-1) @ coefficients  # (B, m, s)
+    weights = weights * h.to(y0.dtype)[:, None, None]
+    out = y0.unsqueeze(1)
+    for i, k in enumerate(stages):
+        if tableau.dense_uses_stage[i]:
+            out = torch.addcmul(out, weights[:, :, i : i + 1], k.unsqueeze(1))
+    return out
+
+
+_COEFFICIENT_CACHE: dict[tuple, Tensor] = {}
+
+
+def _dense_coefficients(tableau: ButcherTableau, dtype: torch.dtype, device) -> Tensor:
+    """The tableau's dense-output polynomial coefficients as a (P, s) tensor, built once per
+    (tableau, dtype, device) instead of once per step."""
+    key = (tableau.name, id(tableau), dtype, device)
+    cached = _COEFFICIENT_CACHE.get(key)
+    if cached is None:
+        cached = torch.tensor(tableau.dense, dtype=dtype, device=device).T.contiguous()
+        _COEFFICIENT_CACHE[key] = cached
+    return cached

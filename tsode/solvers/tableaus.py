@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction as F
+from functools import cached_property
 
 import numpy as np
 
@@ -44,6 +45,11 @@ class ButcherTableau:
     error_order: int = 0
     fsal: bool = False
     dense: tuple[tuple[float, ...], ...] | None = field(default=None)
+
+    @cached_property
+    def dense_uses_stage(self) -> tuple[bool, ...]:
+        """Per stage: whether its dense-output polynomial is non-zero (others are skipped)."""
+        return tuple(any(c != 0.0 for c in row) for row in (self.dense or ()))
 
     def __post_init__(self) -> None:
         s = len(self.c)
