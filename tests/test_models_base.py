@@ -8,7 +8,7 @@ import torch
 from conftest import make_batch
 
 from tsode.models.base import IrregularModel, MaskedChannelError, masked_mse
-from tsode.models.blocks import MaskedGRUCell, ODEFunc, last_before, solve_from
+from tsode.models.blocks import MaskedGRUCell, ODEFunc, distinct_times, last_before, solve_from
 from tsode.models.odernn import ODERNN
 from tsode.solvers import SolverConfig
 
@@ -82,6 +82,47 @@ def test_solve_from_union_equals_per_sample():
     b = solve_from(solver, f, y0, t0, times, "union")
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(a[1, 0], y0[1])
+
+
+def test_distinct_times_compacts_repeated_times_per_row():
+    times = torch.tensor([[0.0, 0.0, 1.0, 1.0, 2.0], [0.5] * 5, [0.0, 1.0, 2.0, 2.0, 2.0]])
+    grid, index = distinct_times(times)
+    assert grid.tolist() == [[0.0, 1.0, 2.0], [0.5, 0.5, 0.5], [0.0, 1.0, 2.0]]
+    assert torch.equal(grid.gather(1, index), times)
+    single = torch.tensor([[3.0], [1.0]])
+    grid, index = distinct_times(single)
+    assert torch.equal(grid, single) and index.tolist() == [[0], [0]]
+
+
+def test_solve_from_merges_repeated_times_same_values_fewer_adjoint_steps():
+    """Repeated output times (a target at a context time) are solved once: same states and
+    gradients as the solve on the full grid, fewer backward intervals for the adjoint."""
+    torch.manual_seed(0)
+    f = ODEFunc(3, 8, 2, init_std=0.5).double()
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    t0 = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    times = torch.tensor([[0.3, 0.3, 0.9, 0.9, 1.4, 1.4], [0.5, 0.8, 0.8, 1.1, 1.1, 1.1]],
+                         dtype=torch.float64)
+    weights = torch.randn(2, 6, 3, dtype=torch.float64)
+
+    def run(merge: bool):
+        solver = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-10, adjoint=True)
+        f.zero_grad()
+        f.reset_nfe()
+        if merge:
+            ys = solve_from(solver, f, y0, t0, times)
+        else:
+            ys = solver.solve(f, y0, torch.cat([t0.unsqueeze(1), times], dim=1))[:, 1:]
+        forward = f.nfe
+        (ys * weights).sum().backward()
+        return ys.detach(), [p.grad.clone() for p in f.parameters()], f.nfe - forward
+
+    ys_m, grads_m, bwd_m = run(True)
+    ys_f, grads_f, bwd_f = run(False)
+    torch.testing.assert_close(ys_m, ys_f, rtol=1e-9, atol=1e-11)
+    for a, b in zip(grads_m, grads_f):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    assert bwd_m < bwd_f
 
 
 def test_constructor_validation():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from conftest import make_batch
+from conftest import make_batch, make_part
 from test_models_properties import build
 
 from tsode.data.batch import SeriesPart
@@ -123,3 +123,33 @@ def test_queries_at_context_times_use_the_state_before_that_update(forecast_batc
                                rtol=1e-6, atol=1e-7)[:, -1]
                 expected[b, j] = model.decoder(h)[0]
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_that_do_not_move_are_not_solved_and_cost_no_adjoint_steps():
+    """An interval's solve gets only the rows that move: a short (or padded) row changes
+    neither the other rows' states nor the adjoint's backward NFE (a zero-length row in the
+    solve used to force the adjoint's batch-shared first backward step down to 1e-6)."""
+    solver = SolverConfig(method="dopri5", rtol=1e-3, atol=1e-4, adjoint=True)
+    long_row = [0.0, 0.4, 1.1, 1.5, 2.6, 3.0]
+
+    def run(times):
+        torch.manual_seed(0)
+        enc = ODERNNEncoder(num_channels=2, hidden_dim=4, ode_hidden_dim=8, ode_layers=2,
+                            solver=solver).double()
+        p = make_part(times, 2, torch.Generator().manual_seed(0), dtype=torch.float64)
+        rows_seen = []
+        forward = enc.func.forward
+        enc.func.forward = lambda t, y: (rows_seen.append(y.shape[0]), forward(t, y))[1]
+        h, _ = enc(p)
+        nfe = enc.func.nfe
+        h[0].sum().backward()
+        grads = [q.grad.clone() for q in enc.func.parameters()]
+        return h.detach(), grads, enc.func.nfe - nfe, rows_seen
+
+    h1, g1, bwd1, _ = run([long_row])
+    h2, g2, bwd2, seen2 = run([long_row, [0.2]])
+    assert set(seen2) == {1}, "only the moving row is handed to the solver"
+    torch.testing.assert_close(h2[:1], h1, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert bwd2 == bwd1 > 0
