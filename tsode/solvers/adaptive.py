@@ -198,6 +198,10 @@ def solve_adaptive(
             safe_h = torch.where(accept, h_signed, torch.ones_like(h_signed))
             theta = torch.where(valid, (t_out - t.unsqueeze(1)) / safe_h.unsqueeze(1), 0.0)
             values = dense_evaluate(tableau, y, safe_h, stages, theta)
+            # Outputs at the step's end take the step's own solution, exactly (the polynomial
+            # matches it only up to rounding, through stages evaluated at the end time).
+            at_end = (theta == 1.0).unsqueeze(-1)
+            values = torch.where(at_end, y_new.unsqueeze(1), values)
             targets = torch.where(valid, columns, n)
             if direct:
                 index = targets.unsqueeze(-1).expand(-1, -1, values.shape[-1])
