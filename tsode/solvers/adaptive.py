@@ -199,9 +199,14 @@ def solve_adaptive(
             theta = torch.where(valid, (t_out - t.unsqueeze(1)) / safe_h.unsqueeze(1), 0.0)
             values = dense_evaluate(tableau, y, safe_h, stages, theta)
             # Outputs at the step's end take the step's own solution, exactly (the polynomial
-            # matches it only up to rounding, through stages evaluated at the end time).
-            at_end = (theta == 1.0).unsqueeze(-1)
-            values = torch.where(at_end, y_new.unsqueeze(1), values)
+            # matches it only up to rounding, through stages evaluated at the end time); the
+            # polynomial still carries the derivative with respect to the output time (an
+            # exact zero in value).
+            end_values = y_new.unsqueeze(1)
+            if theta.requires_grad:
+                fixed_theta = dense_evaluate(tableau, y, safe_h, stages, theta.detach())
+                end_values = end_values + (values - fixed_theta)
+            values = torch.where((theta == 1.0).unsqueeze(-1), end_values, values)
             targets = torch.where(valid, columns, n)
             if direct:
                 index = targets.unsqueeze(-1).expand(-1, -1, values.shape[-1])
