@@ -36,6 +36,7 @@ Usage: ``python benchmarks/solvers.py [--quick]``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -216,9 +217,16 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
+# Per-solver rtol overrides (atol = rtol/100), used by the matched-error comparison.
+TOLERANCE_OVERRIDE: dict[str, float] = {}
+
+
 def run_once(solver: str, mode: str, func: MLPField, p: Problem):
     func.calls = 0
     solve = SOLVERS[solver]
+    if solver in TOLERANCE_OVERRIDE:
+        rtol = TOLERANCE_OVERRIDE[solver]
+        solve = functools.partial(solve, rtol=rtol, atol=rtol * 1e-2)
     if mode == "forward":
         with torch.no_grad():
             ys = solve(func, p, adjoint=False)
@@ -433,6 +441,80 @@ def print_targets(results: list[Result]) -> None:
             )
 
 
+MATCH_LADDER = (0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)  # multiples of the benchmark rtol
+
+
+def matched_error_targets(
+    problems: dict, results: list[Result], repeats: int, budget: float, seed: int
+) -> None:
+    """The issue's targets "at equal or smaller error": tsode's rtol is the loosest value on
+    MATCH_LADDER whose forward error and gradient error are both no larger than the peer's at
+    the benchmark tolerance; then tsode (at that rtol) and the peer (at the
+    benchmark rtol) are timed again, interleaved, in this run."""
+    by_key = {(r.grid, r.mode, r.solver): r for r in results}
+    print(
+        "\nTargets at equal or smaller error (tsode at the loosest rtol of "
+        f"{[m * RTOL for m in MATCH_LADDER]} whose forward and gradient errors are both no "
+        "larger than the peer's):\n"
+    )
+    print("| grid | mode | peer | peer rtol | tsode rtol | tsode err y / grad | peer err y / grad "
+          "| tsode ms | peer ms | time ratio | target | |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for grid, (p, ref) in problems.items():
+        for mode, peer, limit in (
+            ("backprop", "torchdiffeq", 0.7),
+            ("backprop", "torchode", 1.0),
+            ("adjoint", "torchdiffeq", 0.5),
+        ):
+            other = by_key.get((grid, mode, peer))
+            if other is None or other.failure:
+                print(f"| {grid} | {mode} | {peer} | | | | | | | n/a | {limit} | peer failed |")
+                continue
+            chosen, chosen_errors = None, None
+            for multiple in MATCH_LADDER:
+                rtol = RTOL * multiple
+                TOLERANCE_OVERRIDE["tsode"] = rtol
+                try:
+                    ys, grads, _, _ = run_once("tsode", mode, MLPField(seed), p)
+                finally:
+                    TOLERANCE_OVERRIDE.clear()
+                y_err = (ys.double() - ref.ys).abs().max().item()
+                g_err = ((grads.double() - ref.grads).abs().max() / ref.grads.abs().max()).item()
+                if y_err <= other.y_error and g_err <= other.grad_error:
+                    chosen, chosen_errors = rtol, (y_err, g_err)  # the loosest passing one
+            if chosen is None:
+                print(f"| {grid} | {mode} | {peer} | {RTOL:g} | none on the ladder | | "
+                      f"{other.y_error:.1e} / {other.grad_error:.1e} | | | n/a | {limit} | "
+                      f"MISSED |")
+                continue
+            TOLERANCE_OVERRIDE["tsode"] = chosen
+            try:
+                timed = {}
+                for solver in ("tsode", peer):
+                    func = MLPField(seed)
+                    run_once(solver, mode, func, p)  # warm-up
+                    timed[solver] = (func, [])
+                for _ in range(repeats):
+                    for solver, (func, runs) in timed.items():
+                        if runs and sum(runs) > budget:
+                            continue
+                        start = time.perf_counter()
+                        run_once(solver, mode, func, p)
+                        runs.append(time.perf_counter() - start)
+            finally:
+                TOLERANCE_OVERRIDE.clear()
+            ours = statistics.median(timed["tsode"][1])
+            theirs = statistics.median(timed[peer][1])
+            ratio = ours / theirs
+            print(
+                f"| {grid} | {mode} | {peer} | {RTOL:g} | {chosen:g} | {chosen_errors[0]:.1e} / "
+                f"{chosen_errors[1]:.1e} | {other.y_error:.1e} / {other.grad_error:.1e} | "
+                f"{ours * 1e3:.1f} | {theirs * 1e3:.1f} | {ratio:.2f} | {limit} | "
+                f"{'MET' if ratio <= limit else 'MISSED'} |"
+            )
+            print(f"  measured matched-error {grid}/{mode}/{peer}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     global RTOL, ATOL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -477,6 +559,7 @@ def main() -> None:
             print(f"  measured {grid}/{mode}", file=sys.stderr, flush=True)
     print_timing_table(results)
     print_targets(results)
+    matched_error_targets(problems, results, repeats, budget, args.seed)
 
     if not args.quick:
         for grid, (p, ref) in problems.items():
