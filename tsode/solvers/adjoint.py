@@ -198,7 +198,7 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
         for weight, terms in zip(tableau.b, terms_of_step):
             if weight != 0.0:
                 for acc, term in zip(increments, terms):
-                    acc += (h * weight) * term
+                    acc.add_(term, alpha=h * weight)
 
     if not tableau.adaptive:
         count = uniform_step_count(float(delta.abs().max()), options.step_size)

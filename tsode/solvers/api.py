@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Literal
 
@@ -207,7 +207,8 @@ class SolverConfig:
     ) -> Tensor | Solution:
         """``odeint`` with these options; see :func:`odeint` for shapes."""
         return odeint(
-            func, y0, t, **asdict(self), adjoint_params=adjoint_params,
+            func, y0, t, **{f.name: getattr(self, f.name) for f in fields(self)},
+            adjoint_params=adjoint_params,
             return_solution=return_solution,
             first_step=first_step if get_tableau(self.method).adaptive else None,
         )
