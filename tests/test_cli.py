@@ -14,8 +14,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tsode.cli import explain_parse_error, main
+from tsode.cli import TsodeArgumentParser, TsodeCLI, explain_parse_error, locate_key, main, run
 from tsode.data import SyntheticICUDataModule
+from tsode.models.baselines import LOCF
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
@@ -213,3 +214,97 @@ def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "usage: tsode {fit,validate,test,predict}" in err and "quickstart" in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "reason"),
+    [
+        (lambda r: r["model"]["init_args"]["solver"].update(rtol="tight"),
+         "model.init_args.solver.rtol", "wrong type"),  # a plain mapping: no init_args
+        (lambda r: r["trainer"]["callbacks"][0]["init_args"].update(patiense=3),
+         "trainer.callbacks[0].init_args.patiense", "unknown key"),
+        (lambda r: r["model"].update(class_path="tsode.models.Nope"), "model.class_path",
+         "has no attribute 'Nope'"),
+        (lambda r: r["data"]["init_args"].update(task="forecastt"), "data.init_args.task",
+         "task must be one of"),  # rejected by the data module's constructor
+        (lambda r: r["model"]["init_args"].update(grid="bad"), "model.init_args.grid",
+         "grid must be one of"),  # rejected by the model's constructor
+        (lambda r: r["trainer"].update(accelerator="gpux"), "trainer.accelerator",
+         "invalid accelerator"),  # rejected by the Trainer
+    ],
+    ids=["nested-mapping", "list-item", "bad-class", "data-value", "model-value", "trainer-value"],
+)
+def test_bad_recipe_errors_locate_nested_keys_and_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, edit, key: str,  # noqa: ANN001
+    reason: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _bad_recipe(tmp_path, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--data.init_args.num_series", "12"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    headline = next(line for line in stderr.splitlines() if line.startswith("tsode: invalid"))
+    assert f"invalid configuration in {path}: key '{key}'" in headline
+    assert reason in headline
+
+
+def test_locate_key_follows_the_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(yaml.safe_load(QUICKSTART.read_text())))
+    assert locate_key("model.init_args.solver.init_args.step_size", [str(recipe)]) == (
+        "model.init_args.solver.step_size", str(recipe))
+    assert locate_key("model.init_args.solver.init_args.rtol", [str(recipe)]) == (
+        "model.init_args.solver.rtol", None)  # not in the file: a command-line override
+    assert locate_key("trainer.callbacks.init_args.patience", [str(recipe)]) == (
+        "trainer.callbacks[0].init_args.patience", str(recipe))
+    assert locate_key("trainer.devices", [str(recipe)]) == ("trainer.devices", None)
+
+
+class StaticLOCF(LOCF):
+    """A model that takes static covariates: the CLI must link ``num_static`` into it."""
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_static: int = -1,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
+        super().__init__(num_channels, channel_means, channel_stds)
+        self.num_static = num_static
+
+
+def test_num_static_and_channels_linked_from_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"series_id": s, "time": t, "hr": 60.0 + s + t, "rr": 12.0 + t, "age": 40.0 + s,
+         "sex": float(s % 2)}
+        for s in range(12) for t in range(4)
+    ]
+    data = tmp_path / "table.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    args = [
+        "--model", f"{__name__}.StaticLOCF",
+        "--data", "tsode.data.TableDataModule",
+        "--data.init_args.data", str(data),
+        "--data.init_args.static_cols", "[age, sex]",
+        "--data.init_args.cutoff", "1.5",
+        "--trainer.logger", "false",
+    ]
+    TsodeArgumentParser.recipe_files = []
+    cli = TsodeCLI(args=args, run=False)
+    assert cli.model.num_static == 2 and cli.model.num_channels == 2
+    assert cli.model.channel_means == pytest.approx(list(cli.datamodule.normalizer.mean))
+    # a model without ``num_static`` (every model today) is built without it
+    cli = TsodeCLI(args=[*args[2:], "--model", "tsode.models.baselines.LOCF"], run=False)
+    assert type(cli.model) is LOCF and cli.model.num_channels == 2
+    # ... also under the subcommands (where jsonargparse would pass an unexpected keyword)
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    for subcommand in ("validate", "test"):
+        cli = run([subcommand, *args, *quiet])
+        assert cli.model.num_static == 2
+        cli = run([subcommand, *args[2:], "--model", "tsode.models.baselines.LOCF", *quiet])
+        assert type(cli.model) is LOCF

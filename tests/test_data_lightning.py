@@ -6,8 +6,9 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import pandas as pd
+import pytest
 import torch
-from lightning.fabric.utilities.data import _replace_dunder_methods
+from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
@@ -117,3 +118,53 @@ def test_ddp_sampler_injection_partitions_buckets() -> None:
         seen += [i for b in batches for i in b.series_ids]
     assert set(seen) == set(ds.series_ids)  # each rank buckets its own share
     assert len(seen) == 2 * len(dist)
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+@pytest.mark.parametrize("num_series", [80, 81])
+def test_ddp_two_ranks_disjoint_complete_and_seeded(bucketing: bool, num_series: int) -> None:
+    """Two simulated DDP ranks, each given Lightning's injected DistributedSampler with a
+    *different* seed (as when ranks seed differently): the split between ranks comes from the
+    data module's seed, so the shares are disjoint (up to DistributedSampler's padding
+    repeats), cover every series, have equal batch counts, and reshuffle per epoch."""
+    dm = SyntheticICUDataModule(num_series=num_series, batch_size=8, seed=2, bucketing=bucketing)
+    dm.setup()
+    for split, shuffle in (("train", True), ("val", False)):
+        ds = dm.datasets[split]
+        with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+            loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+        orders = []
+        for epoch in range(2):
+            shares, counts = [], []
+            for rank in range(2):
+                dist = DistributedSampler(
+                    ds, num_replicas=2, rank=rank, shuffle=shuffle, seed=100 * rank + 7
+                )
+                ranked = _update_dataloader(loader, dist)
+                _set_sampler_epoch(ranked, epoch)
+                batches = list(ranked)
+                counts.append(len(batches))
+                assert len(batches) == len(ranked.batch_sampler)
+                shares.append([i for b in batches for i in b.series_ids])
+            assert counts[0] == counts[1]  # DDP needs the same number of steps on every rank
+            n = len(ds)
+            padded = -(-n // 2) * 2
+            both = shares[0] + shares[1]
+            assert set(both) == set(ds.series_ids)  # complete coverage
+            assert len(both) == padded  # disjoint apart from the padding repeats
+            assert len(set(shares[0]) & set(shares[1])) <= padded - n
+            orders.append(shares)
+        if shuffle:
+            assert orders[0] != orders[1]  # set_epoch reshuffles
+        else:
+            assert orders[0] == orders[1]
+
+
+def test_unbucketed_shuffle_is_seeded_not_global_rng() -> None:
+    def order(seed: int) -> list:
+        dm = SyntheticICUDataModule(num_series=40, batch_size=4, seed=seed, bucketing=False)
+        torch.manual_seed(np.random.randint(1 << 30))  # the global RNG must not matter
+        return [i for b in dm.train_dataloader() for i in b.series_ids]
+
+    assert order(3) == order(3)
+    assert order(3) != order(4)

@@ -262,3 +262,28 @@ def test_two_sets_are_concatenated(tmp_path: Path) -> None:
         table.values[-2:], table.values[table.offsets[2] : table.offsets[3]]
     )
     assert table.labels[-1] == 1 and table.static.shape == (4, 8)
+
+
+def test_unreadable_cache_is_replaced_and_failed_writes_leave_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tsode.data.physionet as physionet
+
+    root = _write_dir(tmp_path / "pn")
+    cache = tmp_path / "cache"
+    load_physionet2012(root, cache_dir=cache, progress=False)
+    (entry,) = (cache / "physionet2012").iterdir()
+    (entry / "rows.parquet").write_bytes(b"truncated")  # e.g. an interrupted older writer
+    again = load_physionet2012(root, cache_dir=cache, progress=False)
+    assert again.info["cache"] == "miss"
+    assert load_physionet2012(root, cache_dir=cache, progress=False).info["cache"] == "hit"
+    assert [p.name for p in (cache / "physionet2012").iterdir()] == [entry.name]
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise OSError("disk full")
+
+    other = tmp_path / "cache2"
+    monkeypatch.setattr(physionet.pq, "write_table", broken)
+    table = load_physionet2012(root, cache_dir=other, progress=False)  # warns, still parses
+    assert table.num_series == 3
+    assert list((other / "physionet2012").iterdir()) == []  # no half-written cache, no temp dir

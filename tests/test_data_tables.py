@@ -272,3 +272,26 @@ def test_timezone_survives_the_round_trip() -> None:
     assert str(out.time.dt.tz) == "Europe/Berlin"
     assert (out.time == df.time).all()
     np.testing.assert_array_equal(dm.table.series(0)[0], [0.0, 1.5, 3.0])  # true elapsed hours
+
+
+def test_unknown_channel_errors_are_located() -> None:
+    """Unknown channels at predict time name the source, series and row/time."""
+    wide = pd.DataFrame({"series_id": [1, 1, 2, 2], "time": [0.0, 1.0] * 2, "a": np.arange(4.0)})
+    dm = TableDataModule(wide, cutoff_fraction=0.5, split_fractions=(1.0, 0.0, 0.0))
+    dm.setup()
+    new = pd.DataFrame({"series_id": [7, 8], "time": [0.0, 2.0], "a": [1.0, 2.0], "b": [None, 3.0]})
+    with pytest.raises(DataValidationError, match=r"row 1, series 8, column 'b'.*unknown channel"):
+        dm.table_from(new)
+    # a table validated on its own, then handed to the fitted module
+    other = load_table(new.rename(columns={"a": "x"}).drop(columns="b"))
+    with pytest.raises(
+        DataValidationError, match=r"<DataFrame>: unknown channels \['x'\].*series 7 at time 0 h"
+    ):
+        dm.dataset_for(other)
+
+
+def test_error_values_are_shown_plainly() -> None:
+    df = _long_frame().assign(t=lambda d: d.t.where(d.index != 2, np.inf))
+    with pytest.raises(DataValidationError) as info:
+        table_from_frame(df, SPEC, source="obs.csv")
+    assert "non-finite time inf" in str(info.value) and "np.float64" not in str(info.value)

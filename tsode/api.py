@@ -23,6 +23,7 @@ import importlib
 import inspect
 import logging
 import math
+import pickle
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from tsode.data import (
     table_from_frame,
     values_to_frame,
 )
+from tsode.data.atomic import atomic_path, atomic_write_text
 from tsode.data.series import DataValidationError
 from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable
 
@@ -270,6 +272,31 @@ def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
     return times, torch.from_numpy(mask)
 
 
+def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint this process wrote (e.g. the best one).
+
+    Loaded with ``weights_only=True`` (tsode's config classes are allowlisted on import);
+    only when a user callback put other objects into the checkpoint is it re-read with
+    ``weights_only=False`` -- acceptable for a file this very run has just written.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["state_dict"]
+
+
+def _plain_data(value: Any) -> bool:
+    """Whether ``value`` is built from str/int/float/bool/None, lists, tuples and str-keyed dicts."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
+
+
 def _quantile_name(level: float) -> str:
     return f"q{level:g}"
 
@@ -470,8 +497,7 @@ class Forecaster:
 
         best = checkpoint.best_model_path
         if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=False)
-            module.load_state_dict(state["state_dict"])
+            module.load_state_dict(load_checkpoint_weights(best))
         self.module = module.cpu().eval()
         score = checkpoint.best_model_score
         self.fit_summary = {
@@ -820,6 +846,14 @@ class Forecaster:
         module = self.model
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        trainer_kwargs = {}
+        for key, value in self.trainer_kwargs.items():
+            if key in ("callbacks", "logger"):
+                continue
+            if _plain_data(value):
+                trainer_kwargs[key] = value
+            else:  # objects (strategies, profilers, ...) are not portable: not saved
+                log.warning("save: trainer option %r=%r is not plain data; not saved", key, value)
         payload = {
             "format_version": FORMAT_VERSION,
             "model_class": f"{type(module).__module__}.{type(module).__qualname__}",
@@ -828,27 +862,41 @@ class Forecaster:
             "data": self.data.state_dict(),
             "data_kwargs": self.data_kwargs,
             "options": {
-                "trainer_kwargs": {
-                    k: v for k, v in self.trainer_kwargs.items() if k not in ("callbacks", "logger")
-                },
+                "trainer_kwargs": trainer_kwargs,
                 "patience": self.patience,
                 "experiment_name": self.experiment_name,
                 "seed": self.seed,
             },
             "fit_summary": self.fit_summary,
         }
-        torch.save(payload, path / SAVE_FILE)
-        (path / CONFIG_FILE).write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        # each file is written atomically (temporary file + rename), the one ``load`` reads
+        # last: an error while saving never leaves a truncated model behind
+        atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(self.config(), sort_keys=False))
+        with atomic_path(path / SAVE_FILE) as tmp:
+            torch.save(payload, tmp)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Forecaster:
-        """Load a forecaster written by :meth:`save` (ready to ``predict`` / ``evaluate``)."""
+    def load(cls, path: str | Path, *, weights_only: bool = True) -> Forecaster:
+        """Load a forecaster written by :meth:`save` (ready to ``predict`` / ``evaluate``).
+
+        Args:
+            path: the directory given to ``save`` (or its ``forecaster.pt``).
+            weights_only: read the file with ``torch.load(weights_only=True)`` (tensors and
+                plain data only, safe for untrusted files). ``False`` allows arbitrary pickled
+                objects: only for files you trust.
+        """
         path = Path(path)
         file = path / SAVE_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no saved forecaster at {file}")
-        payload = torch.load(file, map_location="cpu", weights_only=False)
+        try:
+            payload = torch.load(file, map_location="cpu", weights_only=weights_only)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{file}: holds objects torch.load(weights_only=True) refuses ({err}). If you "
+                "trust the file, use Forecaster.load(path, weights_only=False)."
+            ) from err
         version = payload.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{file}: unsupported forecaster format version {version!r}")

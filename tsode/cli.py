@@ -19,6 +19,8 @@ artifacts callback and ``predictions`` where ``tsode predict`` writes its foreca
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import re
 import sys
@@ -39,7 +41,9 @@ MONITOR = "val/mse"
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Values every model may take from the data module (linked only where the model accepts them).
-LINKED_FROM_DATA = ("num_channels", "channel_means", "channel_stds")
+LINKED_FROM_DATA = ("num_channels", "num_static", "channel_means", "channel_stds")
+#: Of those, the ones no shipped model takes yet: linked only when the chosen model does.
+OPTIONALLY_LINKED = ("num_static",)
 
 
 USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key value ...]
@@ -84,6 +88,13 @@ def explain_parse_error(message: str) -> tuple[str | None, str]:
             path.append(match.group("key"))
         elif match.group("cls"):
             owner = match.group("cls")
+            detail = message[match.end() :].lstrip(":").strip().splitlines()
+            first = detail[0].strip() if detail else ""
+            if first and not token.match(first) and not first.startswith("Does not validate"):
+                # the class itself is the problem (not importable, not a subclass, ...)
+                path.append("class_path")
+                reason = f"class_path '{owner}': {first}"
+                break
             path.append("init_args")
         elif match.group("opt"):
             path.append(match.group("opt"))
@@ -104,12 +115,170 @@ def explain_parse_error(message: str) -> tuple[str | None, str]:
     return key, reason
 
 
+def locate_key(key: str, files: Sequence[str]) -> tuple[str, str | None]:
+    """Spell ``key`` (dotted, from :func:`explain_parse_error`) as it is written in a recipe.
+
+    jsonargparse names nested class arguments ``<section>.init_args.<name>`` even where the
+    recipe gives them as a plain mapping (``solver: {rtol: ...}``) and does not say which
+    item of a list (``trainer.callbacks``) is wrong. Walking the recipe files (last one
+    first) drops the ``init_args`` the file does not have and adds list indices
+    (``trainer.callbacks[0].init_args.patience``). Returns the key and the file holding it
+    (None: not in any file, e.g. a command-line override).
+    """
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
+    partial: str | None = None  # spelled along the recipe up to a missing last key
+    for file in reversed(list(files)):
+        try:
+            node: Any = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        out: list[str] = []
+        found = True
+        for i, part in enumerate(parts):
+            if isinstance(node, list):
+                rest = parts[i:]
+                index = next(
+                    (
+                        j
+                        for j, item in enumerate(node)
+                        if isinstance(item, dict)
+                        and (rest[0] in item or rest[0] in (item.get("init_args") or {}))
+                        and (len(rest) < 2 or rest[0] != "init_args"
+                             or rest[1] in (item.get("init_args") or {}))
+                    ),
+                    None,
+                )
+                if index is None:
+                    found = False
+                    break
+                out[-1] += f"[{index}]"
+                node = node[index]
+            if isinstance(node, dict) and part in node:
+                out.append(part)
+                node = node[part]
+            elif isinstance(node, dict) and part == "init_args":
+                continue  # given as a plain mapping in the recipe
+            else:
+                if i == len(parts) - 1 and isinstance(node, dict) and partial is None:
+                    partial = ".".join([*out, part])  # e.g. a key set on the command line
+                found = False
+                break
+        if found:
+            return ".".join(out), file
+    return partial or key, None
+
+
 def _normalizer_means(normalizer: Any) -> list[float]:
     return [float(x) for x in normalizer.mean]
 
 
 def _normalizer_stds(normalizer: Any) -> list[float]:
     return [float(x) for x in normalizer.std]
+
+
+def report_recipe_error(
+    key: str | None, reason: str, details: str, files: Sequence[str]
+) -> NoReturn:
+    """Print ``tsode: invalid configuration in <file>: key '<key>': <reason>`` (plus the
+    details) and exit with status 2 (:class:`RecipeError`)."""
+    where = ", ".join(files) if files else "command-line arguments"
+    if key:
+        key, file = locate_key(key, files)
+        if file is not None:
+            where = file
+        elif files:
+            where += " / command-line arguments"
+    headline = f"tsode: invalid configuration in {where}"
+    if key:
+        headline += f": key '{key}': {reason}"
+    elif reason != "invalid value":
+        headline += f": {reason}"
+    indented = "\n".join(f"  {line}" for line in details.splitlines())
+    sys.stderr.write(
+        f"{headline}\n{indented}\n(see accepted keys with `tsode <subcommand> --help`, "
+        f"or the resolved recipe with --print_config)\n"
+    )
+    raise RecipeError(2)
+
+
+def _class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, Any]]:
+    """class_path -> (dotted section, its init_args) for every class named in ``config``."""
+    found: dict[str, tuple[str, Any]] = {}
+    items: Any
+    if hasattr(config, "items") and callable(config.items):
+        items = config.items() if not hasattr(config, "__dict__") else vars(config).items()
+    elif isinstance(config, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(config))
+    else:
+        return found
+    for name, value in items:
+        name = str(name)
+        dotted = f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}"
+        class_path = getattr(value, "class_path", None) if not isinstance(value, dict) else (
+            value.get("class_path")
+        )
+        if isinstance(class_path, str):
+            init_args = (
+                value.get("init_args") if isinstance(value, dict) else getattr(value, "init_args", None)
+            )
+            found.setdefault(class_path, (dotted, init_args))
+        found.update({k: v for k, v in _class_sections(value, dotted).items() if k not in found})
+    return found
+
+
+def explain_instantiation_error(error: BaseException, config: Any) -> tuple[str | None, str]:
+    """Key and reason of an error raised while building the recipe's objects.
+
+    The class whose constructor failed is found from the message (``class_path 'X'``) or
+    the traceback; the argument it names (``task must be one of ...``) completes the key.
+    """
+    message = str(error)
+    bullets = re.findall(r"^\s*- (.+)$", message, flags=re.M)
+    reason = next((b for b in bullets if "NoneType" not in b), None) or message.splitlines()[0]
+    sections = _class_sections(config)
+    owner = None
+    named = re.search(r"class_path='([^']+)'|class_path '([^']+)'", message)
+    if named:
+        owner = named.group(1) or named.group(2)
+    if owner is None:  # walk the traceback for a constructor of a configured class
+        tb = error.__traceback__
+        while tb is not None:
+            local_self = tb.tb_frame.f_locals.get("self")
+            if tb.tb_frame.f_code.co_name == "__init__" and local_self is not None:
+                cls = type(local_self)
+                for path in (f"{cls.__module__}.{cls.__qualname__}",):
+                    if path in sections:
+                        owner = path
+                tb_owner = [c for c in sections if c.rsplit(".", 1)[-1] == cls.__name__]
+                if owner is None and tb_owner:
+                    owner = tb_owner[0]
+            tb = tb.tb_next
+    if owner is None or owner not in sections:
+        if any(name.startswith(("Trainer.", "_AcceleratorConnector.")) for name in traceback_names(error)):
+            trainer = config.get("trainer") if hasattr(config, "get") else None
+            options = list(vars(trainer)) if hasattr(trainer, "__dict__") else list(trainer or {})
+            words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
+            option = next((w for w in words if w in options), None)
+            return ("trainer." + option if option else "trainer"), f"rejected by the Trainer: {reason}"
+        return None, reason
+    section, init_args = sections[owner]
+    names = list(vars(init_args)) if hasattr(init_args, "__dict__") else list(init_args or {})
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
+    param = next((w for w in words if w in names), None)
+    key = f"{section}.init_args.{param}" if param else section
+    return key, f"rejected by {owner}: {reason}"
+
+
+def traceback_names(error: BaseException) -> list[str]:
+    """Qualified names of the functions an exception passed through (outermost first)."""
+    names = []
+    tb = error.__traceback__
+    while tb is not None:
+        local_self = tb.tb_frame.f_locals.get("self")
+        prefix = type(local_self).__name__ + "." if local_self is not None else ""
+        names.append(prefix + tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
 
 
 class TsodeArgumentParser(LightningArgumentParser):
@@ -121,16 +290,7 @@ class TsodeArgumentParser(LightningArgumentParser):
         if not self.exit_on_error:
             super().error(message, ex)
         key, reason = explain_parse_error(message)
-        where = ", ".join(self.recipe_files) if self.recipe_files else "command-line arguments"
-        headline = f"tsode: invalid configuration in {where}"
-        if key:
-            headline += f": key '{key}': {reason}"
-        details = "\n".join(f"  {line}" for line in message.splitlines())
-        sys.stderr.write(
-            f"{headline}\n{details}\n(see accepted keys with `tsode <subcommand> --help`, "
-            f"or the resolved recipe with --print_config)\n"
-        )
-        raise RecipeError(2)
+        report_recipe_error(key, reason, message, self.recipe_files)
 
 
 class MLflowSaveConfigCallback(SaveConfigCallback):
@@ -197,8 +357,9 @@ class TsodeCLI(LightningCLI):
         )
         parser.add_lightning_class_args(MLflowArtifacts, "tracking")
         parser.add_lightning_class_args(ForecastWriter, "predictions")
-        # (num_static is not linked: no model takes static covariates yet, and jsonargparse
-        # would pass a link target the model lacks as an unexpected keyword argument)
+        # (``num_static`` is linked in ``before_instantiate_classes``, only for a model whose
+        # constructor takes it: jsonargparse passes a link target the class lacks as an
+        # unexpected keyword argument under ``validate``/``test``/``predict``)
         parser.link_arguments("data.num_channels", "model.init_args.num_channels", apply_on="instantiate")
         parser.link_arguments(
             "data.normalizer", "model.init_args.channel_means", compute_fn=_normalizer_means,
@@ -209,9 +370,45 @@ class TsodeCLI(LightningCLI):
             apply_on="instantiate",
         )
 
+    def _link_optional(self, config: Any, names: Sequence[str]) -> None:
+        """Link ``data.<name>`` into ``model.init_args.<name>`` for each ``name`` the chosen
+        model's constructor accepts (and the recipe leaves at its default)."""
+        model = config.get("model") if hasattr(config, "get") else None
+        class_path = getattr(model, "class_path", None)
+        if not isinstance(class_path, str):
+            return
+        module_name, _, class_name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            accepted = inspect.signature(cls.__init__).parameters
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return  # reported by instantiation
+        parser = self._parser(self.subcommand)
+        init_args = getattr(model, "init_args", None)
+        for name in names:
+            if name not in accepted:
+                continue
+            given = getattr(init_args, name, None) if init_args is not None else None
+            if given is None or given == accepted[name].default:  # not set by the recipe
+                parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Build the recipe's objects; a constructor rejecting a value is a recipe error
+        (key, reason and file), not a traceback."""
+        try:
+            super().instantiate_classes()
+        except (RecipeError, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            key, reason = explain_instantiation_error(error, config)
+            report_recipe_error(key, reason, str(error), TsodeArgumentParser.recipe_files)
+
     def before_instantiate_classes(self) -> None:
-        """Name the MLflow run after the recipe file unless the recipe names it."""
+        """Link ``num_static`` when the model takes it; name the MLflow run after the recipe
+        file unless the recipe names it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self._link_optional(config, OPTIONALLY_LINKED)
         logger = config.get("trainer", {}).get("logger")
         files = TsodeArgumentParser.recipe_files
         if files and logger is not None and not isinstance(logger, bool):

@@ -1,6 +1,6 @@
 """Forecast plots: observed points, predicted mean and an uncertainty band, per series and channel.
 
-Works on the tidy tables the user surface produces (see `tsode.forecast_table`):
+Works on the tidy tables the user surface produces (see `tsode.api.Forecaster.predict`):
 
     observed  columns ``series_id, time, channel, value[, part]``   (one row per observation;
               ``part`` = ``"context"`` / ``"target"`` draws held-out targets as hollow points)

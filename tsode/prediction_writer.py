@@ -2,7 +2,8 @@
 
 Columns: ``series_id, time, channel, mean[, q<level> ...], observed`` — one row per (series,
 target time, channel) of the data module's prediction split, ``observed`` being the held-out
-value where there is one (NaN elsewhere), so forecasts and truth sit side by side.
+value where there is one (NaN elsewhere), so forecasts and truth sit side by side. The file is written atomically (temporary file +
+rename): an error never leaves a truncated table.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from tsode.data import IrregularBatch, values_to_frame
+from tsode.data.atomic import atomic_path
 
 
 class ForecastWriter(BasePredictionWriter):
@@ -80,9 +82,9 @@ class ForecastWriter(BasePredictionWriter):
             return
         table = pd.concat(self.frames, ignore_index=True)
         path = Path(self.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".parquet":
-            table.to_parquet(path, index=False)
-        else:
-            table.to_csv(path, index=False)
+        with atomic_path(path) as tmp:  # never a half-written output file
+            if path.suffix == ".parquet":
+                table.to_parquet(tmp, index=False)
+            else:
+                table.to_csv(tmp, index=False)
         print(f"tsode: wrote {len(table)} forecast rows to {path}")

@@ -325,8 +325,9 @@ class MLflowArtifacts(Callback):
         """A CPU copy of the module with the best checkpoint's weights (current ones if none)."""
         model = copy.deepcopy(pl_module).cpu()
         if best_path is not None:
-            state = torch.load(best_path, map_location="cpu", weights_only=False)
-            model.load_state_dict(state["state_dict"])
+            from tsode.api import load_checkpoint_weights
+
+            model.load_state_dict(load_checkpoint_weights(best_path))
         return model.eval()
 
     def _log_plot(self, logger: MLflowLogger, forecaster: Any, datamodule: Any) -> None:

@@ -23,6 +23,19 @@ from tsode.data.tables import TableSpec, load_table, read_table, table_from_fram
 from tsode.data.tasks import TaskConfig, assign_task
 from tsode.data.timeaxis import TimeAxis
 
+
+def _register_safe_globals() -> None:
+    """Plain config dataclasses of tsode.data may appear in checkpoints: allow them in
+    ``torch.load(..., weights_only=True)`` (see ``tsode/__init__.py``)."""
+    import torch
+
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:
+        add([TaskConfig, TableSpec, TimeAxis])
+
+
+_register_safe_globals()
+
 __all__ = [
     "DataSummary",
     "DataValidationError",

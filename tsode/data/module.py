@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tsode.data.collate import SeriesDataset
 from tsode.data.normalize import Normalizer
@@ -42,7 +42,8 @@ class IrregularDataModule(L.LightningDataModule):
         bucketing: group series of similar length into batches (less padding).
         min_time_points: series with fewer time points are dropped (counted in the summary).
         normalize: standardize channels (and static covariates) with train statistics.
-        seed: seeds the split, the task's random hold-out and batch shuffling.
+        seed: seeds the split, the task's random hold-out and batch shuffling (``seed + epoch``;
+            under DDP every rank derives the same split of batches from it).
         num_workers: DataLoader workers (collation is cheap; 0 is usually best).
     """
 
@@ -179,13 +180,16 @@ class IrregularDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: SeriesDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        if self.bucketing:
-            sampler = LengthBucketSampler(
-                dataset.part_lengths, batch_size, shuffle=shuffle, seed=self.seed
-            )
-        else:
-            base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-            sampler = BatchSampler(base, batch_size, drop_last=False)
+        # One sampler class with or without bucketing: shuffling is seeded by ``seed + epoch``
+        # (never by the global RNG), and under DDP the split between ranks is the sampler's
+        # own seeded permutation, identical on every rank (see LengthBucketSampler).
+        sampler = LengthBucketSampler(
+            dataset.part_lengths,
+            batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            bucket=self.bucketing,
+        )
         return DataLoader(
             dataset,
             batch_sampler=sampler,

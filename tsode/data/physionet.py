@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from tsode.data.atomic import atomic_path
 from tsode.data.module import IrregularDataModule
 from tsode.data.series import DataValidationError, SeriesTable
 from tsode.data.timeaxis import TimeAxis
@@ -339,23 +340,35 @@ def _source_key(paths: Sequence[Path | None], extra: str) -> str:
 
 def _save_cache(table: SeriesTable, directory: Path) -> None:
     """Write into a private temporary directory, then rename it into place (atomic, so
-    concurrent writers, e.g. DDP ranks, never leave a half-written cache)."""
+    concurrent writers, e.g. DDP ranks, never leave a half-written cache; an error while
+    writing leaves no cache and no temporary files)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp", dir=directory.parent))
-    rows = {"time": table.times}
-    rows.update({c: table.values[:, j] for j, c in enumerate(table.channels)})
-    pq.write_table(pa.table(rows), tmp / "rows.parquet")
-    per = {"series_id": np.asarray(table.series_ids, dtype=np.int64), "length": table.lengths}
-    per["time_offset"] = table.time_offset
-    per.update({s: table.static[:, k] for k, s in enumerate(table.static_names)})
-    per["label"] = table.labels
-    pq.write_table(pa.table(per), tmp / "series.parquet")
-    meta = {"channels": table.channels, "static_names": table.static_names, "info": table.info}
-    (tmp / "meta.json").write_text(json.dumps(meta))
     try:
-        tmp.rename(directory)
-    except OSError:  # another process finished first: keep its cache
+        rows = {"time": table.times}
+        rows.update({c: table.values[:, j] for j, c in enumerate(table.channels)})
+        pq.write_table(pa.table(rows), tmp / "rows.parquet")
+        per = {"series_id": np.asarray(table.series_ids, dtype=np.int64), "length": table.lengths}
+        per["time_offset"] = table.time_offset
+        per.update({s: table.static[:, k] for k, s in enumerate(table.static_names)})
+        per["label"] = table.labels
+        pq.write_table(pa.table(per), tmp / "series.parquet")
+        meta = {"channels": table.channels, "static_names": table.static_names, "info": table.info}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            tmp.rename(directory)
+        except OSError:
+            if _load_cache(directory) is not None:  # another process finished first: keep it
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            # an unreadable cache (e.g. from an interrupted older version): replace it
+            stale = Path(tempfile.mkdtemp(prefix=directory.name + ".stale", dir=directory.parent))
+            directory.rename(stale / "cache")
+            shutil.rmtree(stale, ignore_errors=True)
+            tmp.rename(directory)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _load_cache(directory: Path) -> SeriesTable | None:
@@ -381,6 +394,7 @@ def _load_cache(directory: Path) -> SeriesTable | None:
         labels=per["label"].to_numpy(dtype=np.float64),
         time_axis=TimeAxis(kind="numeric", unit_hours=1.0),
         info=meta["info"],
+        source=f"PhysioNet 2012 (cache {directory})",
     )
 
 
@@ -443,6 +457,7 @@ def _concat_tables(tables: Sequence[SeriesTable]) -> SeriesTable:
         labels=np.concatenate([t.labels for t in tables]),
         time_axis=tables[0].time_axis,
         info=info,
+        source=" + ".join(t.source for t in tables),
     )
 
 
@@ -456,11 +471,11 @@ def _sha256(path: Path) -> str:
 
 
 def _fetch(url: str, dest: Path, timeout: float) -> None:
-    tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-        while chunk := resp.read(1 << 20):
-            out.write(chunk)
-    tmp.replace(dest)
+    """Download ``url`` to ``dest`` atomically (an interrupted download leaves no file)."""
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
 
 
 def download_physionet2012(

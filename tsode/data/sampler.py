@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 
 class LengthBucketSampler(BatchSampler):
@@ -31,8 +31,21 @@ class LengthBucketSampler(BatchSampler):
             through ``batch_sampler.sampler.set_epoch``) moves to the next epoch.
         sampler: optional source of the item indices to batch (default: all of
             ``range(len(lengths))``). It is a ``BatchSampler`` taking ``sampler`` so Lightning
-            can inject a ``DistributedSampler`` under DDP (each rank then buckets its own
-            share) and re-create it for prediction; ``set_epoch`` is forwarded to it.
+            can inject a ``DistributedSampler`` under DDP and re-create it for prediction;
+            ``set_epoch`` is forwarded to it.
+        bucket: sort pools by length (False: plain seeded shuffled batches, same DDP rules).
+
+    Distributed training: when ``sampler`` is a plain ``torch.utils.data.DistributedSampler``
+    (what Lightning injects under DDP), only its ``num_replicas``, ``rank`` and ``drop_last``
+    are used. The split of items between ranks is this sampler's own: one permutation of all
+    items seeded by ``seed + epoch`` (identical on every rank, whatever seed Lightning gave
+    the injected sampler), padded by repeating its first items to a multiple of
+    ``num_replicas`` (or truncated with ``drop_last``), rank ``r`` taking every
+    ``num_replicas``-th item from ``r``, exactly like ``DistributedSampler``. The ranks' shares
+    are disjoint and together cover every item (the ``< num_replicas`` padding repeats
+    apart), and every rank has the same number of batches. Without shuffling the order is
+    ``range(N)``. Other index samplers (e.g. Lightning's unrepeated wrapper for prediction)
+    are iterated as they are.
     """
 
     def __init__(
@@ -44,6 +57,7 @@ class LengthBucketSampler(BatchSampler):
         drop_last: bool = False,
         seed: int = 0,
         sampler: Iterable[int] | None = None,
+        bucket: bool = True,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
@@ -57,6 +71,7 @@ class LengthBucketSampler(BatchSampler):
         self.pool_factor = max(1, pool_factor)
         self.drop_last = drop_last
         self.seed = seed
+        self.bucket = bucket
         self.sampler = sampler if sampler is not None else EpochIndexSampler(len(self.lengths))
 
     @property
@@ -68,8 +83,37 @@ class LengthBucketSampler(BatchSampler):
         if callable(getattr(self.sampler, "set_epoch", None)):
             self.sampler.set_epoch(epoch)
 
+    def _distributed(self) -> DistributedSampler | None:
+        """The injected DDP sampler whose rank/replica split this sampler takes over."""
+        s = self.sampler
+        return s if type(s) is DistributedSampler else None
+
+    def rank_items(self) -> np.ndarray:
+        """Indices this process batches in the current epoch (all of them without DDP)."""
+        dist = self._distributed()
+        if dist is None:
+            return np.fromiter(iter(self.sampler), dtype=np.int64)
+        n = len(self.lengths)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        replicas = dist.num_replicas
+        if dist.drop_last:
+            order = order[: (n // replicas) * replicas]
+        else:
+            total = -(-n // replicas) * replicas
+            if total > n:
+                order = np.concatenate([order, np.resize(order, total - n)])
+        return order[dist.rank :: replicas]
+
     def _batches(self) -> list[np.ndarray]:
-        items = np.fromiter(iter(self.sampler), dtype=np.int64)
+        items = self.rank_items()
+        if not self.bucket:
+            if self.shuffle:
+                rng = np.random.default_rng(self.seed + self.epoch)
+                items = items[rng.permutation(len(items))]
+            return self._cut(items)
         if not self.shuffle:
             return self._sorted_batches(items)
         rng = np.random.default_rng(self.seed + self.epoch)
@@ -108,7 +152,7 @@ class LengthBucketSampler(BatchSampler):
             yield batch.tolist()
 
     def __len__(self) -> int:
-        n = len(self.sampler)
+        n = len(self.sampler)  # a DistributedSampler's length is the per-rank share
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 

@@ -26,6 +26,14 @@ class DataValidationError(ValueError):
     """Bad input data; the message names the source, series id, row and column involved."""
 
 
+def show(value: Any) -> str:
+    """``repr`` of a cell or id for error messages, without numpy's wrapper (``8``, not
+    ``np.int64(8)``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 @dataclass
 class SeriesTable:
     """Many irregular series in one concatenated table (see module docstring).
@@ -42,6 +50,7 @@ class SeriesTable:
         labels: (S,) float64 series-level labels (NaN unknown) or None.
         time_axis: how hours map back to the source's time representation.
         info: free-form counters collected during ingestion (duplicates merged, rows dropped...).
+        source: where the table came from (file path, ``<DataFrame>``...), for error messages.
     """
 
     series_ids: list[Any]
@@ -55,6 +64,7 @@ class SeriesTable:
     labels: np.ndarray | None = None
     time_axis: TimeAxis = field(default_factory=TimeAxis)
     info: dict[str, Any] = field(default_factory=dict)
+    source: str = "<table>"
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -135,6 +145,7 @@ class SeriesTable:
             labels=None if self.labels is None else self.labels[idx],
             time_axis=self.time_axis,
             info=dict(self.info),
+            source=self.source,
         )
 
     def with_channels(self, channels: Sequence[str]) -> SeriesTable:
@@ -147,9 +158,19 @@ class SeriesTable:
         channels = [str(c) for c in channels]
         unknown = [c for c in self.channels if c not in channels]
         if unknown:
+            observed = self.mask[:, [self.channels.index(c) for c in unknown]].any(1)
+            where = ""
+            if observed.any():
+                row = int(np.flatnonzero(observed)[0])
+                s = int(self.row_series[row])
+                where = (
+                    f", first observed in series {show(self.series_ids[s])} at time "
+                    f"{self.times[row] + self.time_offset[s]:g} h"
+                )
             raise DataValidationError(
-                f"unknown channels {unknown}: not among the {len(channels)} channels the "
-                f"model/data module was fitted on ({channels})"
+                f"{self.source}: unknown channels {unknown} (column(s) or channel names){where}: "
+                f"not among the {len(channels)} channels the model/data module was fitted on "
+                f"({channels})"
             )
         values = np.full((self.times.shape[0], len(channels)), np.nan, dtype=np.float32)
         pos = {c: j for j, c in enumerate(channels)}
@@ -221,7 +242,7 @@ class SeriesTable:
             k = int(np.flatnonzero(dup)[0])
             rows = row_numbers[order[[k - 1, k]]] if row_numbers is not None else order[[k - 1, k]]
             raise DataValidationError(
-                f"{source}: duplicate entries for series {series_ids[sc[k]]!r}, channel "
+                f"{source}: duplicate entries for series {show(series_ids[sc[k]])}, channel "
                 f"{channels[cc[k]]!r} at time {tt[k]:g} h (rows {int(rows[0])} and {int(rows[1])}); "
                 f"{num_dup} duplicate entries in total. Use duplicates='mean' to average them."
             )
@@ -253,6 +274,7 @@ class SeriesTable:
             labels=labels,
             time_axis=time_axis or TimeAxis(),
             info={"duplicate_entries_merged": num_dup, "time_origin": time_origin},
+            source=source,
         )
 
     # ------------------------------------------------------------------ back to tables

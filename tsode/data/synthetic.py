@@ -235,6 +235,7 @@ class SyntheticICUDataModule(IrregularDataModule):
             channels=list(ICU_CHANNELS),
             time_offset=np.zeros(self.num_series),
             info={"time_origin": "absolute", "generator": "synthetic_icu"},
+            source="synthetic ICU data",
         )
 
 
@@ -327,4 +328,5 @@ class PeriodicToyDataModule(IrregularDataModule):
             channels=["x"],
             time_offset=np.zeros(s),
             info={"time_origin": "absolute", "generator": "periodic_toy"},
+            source="periodic toy data",
         )

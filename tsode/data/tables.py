@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsode.data.series import TIME_ORIGINS, DataValidationError, SeriesTable
+from tsode.data.series import TIME_ORIGINS, DataValidationError, SeriesTable, show
 from tsode.data.timeaxis import TimeAxis, unit_to_hours
 
 TableSource = pd.DataFrame | str | os.PathLike
@@ -126,7 +126,7 @@ class _Locator:
         if self.csv:
             where += f" (line {pos + 2})"
         if self.id_col in self.frame.columns:
-            where += f", series {self.frame[self.id_col].iloc[pos]!r}"
+            where += f", series {show(self.frame[self.id_col].iloc[pos])}"
         if column is not None:
             where += f", column {column!r}"
         return where
@@ -171,7 +171,7 @@ def _parse_time_column(column: pd.Series, loc: _Locator, name: str) -> pd.Series
     bad = best[1] if best is not None else present
     pos = int(np.flatnonzero(bad.to_numpy())[0])
     raise DataValidationError(
-        f"{loc(pos, name)}: time {column.iloc[pos]!r} is not a number, datetime or timedelta "
+        f"{loc(pos, name)}: time {show(column.iloc[pos])} is not a number, datetime or timedelta "
         f"({int(bad.sum())} such rows)"
     )
 
@@ -188,7 +188,7 @@ def _numeric_column(column: pd.Series, loc: _Locator, name: str) -> np.ndarray:
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
             raise DataValidationError(
-                f"{loc(pos, name)}: value {column.iloc[pos]!r} is not numeric "
+                f"{loc(pos, name)}: value {show(column.iloc[pos])} is not numeric "
                 f"({int(bad.sum())} such rows)"
             )
         out = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -226,7 +226,7 @@ def _per_series_values(
             s = int(conflict[0])
             rows = np.flatnonzero(ok & (codes == s))
             raise DataValidationError(
-                f"{loc.source}: series {ids[s]!r} has conflicting values {lo[s]:g} and {hi[s]:g} "
+                f"{loc.source}: series {show(ids[s])} has conflicting values {lo[s]:g} and {hi[s]:g} "
                 f"in per-series column {col!r} (rows {rows[:5].tolist()})"
             )
         has = np.isfinite(lo)
@@ -300,13 +300,13 @@ def table_from_frame(
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataValidationError(
-            f"{loc(pos, spec.time_col)}: non-finite time {time_col.iloc[pos]!r} "
+            f"{loc(pos, spec.time_col)}: non-finite time {show(time_col.iloc[pos])} "
             f"({int(bad.sum())} such rows)"
         )
     if spec.time_origin == "absolute" and (hours < 0).any():
         pos = int(np.flatnonzero(hours < 0)[0])
         raise DataValidationError(
-            f"{loc(pos, spec.time_col)}: negative time {time_col.iloc[pos]!r} with "
+            f"{loc(pos, spec.time_col)}: negative time {show(time_col.iloc[pos])} with "
             f"time_origin='absolute' (times must be >= 0 since the origin)"
         )
     order_ok = bool(np.all((np.diff(codes) > 0) | ((np.diff(codes) == 0) & (np.diff(hours) >= 0))))
@@ -365,8 +365,10 @@ def table_from_frame(
         channels = [str(c) for c in channels]
         unknown = [c for c in value_cols if c not in channels]
         if unknown:
+            observed = np.flatnonzero(frame[unknown].notna().to_numpy().any(1))
+            where = loc(int(observed[0]), unknown[0]) if len(observed) else source
             raise DataValidationError(
-                f"{source}: unknown channel column(s) {unknown}; known channels: {channels}"
+                f"{where}: unknown channel column(s) {unknown}; known channels: {channels}"
             )
         mat = np.column_stack([_numeric_column(frame[c], loc, c) for c in value_cols])  # (R, Cin)
         present = ~np.isnan(mat)
@@ -417,7 +419,7 @@ def table_from_frame(
         if len(too_long):
             s = int(too_long[0])
             raise DataValidationError(
-                f"{source}: series {series_ids[s]!r} spans {span[s]:.4g} hours, more than "
+                f"{source}: series {show(series_ids[s])} spans {span[s]:.4g} hours, more than "
                 f"max_span_hours={spec.max_span_hours:g} (column {spec.time_col!r}); check "
                 f"time_unit (now {spec.time_unit!r}) or raise max_span_hours"
             )
