@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import tsode.solvers.adjoint as adjoint_module
 from tsode.solvers import SolverConfig, SolverError, odeint
 
 ADAPTIVE = ["bosh3", "dopri5", "tsit5"]
@@ -211,17 +212,15 @@ def test_solver_config_matches_odeint_and_passes_options() -> None:
 
 @pytest.mark.parametrize(
     ("rate", "end"),
-    [
-        (100.0, 1.0),
-        (1000.0, 0.3),
-    ],
+    [(100.0, 1.0), (1000.0, 0.3)],
     ids=["k100", "k1000"],
 )
-def test_adjoint_on_contracting_dynamics_is_right_or_loud(rate: float, end: float) -> None:
-    """Re-integrating a strongly contracting ODE backwards is unstable. The adjoint must then
-    either still return the right gradient or raise SolverError -- never NaN or garbage.
-    (Measured on [0, 1] at rtol=1e-5: k=100 adjoint error 0.4%, k=300 4%, k=1000 20%;
-    backprop stays within 0.6% of the exact gradient.)"""
+def test_adjoint_on_contracting_dynamics_is_right(rate: float, end: float) -> None:
+    """Re-integrating a strongly contracting ODE backwards is unstable (the re-integrated state
+    was off by 1e86 tolerance units for k=1000 and the gradient 54% wrong before intervals were
+    bisected). The adjoint must return the ODE's gradient to within a few times the solve's
+    error. Reference: backprop at rtol=1e-10. (At rtol=1e-5 backprop itself was 4% off for
+    k=1000, the bisected adjoint 1.8%.)"""
     k = torch.tensor(rate, dtype=torch.float64, requires_grad=True)
 
     def relax(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -229,19 +228,17 @@ def test_adjoint_on_contracting_dynamics_is_right_or_loud(rate: float, end: floa
 
     y0 = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     t = torch.tensor([0.0, end / 3, end], dtype=torch.float64)
-    ys = odeint(relax, y0, t, rtol=1e-5, atol=1e-7, adjoint=False)
-    (expected,) = torch.autograd.grad(ys.sum(), [k])
+    ys = odeint(relax, y0, t, rtol=1e-10, atol=1e-12, adjoint=False)
+    (exact,) = torch.autograd.grad(ys.sum(), [k])
     ys_adj = odeint(relax, y0, t, rtol=1e-5, atol=1e-7, adjoint=True, adjoint_params=(k,))
-    try:
-        (got,) = torch.autograd.grad(ys_adj.sum(), [k])
-    except SolverError:
-        return
-    assert torch.isfinite(got)
-    torch.testing.assert_close(got, expected, rtol=2e-2, atol=0)
+    (got,) = torch.autograd.grad(ys_adj.sum(), [k])
+    torch.testing.assert_close(got, exact, rtol=3e-2, atol=0)
 
 
-def test_adjoint_names_the_rows_whose_backward_reintegration_diverged() -> None:
-    """Only the stiff row is reported; the gentle row in the same batch is not."""
+def test_adjoint_names_the_rows_whose_backward_reintegration_diverged(monkeypatch) -> None:
+    """Without bisection (depth limit 0) the diverging re-integration raises, reporting only
+    the stiff row, not the gentle row in the same batch."""
+    monkeypatch.setattr(adjoint_module, "MAX_BISECTIONS", 0)
     rates = torch.tensor([[1000.0], [1.0]], dtype=torch.float64)
     scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
 

@@ -68,9 +68,10 @@ class Solution:
 class SolverError(RuntimeError):
     """A solve failed for some batch rows; the message names the rows, their times and why."""
 
-    def __init__(self, message: str, status: Tensor | None = None):
+    def __init__(self, message: str, status: Tensor | None = None, reason: Status | None = None):
         super().__init__(message)
         self.status = status
+        self.reason = reason  # set by the adjoint backward solve, which has no per-row status
 
 
 def failure_message(status: Tensor, t: Tensor, t_end: Tensor, method: str, max_rows: int = 8) -> str:
