@@ -218,9 +218,9 @@ def test_solver_config_matches_odeint_and_passes_options() -> None:
 def test_adjoint_on_contracting_dynamics_is_right(rate: float, end: float) -> None:
     """Re-integrating a strongly contracting ODE backwards is unstable (the re-integrated state
     was off by 1e86 tolerance units for k=1000 and the gradient 54% wrong before intervals were
-    bisected). The adjoint must return the ODE's gradient to within a few times the solve's
+    split). The adjoint must return the ODE's gradient to within a few times the solve's
     error. Reference: backprop at rtol=1e-10. (At rtol=1e-5 backprop itself was 4% off for
-    k=1000, the bisected adjoint 1.8%.)"""
+    k=1000, the adjoint with split intervals about 2.5%.)"""
     k = torch.tensor(rate, dtype=torch.float64, requires_grad=True)
 
     def relax(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -236,9 +236,9 @@ def test_adjoint_on_contracting_dynamics_is_right(rate: float, end: float) -> No
 
 
 def test_adjoint_names_the_rows_whose_backward_reintegration_diverged(monkeypatch) -> None:
-    """Without bisection (depth limit 0) the diverging re-integration raises, reporting only
+    """Without splitting (depth limit 0) the diverging re-integration raises, reporting only
     the stiff row, not the gentle row in the same batch."""
-    monkeypatch.setattr(adjoint_module, "MAX_BISECTIONS", 0)
+    monkeypatch.setattr(adjoint_module, "MAX_SPLIT_DEPTH", 0)
     rates = torch.tensor([[1000.0], [1.0]], dtype=torch.float64)
     scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
 

@@ -20,6 +20,7 @@ intervals have zero dynamics and cost nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -128,17 +129,20 @@ def _adjoint_backward(
 # solve starts from a stored forward state and must land back on the stored state at its start:
 # within REINTEGRATION_LIMIT error-tolerance units (adaptive methods: atol + rtol*|y| of the
 # backward solve) or FIXED_STEP_RELATIVE_LIMIT * (1 + |y|) (fixed-step methods, whose accuracy no
-# tolerance defines). On a miss (or a backward solve that fails) the interval is bisected: the
-# state at its midpoint is recomputed by a forward solve from the stored start, and each half is
-# solved backwards from its own end state, which shortens the unstable stretch. Memory grows
-# only with the bisection depth (one (B, D) state per level, at most MAX_BISECTIONS); an
-# interval still missing at that depth raises SolverError naming its rows.
+# tolerance defines). On a miss (or a backward solve that fails) the interval is split into
+# equal pieces (about log(miss) / log(limit) of them, since the miss grows exponentially with
+# the length): their start states come from one forward re-solve from the stored start, and
+# each piece is solved backwards from its own end state, which shortens the unstable stretch.
+# Memory grows only with the pieces kept (at most MAX_PIECES (B, D) states per level, at most
+# MAX_SPLIT_DEPTH levels); an interval still missing at that depth raises SolverError naming
+# its rows.
 # Measured (dopri5, rtol=1e-5): well-conditioned problems miss by O(1)-O(100) units; a chaotic
 # MLP field over 2 h intervals by 3e7 (adjoint gradient 350% off), y' = -1000 (y - cos t) over
 # 0.2 h by 1e86 (gradient 54% off).
 REINTEGRATION_LIMIT = 1e4
 FIXED_STEP_RELATIVE_LIMIT = 0.1
-MAX_BISECTIONS = 12
+MAX_SPLIT_DEPTH = 8
+MAX_PIECES = 64
 
 
 def _backward_over(
@@ -146,41 +150,52 @@ def _backward_over(
     step_hint, depth: int = 0,
 ):
     """Carry the adjoint (B, D) from t_end back to t_start (per-row times (B,)), adding the
-    parameter-gradient integral into ``grad_params``; bisects where re-integration diverges
-    (see REINTEGRATION_LIMIT). Returns the adjoint at t_start and the evaluations used."""
+    parameter-gradient integral into ``grad_params``; splits the interval where
+    re-integration diverges (see REINTEGRATION_LIMIT). Returns the adjoint at t_start and the evaluations used."""
     delta = t_end - t_start
     try:
         y_back, adjoint_start, increments, nfe = _solve_interval(
             options, y_end, adjoint, t_end, delta, params, step_hint
         )
     except SolverError as error:
-        # Instability (non-finite state, step-size underflow) is what bisection cures; an
+        # Instability (non-finite state, step-size underflow) is what splitting cures; an
         # exhausted step budget is the user's bound, and is reported as it is.
-        if depth >= MAX_BISECTIONS or error.reason == Status.MAX_STEPS_REACHED:
+        if depth >= MAX_SPLIT_DEPTH or error.reason == Status.MAX_STEPS_REACHED:
             raise
-        nfe = 0
+        pieces, nfe = 2, 0
     else:
         miss, limit = _reintegration_miss(options, y_back, y_start)
         if bool((miss <= limit).all()):
             for acc, inc in zip(grad_params, increments):
                 acc += inc
             return adjoint_start, nfe
-        if depth >= MAX_BISECTIONS:
+        if depth >= MAX_SPLIT_DEPTH:
             _raise_reintegration_error(options, miss, limit, t_start, t_end)
-    # Bisect: the midpoint state from a forward solve, then the later half, then the earlier.
-    t_mid = t_start + 0.5 * delta
-    grid = torch.stack([t_start, t_mid], dim=1)
+        pieces = _pieces_for(float(miss.max()), limit)
+    # Split into equal pieces: their start states from one forward re-solve, then each piece
+    # backwards from the last to the first.
+    fractions = torch.arange(pieces + 1, dtype=t_start.dtype, device=t_start.device) / pieces
+    grid = t_start.unsqueeze(1) + fractions * delta.unsqueeze(1)  # (B, pieces + 1)
     solution: Solution = options.forward_solve(y_start, grid)
-    y_mid = solution.ys[:, -1]
     nfe += solution.stats.nfe
-    adjoint_mid, nfe_late = _backward_over(
-        options, y_mid, y_end, t_mid, t_end, adjoint, params, grad_params, step_hint, depth + 1
-    )
-    adjoint_start, nfe_early = _backward_over(
-        options, y_start, y_mid, t_start, t_mid, adjoint_mid, params, grad_params, step_hint,
-        depth + 1,
-    )
-    return adjoint_start, nfe + nfe_late + nfe_early
+    states = solution.ys
+    for k in range(pieces, 0, -1):
+        adjoint, piece_nfe = _backward_over(
+            options, states[:, k - 1] if k > 1 else y_start, y_end if k == pieces else states[:, k],
+            grid[:, k - 1], grid[:, k], adjoint, params, grad_params, step_hint, depth + 1,
+        )
+        nfe += piece_nfe
+    return adjoint, nfe
+
+
+def _pieces_for(miss: float, limit: float) -> int:
+    """Pieces to split an interval into when its re-integration missed by ``miss`` units:
+    the miss grows exponentially with the interval's length, from O(1) units, so
+    log(miss) / log(limit) pieces bring each under the limit (2 at least, MAX_PIECES at most;
+    2 for a non-finite miss)."""
+    if not math.isfinite(miss):
+        return 2
+    return int(min(max(math.ceil(math.log(miss) / math.log(limit)), 2), MAX_PIECES))
 
 
 def _reintegration_miss(options: AdjointOptions, y_back, y_stored):
@@ -205,7 +220,7 @@ def _raise_reintegration_error(options: AdjointOptions, miss, limit, t_start, t_
     raise SolverError(
         f"adjoint backward solve ({options.tableau.name}): re-integrating the state backwards "
         f"did not reproduce the forward solution for {len(rows)} batch row(s), even over "
-        f"intervals bisected {MAX_BISECTIONS} times: {shown}{more} (tolerance units; limit "
+        f"intervals split {MAX_SPLIT_DEPTH} times: {shown}{more} (tolerance units; limit "
         f"{limit:g}). The dynamics are too contracting (stiff) or chaotic for the continuous "
         f"adjoint here; use adjoint=False (backprop through the solver)."
     )
