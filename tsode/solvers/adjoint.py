@@ -96,6 +96,7 @@ def _adjoint_backward(
     total_nfe = 0
     # Last accepted backward step in time units, carried across intervals; it starts from the
     # forward solve's final step proposal (the dynamics near t_n set both).
+    split_hint: dict = {}  # see _backward_over
     step_hint: list[float] = [] if options.first_backward_step is None else [
         options.first_backward_step
     ]
@@ -110,7 +111,7 @@ def _adjoint_backward(
             if bool((delta != 0).any()):
                 adjoint, nfe = _backward_over(
                     options, ys[:, j - 1], ys[:, j], t_eval[:, j - 1], t_j, adjoint, params,
-                    grad_params, step_hint,
+                    grad_params, step_hint, split_hint,
                 )
                 total_nfe += nfe
             if j == 1 and need_time_grad:
@@ -143,37 +144,50 @@ REINTEGRATION_LIMIT = 1e4
 FIXED_STEP_RELATIVE_LIMIT = 0.1
 MAX_SPLIT_DEPTH = 8
 MAX_PIECES = 64
+GROWTH = 1.25  # pieces split up front are this much longer than the last ones that worked
 
 
 def _backward_over(
     options: AdjointOptions, y_start, y_end, t_start, t_end, adjoint, params, grad_params,
-    step_hint, depth: int = 0,
+    step_hint: list[float], split_hint: dict, depth: int = 0,
 ):
     """Carry the adjoint (B, D) from t_end back to t_start (per-row times (B,)), adding the
-    parameter-gradient integral into ``grad_params``; splits the interval where
-    re-integration diverges (see REINTEGRATION_LIMIT). Returns the adjoint at t_start and the evaluations used."""
+    parameter-gradient integral into ``grad_params``; splits the interval where re-integration
+    diverges (see REINTEGRATION_LIMIT). ``split_hint["length"]`` remembers the last piece length
+    that had to be split down to, so later intervals are split up front instead of first failing
+    whole. Returns the adjoint at t_start and the evaluations used."""
     delta = t_end - t_start
-    try:
-        y_back, adjoint_start, increments, nfe = _solve_interval(
-            options, y_end, adjoint, t_end, delta, params, step_hint
-        )
-    except SolverError as error:
-        # Instability (non-finite state, step-size underflow) is what splitting cures; an
-        # exhausted step budget is the user's bound, and is reported as it is.
-        if depth >= MAX_SPLIT_DEPTH or error.reason == Status.MAX_STEPS_REACHED:
-            raise
-        pieces, nfe = 2, 0
+    span = float(delta.abs().max())
+    known = split_hint.get("length")
+    if depth == 0 and known is not None and span > GROWTH * known:
+        # Optimistic: pieces a little longer than the last ones that worked.
+        pieces, nfe = min(math.ceil(span / (GROWTH * known)), MAX_PIECES), 0
     else:
-        miss, limit = _reintegration_miss(options, y_back, y_start)
-        if bool((miss <= limit).all()):
-            for acc, inc in zip(grad_params, increments):
-                acc += inc
-            return adjoint_start, nfe
-        if depth >= MAX_SPLIT_DEPTH:
-            _raise_reintegration_error(options, miss, limit, t_start, t_end)
-        pieces = _pieces_for(float(miss.max()), limit)
+        try:
+            y_back, adjoint_start, increments, nfe = _solve_interval(
+                options, y_end, adjoint, t_end, delta, params, step_hint
+            )
+        except SolverError as error:
+            # Instability (non-finite state, step-size underflow) is what splitting cures; an
+            # exhausted step budget is the user's bound, and is reported as it is.
+            if depth >= MAX_SPLIT_DEPTH or error.reason == Status.MAX_STEPS_REACHED:
+                raise
+            pieces, nfe = 2, 0
+        else:
+            miss, limit = _reintegration_miss(options, y_back, y_start)
+            if bool((miss <= limit).all()):
+                for acc, inc in zip(grad_params, increments):
+                    acc += inc
+                if depth > 0:
+                    split_hint["length"] = span
+                else:
+                    split_hint.pop("length", None)  # whole intervals work (again)
+                return adjoint_start, nfe
+            if depth >= MAX_SPLIT_DEPTH:
+                _raise_reintegration_error(options, miss, limit, t_start, t_end)
+            pieces = _pieces_for(float(miss.max()), limit)
     # Split into equal pieces: their start states from one forward re-solve, then each piece
-    # backwards from the last to the first.
+    # backwards from the last to the first (the last piece ends on the stored state).
     fractions = torch.arange(pieces + 1, dtype=t_start.dtype, device=t_start.device) / pieces
     grid = t_start.unsqueeze(1) + fractions * delta.unsqueeze(1)  # (B, pieces + 1)
     solution: Solution = options.forward_solve(y_start, grid)
@@ -181,8 +195,9 @@ def _backward_over(
     states = solution.ys
     for k in range(pieces, 0, -1):
         adjoint, piece_nfe = _backward_over(
-            options, states[:, k - 1] if k > 1 else y_start, y_end if k == pieces else states[:, k],
-            grid[:, k - 1], grid[:, k], adjoint, params, grad_params, step_hint, depth + 1,
+            options, states[:, k - 1], y_end if k == pieces else states[:, k],
+            grid[:, k - 1], grid[:, k], adjoint, params, grad_params, step_hint, split_hint,
+            depth + 1,
         )
         nfe += piece_nfe
     return adjoint, nfe
