@@ -77,6 +77,21 @@ def step_size_factor(ratio: Tensor, previous_ratio: Tensor, accepted: Tensor, fi
     return torch.where(finite, factor, torch.full_like(factor, MIN_FACTOR))
 
 
+def scalar_step_size_factor(
+    ratio: float, previous_ratio: float, accepted: bool, finite: bool, error_order: int
+) -> float:
+    """:func:`step_size_factor` for one batch-shared step, on Python floats (the adjoint's
+    backward solve, where tensor work per step would only add overhead)."""
+    if not finite:
+        return MIN_FACTOR
+    exponent = 1.0 / (error_order + 1)
+    safe_ratio = max(ratio, 1e-10)
+    if not accepted:
+        return min(max(SAFETY * safe_ratio ** (-exponent), MIN_FACTOR), SAFETY)
+    pi = SAFETY * safe_ratio ** (-PI_ALPHA * exponent) * previous_ratio ** (PI_BETA * exponent)
+    return min(max(pi, MIN_FACTOR), MAX_FACTOR)
+
+
 def solve_adaptive(
     func: VectorField,
     y0: Tensor,

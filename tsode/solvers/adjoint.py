@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tsode.solvers.adaptive import initial_step_size, step_size_factor
+from tsode.solvers.adaptive import initial_step_size, scalar_step_size_factor
 from tsode.solvers.fixed import uniform_step_count
 from tsode.solvers.solution import Solution, SolverError, Status
 from tsode.solvers.stepping import VectorField, error_ratio, rk_step
@@ -318,7 +318,7 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
     h = min(max(h, 1e-6), 1.0)
     num_moving = (delta != 0).sum().clamp(min=1)  # RMS over the rows that move
     position = 0.0
-    previous_ratio = torch.ones((), dtype=s.dtype)
+    previous_ratio = 1.0
     steps = 0
     while position < 1.0:
         last = h >= 1.0 - position
@@ -332,9 +332,9 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
         steps += 1
         # RMS over the batch: the parameter gradient sums the rows' contributions.
         row_ratio = error_ratio(error, z, z_new, options.rtol, options.atol)
-        ratio = (row_ratio.pow(2).sum() / num_moving).sqrt()
-        finite = bool(torch.isfinite(ratio)) and bool(torch.isfinite(z_new).all())
-        accepted = finite and float(ratio) <= 1.0
+        ratio = float((row_ratio.pow(2).sum() / num_moving).sqrt())
+        finite = math.isfinite(ratio) and bool(torch.isfinite(z_new).all())
+        accepted = finite and ratio <= 1.0
         if steps >= options.max_steps and not (accepted and last):
             raise SolverError(
                 f"adjoint backward solve ({tableau.name}) reached max_steps={options.max_steps} "
@@ -348,16 +348,12 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
             k1 = stages[-1]
             first_terms = field.param_terms[-1]
             position = 1.0 if last else position + h_try
-        factor = step_size_factor(
-            ratio.reshape(1).to(s.dtype),
-            previous_ratio.reshape(1),
-            torch.tensor([accepted]),
-            torch.tensor([finite]),
-            tableau.error_order,
+        factor = scalar_step_size_factor(
+            ratio, previous_ratio, accepted, finite, tableau.error_order
         )
         if accepted:
-            previous_ratio = ratio.to(s.dtype).clamp(min=1e-4)
-        h = h_try * float(factor)
+            previous_ratio = max(ratio, 1e-4)
+        h = h_try * factor
         if accepted:
             step_hint[:] = [h * span]
         if not last or not accepted:
