@@ -8,7 +8,8 @@ Measured:
   split (forecast task, first 24 h observed), with and without length bucketing.
 * Padding fraction: padded time points / all time points in the padded context and target
   tensors over one training epoch, with and without length bucketing.
-* The same collate/padding figures on the embedded SyntheticICU dataset (always available).
+* The same collate/padding figures on the embedded SyntheticICU dataset (always available,
+  2000 series), and the time of ``SyntheticICUDataModule().setup()`` at its default 300 series.
 
 PhysioNet data is located like the tests do (``$TSODE_PHYSIONET_DIR`` or
 ``../shared/data/physionet2012`` beside the repository); that part is skipped when absent.
@@ -123,6 +124,11 @@ def main() -> None:
             }
         else:
             results["physionet_set_a"] = f"skipped: no data under {root}"
+    setup_s, setup_all = time_call(
+        lambda: SyntheticICUDataModule(num_series=300).setup(), args.repeats
+    )
+    results["synthetic_icu_setup_300_series_s"] = setup_s
+    results["synthetic_icu_setup_300_series_all_s"] = setup_all
     results["synthetic_icu"] = bench_module(
         lambda b: SyntheticICUDataModule(num_series=2000, batch_size=64, bucketing=b),
         args.repeats,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import EarlyStopping
 
 from tsode.api import Forecaster
 from tsode.data import DataValidationError, SyntheticICUDataModule
@@ -199,3 +201,37 @@ def test_forecaster_plot(fitted: Forecaster, frame: pd.DataFrame) -> None:
     fig = fitted.plot(subset, max_channels=2)
     assert len(fig.axes) == 4
     assert all(ax.get_lines() for ax in fig.axes)  # a forecast line in every panel
+
+
+class _Recorder(pl.Callback):
+    """Remembers the trainer's callbacks and progress bar when fitting starts."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.callbacks = list(trainer.callbacks)
+        self.progress_bar = trainer.progress_bar_callback
+
+
+def test_defaults_early_stopping_progress_bar_and_summary(
+    frame: pd.DataFrame, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    default = Forecaster()
+    assert default.model_name == "latent_ode" and default.patience == 10
+    assert default._trainer_options()["max_epochs"] == 100
+    recorder = _Recorder()
+    subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:12])]
+    fc = Forecaster(
+        "gru_dt", hidden_dim=4, tracking=False, work_dir=tmp_path,
+        trainer_kwargs={"max_epochs": 1, "callbacks": [recorder]},  # otherwise the defaults
+    ).fit(subset, cutoff=24.0, batch_size=8)
+    kinds = {type(c).__name__ for c in recorder.callbacks}
+    assert {"EarlyStopping", "ModelCheckpoint", "ModelSummary"} <= kinds
+    early = next(c for c in recorder.callbacks if isinstance(c, EarlyStopping))
+    assert early.monitor == "val/mse" and early.patience == 10
+    assert recorder.progress_bar is not None
+    out = capsys.readouterr()
+    assert "tsode: trained gru_dt on" in out.out and "best val/mse" in out.out
+    assert "Epoch 0" in out.out + out.err  # the training progress bar
+    fc.predict(subset, horizon=2.0, batch_size=4, progress=True)
+    assert "predict" in capsys.readouterr().err  # progress bar over prediction batches
+    fc.predict(subset, horizon=2.0, batch_size=4, progress=False)
+    assert "predict" not in capsys.readouterr().err

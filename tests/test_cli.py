@@ -58,6 +58,16 @@ def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
     assert params["config.trainer.max_epochs"] == "1"
     assert params["config.model.init_args.num_channels"] == "5"  # linked from the data module
     assert "val/mse" in run.data.metrics and "val/mse_orig" in run.data.metrics
+    # per-epoch solver cost (NFE) of the latent ODE reaches the run
+    assert {"train/nfe_forward_epoch", "val/nfe_forward"} <= set(run.data.metrics), sorted(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    nested = {f"{d}/{a.path.split('/')[-1]}" for d in ("config", "data", "plots", "checkpoints")
+              for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"config", "data", "plots", "checkpoints", "model"} <= artifacts
+    assert {"config/config.yaml", "data/summary.json", "data/normalization.json",
+            "plots/forecast_val.png"} <= nested
+    recipe = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config/config.yaml")).read_text())
+    assert recipe["model"]["init_args"]["latent_dim"] == 3  # the resolved recipe, overrides applied
     checkpoints = sorted(tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"))
     assert len(checkpoints) == 1
 
@@ -102,13 +112,15 @@ def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
 
 def test_print_config_shows_resolved_recipe_with_overrides(tmp_path: Path) -> None:
     out = run_tsode(
-        ["fit", "--config", str(QUICKSTART), "--model.init_args.latent_dim", "7", "--print_config"],
+        ["fit", "--config", str(QUICKSTART), "--model.latent_dim", "7",  # short form of init_args
+         "--trainer.max_epochs", "3", "--data.init_args.batch_size", "8", "--print_config"],
         tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     config = yaml.safe_load(out.stdout)
     assert config["model"]["class_path"] == "tsode.models.latent_ode.LatentODE"
     assert config["model"]["init_args"]["latent_dim"] == 7
+    assert config["trainer"]["max_epochs"] == 3 and config["data"]["init_args"]["batch_size"] == 8
     assert config["model"]["init_args"]["solver"]["method"] == "rk4"
     assert config["data"]["class_path"] == "tsode.data.SyntheticICUDataModule"
     assert config["checkpoint"]["monitor"] == "val/mse"
@@ -308,3 +320,33 @@ def test_num_static_and_channels_linked_from_data(tmp_path: Path, monkeypatch: p
         assert cli.model.num_static == 2
         cli = run([subcommand, *args[2:], "--model", "tsode.models.baselines.LOCF", *quiet])
         assert type(cli.model) is LOCF
+
+
+def test_bad_data_is_reported_as_data_not_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rows = [{"series_id": s, "time": t, "hr": 60.0 + t} for s in range(8) for t in range(4)]
+    frame = pd.DataFrame(rows)
+    frame.loc[5, "hr"] = float("inf")
+    data = tmp_path / "table.csv"
+    frame.to_csv(data, index=False)
+    args = ["fit", "--model", "tsode.models.baselines.LOCF", "--data", "tsode.data.TableDataModule",
+            "--data.init_args.data", str(data), "--trainer.logger", "false"]
+    TsodeArgumentParser.recipe_files = []
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "invalid configuration" not in err
+    assert "tsode: invalid data: " in err and "table.csv, row 5 (line 7), series 1, column 'hr'" in err
+    frame.loc[5, "hr"] = 61.0
+    frame.to_csv(data, index=False)
+    with pytest.raises(SystemExit):  # a cutoff after every series ends: nothing to learn
+        main([*args, "--data.init_args.cutoff", "50"])
+    assert "tsode: invalid data: TableDataModule: task forecast (cutoff 50 h)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a negative cutoff is a bad value of the recipe key
+        main([*args, "--data.init_args.cutoff", "-1"])
+    headline = capsys.readouterr().err.splitlines()[0]
+    assert "key 'data.init_args.cutoff'" in headline and "cutoff must be a finite number" in headline

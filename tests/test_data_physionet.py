@@ -287,3 +287,34 @@ def test_unreadable_cache_is_replaced_and_failed_writes_leave_nothing(
     table = load_physionet2012(root, cache_dir=other, progress=False)  # warns, still parses
     assert table.num_series == 3
     assert list((other / "physionet2012").iterdir()) == []  # no half-written cache, no temp dir
+
+
+class _Terminal:
+    """A stderr stand-in that claims to be a terminal and keeps what is written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("layout", ["dir", "tarball"])
+def test_parsing_shows_a_progress_bar_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    root = tmp_path / "pn"
+    _write_dir(root) if layout == "dir" else _write_tarball(root)
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    load_physionet2012(root, cache_dir=tmp_path / "cache", progress=False)
+    assert "parsing" not in terminal.text  # progress=False: silent
+    load_physionet2012(root, cache_dir=tmp_path / "cache2", progress=True)
+    assert "parsing set-a" in terminal.text and "3" in terminal.text and "rec" in terminal.text

@@ -175,3 +175,37 @@ def test_two_part_bucketing_reduces_padding_of_both_parts() -> None:
     two_keys = list(LengthBucketSampler(lengths, 64, shuffle=True, seed=0))
     assert len(two_keys) == len(one_key) == 47
     assert padding_fraction(lengths, two_keys) < 0.7 * padding_fraction(lengths, one_key)
+
+
+def _observations(table) -> pd.DataFrame:  # noqa: ANN001
+    return _canon(table.to_long_frame())
+
+
+@SETTINGS
+@given(long_tables(), st.sampled_from(["numeric", "datetime", "timedelta"]))
+def test_wide_and_long_tables_hold_the_same_observations(frame: pd.DataFrame, kind: str) -> None:
+    if kind == "datetime":
+        frame = frame.assign(time=pd.Timestamp("2031-05-01") + pd.to_timedelta(frame.time, unit="h"))
+    elif kind == "timedelta":
+        frame = frame.assign(time=pd.to_timedelta(frame.time, unit="h"))
+    wide = frame.pivot(index=["series_id", "time"], columns="channel", values="value")
+    wide = wide.reset_index().sample(frac=1.0, random_state=0)  # unsorted, NaN where unobserved
+    long_table = table_from_frame(frame, TableSpec())
+    wide_table = table_from_frame(wide, TableSpec(format="wide"))
+    assert long_table.time_axis.kind == wide_table.time_axis.kind == kind
+    pd.testing.assert_frame_equal(_observations(wide_table), _observations(long_table))
+
+
+@SETTINGS
+@given(long_tables(), st.data())
+def test_duplicate_entries_are_averaged(frame: pd.DataFrame, data) -> None:
+    picks = data.draw(st.lists(st.integers(0, len(frame) - 1), min_size=1, max_size=5))
+    extra = frame.iloc[picks].assign(
+        value=data.draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=len(picks), max_size=len(picks)))
+    )
+    doubled = pd.concat([frame, extra], ignore_index=True)
+    table = table_from_frame(doubled, TableSpec())
+    assert table.info["duplicate_entries_merged"] == len(picks)
+    want = doubled.groupby(["series_id", "time", "channel"], as_index=False)["value"].mean()
+    got = _observations(table)
+    np.testing.assert_allclose(got.value, _canon(want).value, rtol=1e-5, atol=1e-3)

@@ -295,3 +295,55 @@ def test_error_values_are_shown_plainly() -> None:
     with pytest.raises(DataValidationError) as info:
         table_from_frame(df, SPEC, source="obs.csv")
     assert "non-finite time inf" in str(info.value) and "np.float64" not in str(info.value)
+
+
+def test_wide_format_custom_columns_and_located_cell_errors(tmp_path) -> None:
+    df = pd.DataFrame(
+        {
+            "pid": ["a", "a", "b", "b"],
+            "stamp": pd.to_timedelta([0, 90, 0, 30], unit="min"),
+            "HR": [60.0, np.nan, 70.0, 72.0],
+            "SpO2": [np.nan, 97.0, 95.0, np.nan],
+            "note": ["x", "y", "z", "w"],  # not a channel: excluded by value_cols
+        }
+    )
+    spec = TableSpec(format="wide", id_col="pid", time_col="stamp", value_cols=["HR", "SpO2"])
+    path = tmp_path / "wide.parquet"
+    df.to_parquet(path)
+    for source in (df, path):
+        table = load_table(source, spec)
+        assert table.channels == ["HR", "SpO2"] and table.time_axis.kind == "timedelta"
+        np.testing.assert_allclose(table.series(0)[0], [0.0, 1.5])  # minutes -> hours
+        assert int(table.mask.sum()) == 5
+    # without value_cols every other column is a channel: the text column is located
+    with pytest.raises(DataValidationError, match=r"row 0, series 'a', column 'note'.*'x'"):
+        load_table(df, TableSpec(id_col="pid", time_col="stamp"))
+
+
+def test_nonsensical_cutoff_is_rejected() -> None:
+    df = pd.concat([_long_frame().assign(pid=lambda d, k=k: d.pid + f"_{k}") for k in range(4)])
+    names = {"id_col": "pid", "time_col": "t", "channel_col": "var", "value_col": "val"}
+    for cutoff in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cutoff must be a finite number of hours >= 0"):
+            TableDataModule(df, cutoff=cutoff, **names)
+    dm = TableDataModule(df, cutoff=48.0, **names)  # after every series ends: nothing to predict
+    with pytest.raises(
+        DataValidationError, match=r"forecast \(cutoff 48 h\) leaves no series.*spans 2-3 h"
+    ):
+        dm.setup()
+
+
+def test_summary_counts_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    df = pd.concat([_long_frame().assign(pid=lambda d, k=k: d.pid + f"_{k}") for k in range(4)])
+    df = pd.concat([df, df.iloc[[0]]])  # one duplicate entry
+    dm = TableDataModule(df, id_col="pid", time_col="t", channel_col="var", value_col="val")
+    with caplog.at_level("INFO", logger="tsode.data"):
+        dm.setup()
+    summary = dm.summary
+    assert summary.num_series == 12
+    assert summary.counts["duplicate_entries_merged"] == 1
+    record = next(r for r in caplog.records if "TableDataModule summary" in r.getMessage())
+    text = record.getMessage()
+    assert "duplicate_entries_merged" in text and "hr" in text and "bp" in text
+    info = summary.to_dict()
+    assert info["num_series"] == 12 and set(info) >= {"counts"}

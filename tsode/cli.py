@@ -281,6 +281,21 @@ def traceback_names(error: BaseException) -> list[str]:
     return names
 
 
+def _data_error(error: BaseException) -> BaseException | None:
+    """The :class:`tsode.data.DataValidationError` behind ``error`` (itself, or its cause or
+    context, e.g. when jsonargparse wraps it), if any."""
+    from tsode.data import DataValidationError
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DataValidationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
@@ -400,6 +415,10 @@ class TsodeCLI(LightningCLI):
         except (RecipeError, KeyboardInterrupt):
             raise
         except Exception as error:
+            data_error = _data_error(error)
+            if data_error is not None:  # the data is wrong, not the recipe
+                sys.stderr.write(f"tsode: invalid data: {data_error}\n")
+                raise RecipeError(2) from error
             config = self.config[self.subcommand] if self.subcommand else self.config
             key, reason = explain_instantiation_error(error, config)
             report_recipe_error(key, reason, str(error), TsodeArgumentParser.recipe_files)

@@ -131,8 +131,31 @@ class IrregularDataModule(L.LightningDataModule):
                 part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
             )
             counts[f"{name}_series_excluded_by_task"] = self.datasets[name].num_excluded
+        self._check_task_leaves_series(table)
         self._summary = DataSummary.from_table(table, counts)
         log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def _check_task_leaves_series(self, table: SeriesTable) -> None:
+        """Raise when the task leaves no usable series at all (e.g. a cutoff after every
+        series ends); warn when it empties the training split alone."""
+        if self.task.kind == "none":
+            return
+        usable = {name: len(ds) for name, ds in self.datasets.items()}
+        has = table.lengths > 0
+        starts, ends = table.offsets[:-1][has], table.offsets[1:][has] - 1
+        spans = table.times[ends] - table.times[starts] if has.any() else np.zeros(1)
+        if sum(usable.values()) == 0:
+            raise DataValidationError(
+                f"{type(self).__name__}: task {self.task.describe()} leaves no series with both "
+                f"context and target ({table.num_series} series, time spans "
+                f"{float(spans.min()):.4g}-{float(spans.max()):.4g} h since each series' origin, "
+                f"median {float(np.median(spans)):.4g} h); check cutoff / horizon and time_unit"
+            )
+        if usable["train"] == 0 and len(self.split_indices["train"]) > 0:
+            log.warning(
+                "%s: task %s leaves no usable training series (%d excluded)",
+                type(self).__name__, self.task.describe(), len(self.split_indices["train"]),
+            )
 
     def _ensure_setup(self) -> None:
         if self.table is None:

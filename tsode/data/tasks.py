@@ -46,6 +46,11 @@ class TaskConfig:
             raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.cutoff is not None and self.cutoff_fraction is not None:
             raise ValueError("give either cutoff (hours) or cutoff_fraction, not both")
+        if self.cutoff is not None and not (np.isfinite(self.cutoff) and self.cutoff >= 0.0):
+            raise ValueError(
+                f"cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
+                f"got {self.cutoff}"
+            )
         if self.cutoff_fraction is not None and not 0.0 < self.cutoff_fraction < 1.0:
             raise ValueError(f"cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
         if self.horizon is not None and not self.horizon > 0:
@@ -55,6 +60,20 @@ class TaskConfig:
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """Short human description, e.g. ``forecast (cutoff 24 h, horizon 24 h)``."""
+        if self.kind == "forecast":
+            where = (
+                f"cutoff {self.cutoff:g} h" if self.cutoff is not None
+                else f"cutoff_fraction {self.cutoff_fraction if self.cutoff_fraction is not None else 0.5:g}"
+            )
+            if self.horizon is not None:
+                where += f", horizon {self.horizon:g} h"
+            return f"forecast ({where})"
+        if self.kind == "interpolation":
+            return f"interpolation (holdout_fraction {self.holdout_fraction:g})"
+        return self.kind
 
 
 @dataclass
