@@ -235,3 +235,26 @@ def test_defaults_early_stopping_progress_bar_and_summary(
     assert "predict" in capsys.readouterr().err  # progress bar over prediction batches
     fc.predict(subset, horizon=2.0, batch_size=4, progress=False)
     assert "predict" not in capsys.readouterr().err
+
+
+def test_model_given_as_module_class_or_class_path(frame: pd.DataFrame, tmp_path) -> None:
+    from tsode.models.baselines import GRUDelta
+
+    subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:12])]
+    quiet = {**FAST_TRAINER, "max_epochs": 1}
+    by_path = Forecaster("tsode.models.baselines.GRUDelta", hidden_dim=4, tracking=False)
+    assert by_path.model_class is GRUDelta and by_path.model_name == "gru_dt"
+    assert Forecaster(GRUDelta, hidden_dim=4, tracking=False).model_class is GRUDelta
+    built = GRUDelta(num_channels=5, hidden_dim=4, decoder_hidden_dim=4)
+    fc = Forecaster(built, trainer_kwargs=quiet, tracking=False, verbose=False, work_dir=tmp_path)
+    fc.fit(subset, cutoff=24.0, batch_size=8)
+    assert fc.model is built  # the given module was trained in place
+    loaded = Forecaster.load(fc.save(tmp_path / "fc"))
+    pd.testing.assert_frame_equal(
+        loaded.predict(subset, horizon=2.0, progress=False), fc.predict(subset, horizon=2.0, progress=False)
+    )
+    with pytest.raises(ValueError, match="model_kwargs"):
+        Forecaster(built, hidden_dim=8)
+    wrong = Forecaster(GRUDelta(num_channels=3, hidden_dim=4), trainer_kwargs=quiet, tracking=False)
+    with pytest.raises(ValueError, match=r"num_channels=3 but the data has 5 channels"):
+        wrong.fit(subset, cutoff=24.0)

@@ -347,3 +347,19 @@ def test_summary_counts_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "duplicate_entries_merged" in text and "hr" in text and "bp" in text
     info = summary.to_dict()
     assert info["num_series"] == 12 and set(info) >= {"counts"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "pattern"),
+    [
+        ("ragged.csv", "series_id,time,channel,value\n1,0,a,1\n1,1,a,2,9\n",
+         r"ragged\.csv: cannot be read as CSV: .*line 3"),
+        ("empty.csv", "", r"empty\.csv: cannot be read as CSV"),
+        ("broken.parquet", "not parquet", r"broken\.parquet: cannot be read as Parquet"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path, name: str, content: str, pattern: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataValidationError, match=pattern):
+        load_table(path)

@@ -104,12 +104,20 @@ def read_table(source: TableSource) -> tuple[pd.DataFrame, str]:
         raise FileNotFoundError(f"table file not found: {path}")
     name = path.name.lower()
     if name.endswith((".parquet", ".pq")):
-        return pd.read_parquet(path), str(path)
-    if name.endswith((".csv", ".csv.gz", ".txt")):
-        return pd.read_csv(path), str(path)
-    if name.endswith((".tsv", ".tsv.gz")):
-        return pd.read_csv(path, sep="\t"), str(path)
-    raise ValueError(f"{path}: unsupported table format (use .csv, .tsv or .parquet)")
+        reader, kind = pd.read_parquet, "Parquet"
+    elif name.endswith((".csv", ".csv.gz", ".txt")):
+        reader, kind = pd.read_csv, "CSV"
+    elif name.endswith((".tsv", ".tsv.gz")):
+        reader, kind = (lambda p: pd.read_csv(p, sep="\t")), "TSV"
+    else:
+        raise ValueError(f"{path}: unsupported table format (use .csv, .tsv or .parquet)")
+    try:
+        return reader(path), str(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # pandas / pyarrow parse errors
+        if isinstance(error, FileNotFoundError):
+            raise
+        message = str(error).strip() or type(error).__name__
+        raise DataValidationError(f"{path}: cannot be read as {kind}: {message}") from error
 
 
 class _Locator:
