@@ -297,3 +297,95 @@ def test_lightning_fit_logs_loss_and_adjoint_nfe(tmp_path) -> None:
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/mse"])
     assert model.last_nfe_forward > 0 and model.last_nfe_backward > 0
+
+
+# ---------------------------------------------------------------- lean, packed CDE solves
+def test_fused_field_contraction_gradients() -> None:
+    """The fused last layer + tanh + contraction with X' has the gradients of the plain ops."""
+    from tsode.models.ncde import _FieldTimesPath
+
+    gen = torch.Generator().manual_seed(0)
+    a, w, b, v = (
+        torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        for shape in [(4, 5), (3 * 6, 5), (3 * 6,), (4, 6)]
+    )
+    plain = torch.bmm(torch.tanh(a @ w.t() + b).view(4, 3, 6), v.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(_FieldTimesPath.apply(a, w, b, v, 3), plain)
+    assert torch.autograd.gradcheck(lambda *x: _FieldTimesPath.apply(*x, 3), (a, w, b, v))
+
+
+def test_field_keeps_no_hidden_by_channels_tensor_for_backward(forecast_batch) -> None:
+    """Backprop through the CDE solve keeps (B, width + D)-sized tensors per evaluation, never
+    the (B, H * D) matrix f(h) (the bulk of the training memory on PhysioNet)."""
+    model = build(solver=FIXED)
+    batch_size = forecast_batch.context.batch_size
+    hd = model.hidden_dim * model.path_channels
+    shapes: list[tuple[int, ...]] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        model.compute_loss(forecast_batch).loss.backward()
+    assert model.cde_func.nfe > 0 and shapes
+    matrix_shapes = ((batch_size, hd), (batch_size, model.hidden_dim, model.path_channels))
+    field_sized = [s for s in shapes if s in matrix_shapes]
+    assert not field_sized
+
+
+def test_packed_step_grid() -> None:
+    from tsode.models.ncde import packed_step_grid
+
+    grid = torch.tensor([[0.0, 0.0, 0.5, 2.5, 2.5], [1.0, 1.2, 1.2, 1.4, 1.4]])
+    packed, position = packed_step_grid(grid, 1.0)
+    # Row 0: 0 -> 0.5 (1 step), 0.5 -> 2.5 (2 steps of 1.0); row 1: two steps, then its end.
+    torch.testing.assert_close(packed, torch.tensor([[0.0, 0.5, 1.5, 2.5], [1.0, 1.2, 1.4, 1.4]]))
+    assert torch.equal(packed.gather(1, position), grid)
+    packed, position = packed_step_grid(grid, None)  # distinct times only
+    torch.testing.assert_close(packed, torch.tensor([[0.0, 0.5, 2.5], [1.0, 1.2, 1.4]]))
+    assert torch.equal(packed.gather(1, position), grid)
+
+
+@pytest.mark.parametrize("step_size", [None, 0.3])
+def test_packed_fixed_step_encoder_is_the_plain_solve(step_size, forecast_batch) -> None:
+    """Packing each row's steps to the left changes the cost, not the result: the encoder equals
+    one solver call on the raw knot + query grid (same equal sub-steps per interval)."""
+    solver = SolverConfig(method="rk4", step_size=step_size)
+    model = build(solver=solver).double()
+    ctx = forecast_batch.context
+    path = model.make_path(replace(ctx, times=ctx.times.double(), values=ctx.values.double()))
+    knots = path.grid_points
+    gen = torch.Generator().manual_seed(1)
+    fraction = torch.rand(knots.shape[0], 5, dtype=torch.float64, generator=gen)
+    queries = knots[:, :1] + fraction * (path.interval[:, 1:] - knots[:, :1])
+    grid, _ = torch.sort(torch.cat([knots, queries], dim=1), dim=1)
+    got = model.encode(path, grid)
+    model.cde_func.path = path
+    h0 = model.initial(path.evaluate(path.interval[:, 0]))
+    expected = solver.solve(model.cde_func, h0, grid)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_adaptive_solve_takes_left_path_derivative_at_its_end_knot() -> None:
+    """With linear paths the slope jumps at a knot; a solve over [t_k, t_{k+1}] must use the
+    slope of that interval at t_{k+1} (not the next one), so nothing after t_{k+1} is read."""
+    batch = make_batch([[0.0, 1.0, 2.0]], [[3.0]], num_channels=1, seed=0)
+    model = build(num_channels=1, interpolation="linear")
+    path = model.make_path(batch.context)
+    t = torch.tensor([1.0])
+    left = path.derivative(t, path.locate(torch.tensor([0.5])))
+    right = path.derivative(t)
+    assert not torch.allclose(left, right)
+    torch.testing.assert_close(left, path.derivative(torch.tensor([0.5])))
+    with pytest.raises(ValueError, match="interval"):
+        path.derivative(torch.ones(1, 2), torch.zeros(1, dtype=torch.long))
+
+
+def test_packed_fixed_step_decoder_is_the_plain_solve() -> None:
+    solver = SolverConfig(method="rk4", step_size=0.3)
+    model = build(solver=solver).double()
+    grid = torch.tensor([[1.0, 1.0, 1.7, 3.0, 3.0], [0.5, 0.6, 0.7, 0.8, 2.0]], dtype=torch.float64)
+    h = torch.randn(2, model.hidden_dim, dtype=torch.float64)
+    expected = solver.solve(model.decoder_func, h, grid)
+    torch.testing.assert_close(model.decode(h, grid), expected, rtol=1e-12, atol=1e-12)

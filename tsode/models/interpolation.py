@@ -445,12 +445,36 @@ class InterpolatedPath:
         out = a + s * (b + s * (c + s * d))
         return out.squeeze(1) if squeeze else out
 
-    def derivative(self, t: Tensor) -> Tensor:
+    def locate(self, t: Tensor) -> Tensor:
+        """Interval index per row for per-sample times ``t (B,)`` -> ``(B,)`` long.
+
+        The interval ``[t_i, t_{i+1})`` holding ``t`` (a knot starts its interval), clamped to the
+        row's real intervals as in :meth:`evaluate`.
+        """
+        if t.dim() != 1:
+            raise ValueError(f"InterpolatedPath.locate: t must be (B,), got shape {tuple(t.shape)}")
+        return self._locate(t)[0].squeeze(1)
+
+    def derivative(self, t: Tensor, interval: Tensor | None = None) -> Tensor:
         """dX/dt (per hour): (B, D) for t (B,), or (B, M, D) for t (B, M).
 
         At a knot the derivative of the interval starting there is used (right derivative);
-        this only matters for ``"linear"`` paths, the cubic ones are C1.
+        this only matters for ``"linear"`` paths, the cubic ones are C1. ``interval (B,)`` long
+        (only with ``t (B,)``): use the polynomial of that interval of each row instead of
+        locating ``t`` -- e.g. the interval a solve runs over, so that a step ending on a knot
+        takes the left derivative there (see :meth:`locate`).
         """
+        if interval is not None:
+            if t.dim() != 1 or interval.shape != t.shape:
+                raise ValueError(
+                    "InterpolatedPath.derivative: interval needs t (B,) and interval (B,), got "
+                    f"{tuple(t.shape)} and {tuple(interval.shape)}"
+                )
+            index = torch.minimum(interval.clamp(min=0), self._max_interval.squeeze(1)).unsqueeze(1)
+            s = t.to(self._knots.dtype).unsqueeze(1) - self._knots.gather(1, index)
+            b, c2, d3 = self._gather(self._derivative_coeffs, index).chunk(3, dim=-1)
+            s = s.unsqueeze(-1)
+            return (b + s * (c2 + s * d3)).squeeze(1)
         index, s, squeeze = self._locate(t)
         s = s.unsqueeze(-1)
         b, c2, d3 = self._gather(self._derivative_coeffs, index).chunk(3, dim=-1)

@@ -21,8 +21,11 @@ Shapes: ``B`` series, ``L`` context points, ``C`` channels, ``D`` path channels,
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
@@ -44,11 +47,51 @@ from tsode.models.interpolation import (
 from tsode.solvers import ADAPTIVE_METHODS, SolverConfig
 
 
+class _FieldTimesPath(torch.autograd.Function):
+    """``tanh(a W^T + b).view(B, H, D) @ v``: the CDE field's last layer, contracted with ``v``.
+
+    ``a (B, W)`` is the input of the last linear layer, ``weight (H * D, W)``, ``bias (H * D,)``,
+    ``v (B, D)`` the path derivative; returns ``(B, H)``. Plain autograd would keep the
+    ``(B, H * D)`` matrix ``f(h)`` of every evaluation alive until the backward pass (for
+    backprop through a solve with hundreds of steps, >90 % of the training memory). This keeps
+    only ``a`` and ``v`` (``(B, W + D)`` numbers) and recomputes the last layer in the backward
+    pass, one extra ``(B, W) x (W, H * D)`` product per evaluation. First-order gradients only.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, weight: Tensor, bias: Tensor, v: Tensor, hidden_dim: int) -> Tensor:
+        ctx.save_for_backward(a, weight, bias, v)
+        ctx.hidden_dim = hidden_dim
+        matrix = torch.addmm(bias, a, weight.t()).tanh_().view(a.shape[0], hidden_dim, -1)
+        return torch.bmm(matrix, v.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        a, weight, bias, v = ctx.saved_tensors
+        need_a, need_weight, need_bias, need_v, _ = ctx.needs_input_grad
+        matrix = torch.addmm(bias, a, weight.t()).tanh_().view(a.shape[0], ctx.hidden_dim, -1)
+        grad_v = None
+        if need_v:
+            grad_v = torch.bmm(grad.unsqueeze(1), matrix).squeeze(1)  # (B, D)
+        # d out_h / d z_hd = (1 - tanh(z_hd)^2) v_d, computed in place in the recomputed matrix.
+        grad_z = matrix.mul_(matrix).neg_().add_(1.0)
+        grad_z.mul_(grad.unsqueeze(-1)).mul_(v.unsqueeze(1))
+        grad_z = grad_z.view(a.shape[0], -1)  # (B, H * D)
+        grad_a = grad_z.mm(weight) if need_a else None
+        grad_weight = grad_z.t().mm(a) if need_weight else None
+        grad_bias = grad_z.sum(0) if need_bias else None
+        return grad_a, grad_weight, grad_bias, grad_v, None
+
+
 class CDEFunc(NFECounter):
     """CDE vector field ``t, h -> f(h) X'(t)``: ``t (B,)``, ``h (B, H)`` -> ``(B, H)``.
 
     ``f`` is an MLP ``H -> H * D`` with a final ``tanh`` (bounded), reshaped to ``(B, H, D)`` and
     applied to the path derivative ``X'(t) (B, D)`` (per hour). Set :attr:`path` before solving.
+
+    The evaluation fuses the last layer, the ``tanh`` and the contraction with ``X'(t)``
+    (:class:`_FieldTimesPath`), so the ``(B, H, D)`` matrix is never kept for the backward pass.
     """
 
     def __init__(
@@ -75,9 +118,65 @@ class CDEFunc(NFECounter):
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
         if self.path is None:
             raise RuntimeError("CDEFunc.path is not set; assign an InterpolatedPath before solving")
+        return self.evaluate(t, h, self.path)
+
+    def evaluate(
+        self, t: Tensor, h: Tensor, path: InterpolatedPath, interval: Tensor | None = None
+    ) -> Tensor:
+        """``f(h) X'(t)`` for the given path; ``interval (B,)``: the path interval per row
+        whose polynomial gives ``X'`` (see :meth:`InterpolatedPath.derivative`)."""
         self.count()
-        dxdt = self.path.derivative(t).to(h.dtype)  # (B, D)
-        return torch.bmm(self.matrix(h), dxdt.unsqueeze(-1)).squeeze(-1)
+        dxdt = path.derivative(t, interval).to(h.dtype)  # (B, D)
+        hidden = self.net[:-1](h)  # input of the last layer, (B, width)
+        last = self.net[-1]
+        return _FieldTimesPath.apply(hidden, last.weight, last.bias, dxdt, self.hidden_dim)
+
+    def bind(self, path: InterpolatedPath, interval: Tensor | None = None) -> _BoundCDEFunc:
+        """The field for one solve: ``path`` (and ``interval``) fixed, so an adjoint backward
+        pass run later evaluates exactly the field of the forward solve."""
+        return _BoundCDEFunc(self, path, interval)
+
+
+class _BoundCDEFunc(nn.Module):
+    """``t, h -> func.evaluate(t, h, path, interval)``; its parameters are ``func``'s."""
+
+    def __init__(
+        self, func: CDEFunc, path: InterpolatedPath, interval: Tensor | None
+    ) -> None:
+        super().__init__()
+        self.func = func
+        self.path = path
+        self.interval = interval
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:
+        return self.func.evaluate(t, h, self.path, self.interval)
+
+
+def packed_step_grid(grid: Tensor, step_size: float | None) -> tuple[Tensor, Tensor]:
+    """Per-row step grid with each row's steps packed to the left.
+
+    ``grid (B, N)`` is non-decreasing per row. Every interval ``[g_j, g_{j+1}]`` of a row is split
+    into ``ceil(len / step_size)`` equal steps (one step without ``step_size``; none for a
+    zero-length interval), and a row's steps follow each other without gaps: returns
+    ``packed (B, S)`` (``S - 1`` = the most steps of any row; a row's tail repeats its last time)
+    and ``position (B, N)``, the column of ``packed`` holding ``g_j`` (exactly), so that
+    ``packed.gather(1, position) == grid``.
+    """
+    delta = grid[:, 1:] - grid[:, :-1]  # (B, N - 1)
+    moving = delta != 0
+    if step_size is None:
+        count = moving.long()
+    else:
+        count = torch.ceil(delta.abs() / step_size * (1 - 1e-12)).long().clamp(min=1) * moving
+    position = torch.cat([torch.zeros_like(count[:, :1]), count.cumsum(dim=1)], dim=1)  # (B, N)
+    width = int(position[:, -1].max()) + 1
+    columns = torch.arange(width, device=grid.device).expand(grid.shape[0], width)
+    # Last grid point at or before each column (ties: the last, which starts the next step).
+    owner = torch.searchsorted(position, columns.contiguous(), right=True) - 1  # (B, S)
+    step = torch.cat([delta / count.clamp(min=1), torch.zeros_like(delta[:, :1])], dim=1)
+    offset = (columns - position.gather(1, owner)).to(grid.dtype)
+    packed = grid.gather(1, owner) + offset * step.gather(1, owner)
+    return packed, position
 
 
 def default_solver() -> SolverConfig:
@@ -191,37 +290,59 @@ class NeuralCDE(IrregularModel):
     def encode(self, path: InterpolatedPath, grid: Tensor) -> Tensor:
         """Solve the CDE on a per-sample grid ``(B, N)`` starting at each row's first knot.
 
-        Returns the hidden states ``(B, N, H)`` at the grid times. Fixed-step methods hit every
-        grid time exactly in one solve. Adaptive methods serve output times by dense output and
-        would step across the knots, where the path's higher derivatives jump (many rejected
-        steps, and a slightly non-causal solution), so they are restarted at every grid time
-        instead, each solve starting from the previous one's proposed step size.
+        Returns the hidden states ``(B, N, H)`` at the grid times. Each row's steps are packed to
+        the left first (:func:`packed_step_grid`): the solvers step all rows through one shared
+        column index, so on the raw grid a column costs as many steps as its longest row needs
+        (and a repeated time costs a column); packed, the solve costs the steps of the row
+        needing the most. Fixed-step methods then take one step per packed interval (the same
+        equal steps of at most ``step_size`` the solver would take) in one solve. Adaptive
+        methods serve output times by dense output and would step across the knots, where the
+        path's higher derivatives jump (many rejected steps, and a slightly non-causal
+        solution), so they are restarted at every packed grid time (every distinct knot or
+        query time of a row) instead, each solve starting from the previous one's proposed
+        step size.
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
         self.cde_func.path = path
-        if self.solver.method not in ADAPTIVE_METHODS:
-            return self.solver.solve(self.cde_func, h0, grid)
-        moving = grid[:, 1:] > grid[:, :-1]  # (B, N-1); zero-length intervals cost nothing
+        adaptive = self.solver.method in ADAPTIVE_METHODS
+        packed, position = packed_step_grid(grid, None if adaptive else self.solver.step_size)
+        if not adaptive:
+            one_step = dataclasses.replace(self.solver, step_size=None)
+            states = one_step.solve(self.cde_func.bind(path), h0, packed)
+            return gather_times(states, position)
+        moving = packed[:, 1:] > packed[:, :-1]  # (B, S); zero-length intervals cost nothing
         active = moving.any(dim=0).tolist()
         h = h0
         states = [h0]
         step: Tensor | None = None
         for k, is_active in enumerate(active):
             if is_active:
+                # No knot lies inside a packed interval: pin the path polynomial to it, so the
+                # stage at its end (a knot) takes the left derivative and nothing the solver
+                # evaluates (error estimate, initial-step probe) reads past the knot.
+                func = self.cde_func.bind(path, path.locate(packed[:, k]))
                 solution = self.solver.solve(
-                    self.cde_func, h, grid[:, k : k + 2], return_solution=True, first_step=step
+                    func, h, packed[:, k : k + 2], return_solution=True, first_step=step
                 )
                 h = torch.where(moving[:, k : k + 1], solution.ys[:, -1], h)
                 proposed = solution.stats.next_step
                 if proposed is not None:
                     step = proposed if step is None else torch.where(moving[:, k], proposed, step)
             states.append(h)
-        return torch.stack(states, dim=1)
+        return gather_times(torch.stack(states, dim=1), position)
 
     def decode(self, h_end: Tensor, grid: Tensor) -> Tensor:
-        """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``."""
-        return self.solver.solve(self.decoder_func, h_end, grid)
+        """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``.
+
+        Fixed-step methods solve on the packed grid (:func:`packed_step_grid`: the same steps,
+        each row's packed to the left); adaptive ones serve the grid by dense output in one solve.
+        """
+        if self.solver.method in ADAPTIVE_METHODS:
+            return self.solver.solve(self.decoder_func, h_end, grid)
+        packed, position = packed_step_grid(grid, self.solver.step_size)
+        one_step = dataclasses.replace(self.solver, step_size=None)
+        return gather_times(one_step.solve(self.decoder_func, h_end, packed), position)
 
     # ------------------------------------------------------------------ model interface
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
