@@ -69,6 +69,9 @@ def test_table_to_batch_to_table_round_trip(frame: pd.DataFrame) -> None:
     # times: float32 relative to series start, offset added back in float64
     np.testing.assert_allclose(got.time, want.time, atol=1e-4)
     np.testing.assert_allclose(got.value, want.value, rtol=1e-5, atol=1e-3)
+    # with the source table, times come back exactly
+    exact = _canon(batch_to_frame(batch, "context", normalizer=ds.normalizer, table=ds.table))
+    np.testing.assert_array_equal(exact.time.to_numpy(), want.time.to_numpy())
 
 
 @SETTINGS

@@ -817,7 +817,7 @@ class Forecaster:
             frame = values_to_frame(
                 batch.series_ids, part.times, part.values, part.mask, batch.channels,
                 time_offset=batch.time_offset, normalizer=fitted.normalizer,
-                time_axis=fitted.time_axis,
+                time_axis=fitted.time_axis, table=dataset.table,
             )
             frame["part"] = name
             observed.append(frame)

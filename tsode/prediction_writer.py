@@ -72,6 +72,7 @@ class ForecastWriter(BasePredictionWriter):
             time_axis=time_axis,
             extra=extra,
             std_columns=(),
+            table=getattr(datamodule, "table", None),  # observation times exactly as read
         ).rename(columns={"value": "mean"})
         columns = ["series_id", "time", "channel", "mean"]
         columns += [c for c in frame.columns if c.startswith("q")] + ["observed"]

@@ -17,11 +17,48 @@ from torch import Tensor
 
 from tsode.data.batch import IrregularBatch
 from tsode.data.normalize import Normalizer
+from tsode.data.series import SeriesTable
 from tsode.data.timeaxis import TimeAxis
+
+# float32 batch times are within a few ulps (2**-24 relative) of the table's float64 times
+_SNAP_RELATIVE = 4e-7
 
 
 def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def snap_to_table_times(
+    hours: np.ndarray, rows: np.ndarray, series_ids: Sequence[Any], table: SeriesTable
+) -> np.ndarray:
+    """Replace float32-rounded hours by the table's exact (float64) time of the same series.
+
+    ``hours[i]`` (relative to the series' origin, as in batches) belongs to batch row
+    ``rows[i]``, whose series is ``series_ids[rows[i]]``. A time is replaced by the nearest
+    time of that series in ``table`` when they agree to float32 precision (so observation
+    times come back exactly as they were read, e.g. ``12:45:00`` and not ``12:44:59.997``);
+    other times (series not in the table, forecast query times) are returned unchanged.
+    """
+    out = np.array(hours, dtype=np.float64, copy=True)
+    if len(out) == 0 or table.num_series == 0:
+        return out
+    position = {sid: i for i, sid in enumerate(table.series_ids)}
+    order = np.argsort(rows, kind="stable")
+    bounds = np.flatnonzero(np.diff(rows[order])) + 1
+    for chunk in np.split(order, bounds):
+        s = position.get(series_ids[int(rows[chunk[0]])])
+        if s is None:
+            continue
+        known = table.times[table.offsets[s] : table.offsets[s + 1]]
+        if len(known) == 0:
+            continue
+        h = out[chunk]
+        right = np.clip(np.searchsorted(known, h), 0, len(known) - 1)
+        left = np.clip(right - 1, 0, len(known) - 1)
+        nearest = np.where(np.abs(known[left] - h) <= np.abs(known[right] - h), left, right)
+        close = np.abs(known[nearest] - h) <= _SNAP_RELATIVE * np.maximum(1.0, np.abs(h))
+        out[chunk[close]] = known[nearest[close]]
+    return out
 
 
 def values_to_frame(
@@ -35,6 +72,7 @@ def values_to_frame(
     time_axis: TimeAxis | None = None,
     extra: Mapping[str, Tensor | np.ndarray] | None = None,
     std_columns: Sequence[str] = ("std",),
+    table: SeriesTable | None = None,
 ) -> pd.DataFrame:
     """Tidy frame of the entries selected by ``mask``.
 
@@ -48,6 +86,8 @@ def values_to_frame(
         time_axis: maps hours back to the source's time representation (None: float hours).
         extra: more (B, L, C) arrays to emit as columns; names in ``std_columns`` are scaled
             by the channel std only (spreads), others inverse-normalized like values.
+        table: the table the batch came from: times that are its observation times (to
+            float32 precision) are reported exactly (see :func:`snap_to_table_times`).
     """
     times_np = _np(times).astype(np.float64)
     vals = _np(values)
@@ -56,6 +96,8 @@ def values_to_frame(
         m = np.broadcast_to(m[:, :, None], vals.shape)
     b, t, c = np.nonzero(m)
     hours = times_np[b, t]
+    if table is not None:
+        hours = snap_to_table_times(hours, b, series_ids, table)
     if time_offset is not None:
         hours = hours + _np(time_offset).astype(np.float64)[b]
     out_vals = vals[b, t, c].astype(np.float64)
@@ -91,6 +133,7 @@ def batch_to_frame(
     time_axis: TimeAxis | None = None,
     all_channels: bool = False,
     extra: Mapping[str, Tensor | np.ndarray] | None = None,
+    table: SeriesTable | None = None,
 ) -> pd.DataFrame:
     """Tidy frame of one part of a batch (its observations, or predictions at its times).
 
@@ -101,6 +144,8 @@ def batch_to_frame(
             batch's own observed values).
         all_channels: emit every channel at every real time point (predictions), instead of
             only the observed entries of ``part.mask``.
+        table: the table the batch came from (e.g. ``dm.table``): times are then reported
+            exactly as read instead of to float32 precision.
     """
     if part not in ("target", "context"):
         raise ValueError(f"part must be 'target' or 'context', got {part!r}")
@@ -116,6 +161,7 @@ def batch_to_frame(
         normalizer=normalizer,
         time_axis=time_axis,
         extra=extra,
+        table=table,
     )
 
 
