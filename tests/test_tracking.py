@@ -249,3 +249,54 @@ def test_fit_tracked_on_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log_file.close()
+
+
+@pytest.mark.slow
+def test_logged_model_served_over_http(tracked, tmp_path: Path) -> None:
+    """`mlflow models serve` on the logged model answers /invocations like Forecaster.predict."""
+    fc, frame, _, _ = tracked
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # mlflow runs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": fc.fit_summary["tracking_uri"],
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}
+    log_file = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"runs:/{fc.run_id}/model",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log_file.flush()
+                pytest.fail(f"mlflow models serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(1)
+        subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:3])]
+        body = {"dataframe_split": json.loads(subset.to_json(orient="split", index=False)),
+                "params": {"horizon": 4.0, "step": 2.0}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            served = pd.DataFrame(json.loads(response.read())["predictions"])
+        direct = fc.predict(subset, horizon=4.0, step=2.0, progress=False)
+        assert list(served.columns) == list(direct.columns)
+        assert served["series_id"].tolist() == direct["series_id"].tolist()
+        np.testing.assert_allclose(served["time"], direct["time"])
+        np.testing.assert_allclose(served["mean"], direct["mean"], rtol=1e-5)
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log_file.close()
