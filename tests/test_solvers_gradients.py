@@ -3,6 +3,8 @@ differences, for parameters, y0 and the evaluation times (shared and per-sample 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -298,3 +300,30 @@ def test_adjoint_matches_backprop_on_chaotic_dynamics_over_long_intervals() -> N
     backprop, adjoint = gradient(False), gradient(True)
     scale = backprop.abs().max()
     assert float((adjoint - backprop).abs().max() / scale) < 1e-3
+
+
+def test_fixed_step_adjoint_is_as_accurate_as_backprop_on_contracting_dynamics() -> None:
+    """rk4 with coarse steps on y' = k sin(3y), which contracts onto y = pi/3: re-integrating
+    backwards amplifies the steps' discretization error. The adjoint splits the steps until the
+    re-integration is consistent; its gradient must then be no further from the ODE's gradient
+    than backprop's at the same step (measured: adjoint 17% off, backprop 23% off; before the
+    fix the adjoint raised for one coarse step and was 93% off at step 0.5)."""
+    rate = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return rate * torch.sin(3 * y)
+
+    y0 = torch.full((1, 1), 0.3, dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+
+    def gradient(**options) -> float:
+        ys = odeint(field, y0, t, adjoint_params=(rate,), **options)
+        (grad,) = torch.autograd.grad(ys[:, -1].sum(), [rate])
+        return float(grad)
+
+    exact = gradient(method="dopri5", rtol=1e-10, atol=1e-12)
+    backprop = gradient(method="rk4", step_size=0.5)
+    adjoint = gradient(method="rk4", step_size=0.5, adjoint=True)
+    assert abs(adjoint - exact) <= abs(backprop - exact)
+    one_step = gradient(method="rk4", adjoint=True)  # one rk4 step over the whole interval
+    assert math.isfinite(one_step)
