@@ -135,6 +135,23 @@ def _bad_recipe(tmp_path: Path, edit) -> Path:  # noqa: ANN001
     return path
 
 
+def _fit_bad_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, edit,  # noqa: ANN001
+    *extra: str,
+) -> tuple[Path, str, str]:
+    """Run `tsode fit` in-process on a recipe broken by ``edit``: it must exit with code 2.
+    Returns the recipe path, stderr and its "tsode: invalid ..." headline."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _bad_recipe(tmp_path, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), *extra])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    headline = next(line for line in stderr.splitlines() if line.startswith("tsode: invalid"))
+    return path, stderr, headline
+
+
 @pytest.mark.parametrize(
     ("edit", "key", "reason"),
     [
@@ -153,14 +170,7 @@ def test_bad_recipe_error_names_key_and_file(
     reason: str,
 ) -> None:
     """In-process (parsing fails before anything is built); the subprocess path is the same."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    path = _bad_recipe(tmp_path, edit)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(path)])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    headline = next(line for line in stderr.splitlines() if line.startswith("tsode: invalid"))
+    path, stderr, headline = _fit_bad_recipe(tmp_path, monkeypatch, capsys, edit)
     assert str(path) in headline
     assert f"'{key}'" in headline
     assert reason in headline
@@ -250,15 +260,10 @@ def test_bad_recipe_errors_locate_nested_keys_and_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, edit, key: str,  # noqa: ANN001
     reason: str,
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    path = _bad_recipe(tmp_path, edit)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(path), "--data.init_args.num_series", "12"])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
+    path, stderr, headline = _fit_bad_recipe(
+        tmp_path, monkeypatch, capsys, edit, "--data.init_args.num_series", "12"
+    )
     assert "Traceback" not in stderr
-    headline = next(line for line in stderr.splitlines() if line.startswith("tsode: invalid"))
     assert f"invalid configuration in {path}: key '{key}'" in headline
     assert reason in headline
 

@@ -201,6 +201,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_until_up(url: str, server: subprocess.Popen, log_path: Path, seconds: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or times out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"server at {url} did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(1)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Terminate the server's process group (kill it if it does not stop)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_fit_tracked_on_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = _free_port()
@@ -213,18 +238,7 @@ def test_fit_tracked_on_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest
         cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log_file.flush()
-                pytest.fail(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
+        _wait_until_up(f"{uri}/health", server, tmp_path / "server.log", 120)
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         fc = Forecaster(
@@ -242,12 +256,7 @@ def test_fit_tracked_on_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest
         assert {"config/config.yaml", "plots/forecast_val.png", "model/MLmodel"} <= artifacts
         assert any((tmp_path / "server-artifacts").rglob("forecast_val.png"))  # stored by the server
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        _stop(server)
         log_file.close()
 
 
@@ -266,18 +275,7 @@ def test_logged_model_served_over_http(tracked, tmp_path: Path) -> None:
         cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log_file.flush()
-                pytest.fail(f"mlflow models serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-            time.sleep(1)
+        _wait_until_up(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log", 180)
         subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:3])]
         body = {"dataframe_split": json.loads(subset.to_json(orient="split", index=False)),
                 "params": {"horizon": 4.0, "step": 2.0}}
@@ -293,10 +291,5 @@ def test_logged_model_served_over_http(tracked, tmp_path: Path) -> None:
         np.testing.assert_allclose(served["time"], direct["time"])
         np.testing.assert_allclose(served["mean"], direct["mean"], rtol=1e-5)
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        _stop(server)
         log_file.close()
