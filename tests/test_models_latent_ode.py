@@ -118,3 +118,21 @@ def test_encoder_solver_is_used_by_the_recognition_network():
     assert model.encoder.solver is euler
     assert model.solver is not euler
     assert LatentODE(num_channels=2, latent_dim=2, rec_dim=3).encoder.solver is not None
+
+
+def test_forecast_samples_are_predictive_draws_with_observation_noise(forecast_batch):
+    """Quantiles must be predictive intervals for new observations: each sample is a
+    trajectory's decoded mean plus N(0, obs_std^2) noise, independent of the trajectory."""
+    torch.manual_seed(0)
+    model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3, obs_std=0.5,
+                      num_predict_samples=4000)
+    model.eval()
+    times = forecast_batch.target.times
+    with torch.no_grad():
+        out = model.forecast(forecast_batch, times)
+    noise = out["samples"] - out["trajectory_means"]
+    torch.testing.assert_close(noise.mean(), torch.tensor(0.0), atol=0.01, rtol=0)
+    torch.testing.assert_close(noise.std(dim=0).mean(), torch.tensor(0.5), atol=0.01, rtol=0)
+    torch.testing.assert_close(out["mean"], out["trajectory_means"].mean(0))
+    width = out["quantiles"][-1] - out["quantiles"][0]  # 0.05..0.95 by default
+    assert bool((width > 2 * 1.64 * 0.5 * 0.9).all())  # at least the noise's own interval

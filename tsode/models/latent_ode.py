@@ -348,19 +348,25 @@ class LatentODE(IrregularModel):
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
         """Predictive mean, samples and quantiles at ``times (B, M)`` (``>=`` first context time).
 
-        Returns ``mean (B, M, C)``, ``samples (K, B, M, C)`` (decoded means of sampled
-        trajectories, no observation noise), ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``,
-        ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
+        Returns ``mean (B, M, C)`` (mean of the sampled trajectories' decoded means),
+        ``samples (K, B, M, C)`` (draws from the predictive distribution: each trajectory's
+        decoded mean plus Gaussian observation noise ``obs_std``, so quantiles are predictive
+        intervals for new observations), ``trajectory_means (K, B, M, C)`` (without the noise),
+        ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``, ``obs_std (C,)`` and, with
+        ``poisson``, ``intensity (B, M, C)`` (mean over samples).
         """
         out = self.sample_trajectories(batch, times)
-        samples = out["samples"]
+        means = out["samples"]
+        obs_std = self.log_obs_std.detach().exp()
+        samples = means + obs_std * self.sample_eps(means.shape, means)
         levels = torch.tensor(self.quantile_levels, dtype=samples.dtype, device=samples.device)
         result = {
-            "mean": samples.mean(0),
+            "mean": means.mean(0),
             "samples": samples,
+            "trajectory_means": means,
             "quantiles": torch.quantile(samples, levels, dim=0),
             "quantile_levels": levels,
-            "obs_std": self.log_obs_std.detach().exp(),
+            "obs_std": obs_std,
         }
         if "intensity" in out:
             result["intensity"] = out["intensity"].mean(0)
