@@ -172,7 +172,7 @@ def _backward_over(
             # exhausted step budget is the user's bound, and is reported as it is.
             if depth >= MAX_SPLIT_DEPTH or error.reason == Status.MAX_STEPS_REACHED:
                 raise
-            pieces, nfe = 2, 0
+            pieces, nfe = 2, error.evaluations
         else:
             miss, limit = _reintegration_miss(options, y_back, y_start)
             if bool((miss <= limit).all()):
@@ -348,6 +348,7 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
                 f"in the interval ending at t={float(t_j.max()):.6g}; hardest rows: "
                 f"{_hardest_rows(row_ratio, z_new, t_j, delta)}",
                 reason=Status.MAX_STEPS_REACHED,
+                evaluations=nfe,
             )
         if accepted:
             accumulate(h_try, field.param_terms)
@@ -369,7 +370,9 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
                 raise SolverError(
                     f"adjoint backward solve ({tableau.name}) failed: {reason} in the interval "
                     f"ending at t={float(t_j.max()):.6g} (fraction {position:.3g} done); "
-                    f"hardest rows: {_hardest_rows(row_ratio, z_new, t_j, delta)}"
+                    f"hardest rows: {_hardest_rows(row_ratio, z_new, t_j, delta)}",
+                    reason=Status.NON_FINITE_STATE if not finite else Status.STEP_SIZE_UNDERFLOW,
+                    evaluations=nfe,
                 )
     return z[:, :dim], z[:, dim:], increments, nfe
 

@@ -68,10 +68,19 @@ class Solution:
 class SolverError(RuntimeError):
     """A solve failed for some batch rows; the message names the rows, their times and why."""
 
-    def __init__(self, message: str, status: Tensor | None = None, reason: Status | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: Tensor | None = None,
+        reason: Status | None = None,
+        evaluations: int = 0,
+    ):
         super().__init__(message)
         self.status = status
-        self.reason = reason  # set by the adjoint backward solve, which has no per-row status
+        # Set by the adjoint backward solve (no per-row status there): why, and the evaluations
+        # spent before failing (counted in nfe_backward when the failure is recovered from).
+        self.reason = reason
+        self.evaluations = evaluations
 
 
 def failure_message(status: Tensor, t: Tensor, t_end: Tensor, method: str, max_rows: int = 8) -> str:
