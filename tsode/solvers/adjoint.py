@@ -94,12 +94,9 @@ def _adjoint_backward(
     grad_t = torch.zeros_like(t_eval)
     grad_params = [torch.zeros_like(p) for p in params]
     total_nfe = 0
-    # Last accepted backward step in time units, carried across intervals; it starts from the
-    # forward solve's final step proposal (the dynamics near t_n set both).
-    split_hint: dict = {}  # see _backward_over
-    step_hint: list[float] = [] if options.first_backward_step is None else [
-        options.first_backward_step
-    ]
+    # The backward step starts from the forward solve's final step proposal (the dynamics near
+    # t_n set both).
+    hints = _BackwardHints(step=options.first_backward_step)
     with torch.no_grad():
         for j in range(n - 1, 0, -1):
             t_j = t_eval[:, j]
@@ -111,7 +108,7 @@ def _adjoint_backward(
             if bool((delta != 0).any()):
                 adjoint, nfe = _backward_over(
                     options, ys[:, j - 1], ys[:, j], t_eval[:, j - 1], t_j, adjoint, params,
-                    grad_params, step_hint, split_hint,
+                    grad_params, hints,
                 )
                 total_nfe += nfe
             if j == 1 and need_time_grad:
@@ -140,6 +137,15 @@ def _adjoint_backward(
 # Measured (dopri5, rtol=1e-5): well-conditioned problems miss by O(1)-O(100) units; a chaotic
 # MLP field over 2 h intervals by 3e7 (adjoint gradient 350% off), y' = -1000 (y - cos t) over
 # 0.2 h by 1e86 (gradient 54% off).
+@dataclass
+class _BackwardHints:
+    """What one backward pass carries from interval to interval: the last accepted step (time
+    units) and the piece length diverging intervals last had to be split to (or None)."""
+
+    step: float | None = None
+    piece_length: float | None = None
+
+
 REINTEGRATION_LIMIT = 1e4
 FIXED_STEP_RELATIVE_LIMIT = 1e-3
 MAX_SPLIT_DEPTH = 8
@@ -149,23 +155,23 @@ GROWTH = 1.25  # pieces split up front are this much longer than the last ones t
 
 def _backward_over(
     options: AdjointOptions, y_start, y_end, t_start, t_end, adjoint, params, grad_params,
-    step_hint: list[float], split_hint: dict, depth: int = 0,
+    hints: _BackwardHints, depth: int = 0,
 ):
     """Carry the adjoint (B, D) from t_end back to t_start (per-row times (B,)), adding the
     parameter-gradient integral into ``grad_params``; splits the interval where re-integration
-    diverges (see REINTEGRATION_LIMIT). ``split_hint["length"]`` remembers the last piece length
+    diverges (see REINTEGRATION_LIMIT). ``hints.piece_length`` remembers the last piece length
     that had to be split down to, so later intervals are split up front instead of first failing
     whole. Returns the adjoint at t_start and the evaluations used."""
     delta = t_end - t_start
     span = float(delta.abs().max())
-    known = split_hint.get("length")
+    known = hints.piece_length
     if depth == 0 and known is not None and span > GROWTH * known:
         # Optimistic: pieces a little longer than the last ones that worked.
         pieces, nfe = min(math.ceil(span / (GROWTH * known)), MAX_PIECES), 0
     else:
         try:
             y_back, adjoint_start, increments, nfe = _solve_interval(
-                options, y_end, adjoint, t_end, delta, params, step_hint
+                options, y_end, adjoint, t_end, delta, params, hints
             )
         except SolverError as error:
             # Instability (non-finite state, step-size underflow) is what splitting cures; an
@@ -179,9 +185,9 @@ def _backward_over(
                 for acc, inc in zip(grad_params, increments):
                     acc += inc
                 if depth > 0:
-                    split_hint["length"] = span
+                    hints.piece_length = span
                 else:
-                    split_hint.pop("length", None)  # whole intervals work (again)
+                    hints.piece_length = None  # whole intervals work (again)
                 return adjoint_start, nfe
             if depth >= MAX_SPLIT_DEPTH:
                 _raise_reintegration_error(options, miss, limit, t_start, t_end)
@@ -203,7 +209,7 @@ def _backward_over(
     for k in range(pieces, 0, -1):
         adjoint, piece_nfe = _backward_over(
             options, states[:, k - 1], end_state(k),
-            grid[:, k - 1], grid[:, k], adjoint, params, grad_params, step_hint, split_hint,
+            grid[:, k - 1], grid[:, k], adjoint, params, grad_params, hints,
             depth + 1,
         )
         nfe += piece_nfe
@@ -276,10 +282,12 @@ class _AugmentedField:
         return torch.cat([-delta.unsqueeze(-1) * f.detach(), vjp_y], dim=-1)
 
 
-def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, step_hint):
+def _solve_interval(
+    options: AdjointOptions, y_j, adjoint, t_j, delta, params, hints: _BackwardHints
+):
     """Integrate [y, a] back across one interval and accumulate the parameter gradient.
 
-    ``step_hint`` holds the last accepted step in time units (empty before the first interval,
+    ``hints.step`` holds the last accepted step in time units (None before the first interval,
     which then uses the initial-step heuristic); it is updated in place.
     """
     tableau = options.tableau
@@ -311,8 +319,8 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
     first_terms = field.param_terms.pop()
     nfe += 1
     span = float(delta.abs().max())
-    if step_hint:
-        h = step_hint[0] / span
+    if hints.step is not None:
+        h = hints.step / span
     else:
         ones = torch.ones_like(s)
         proposals = initial_step_size(
@@ -363,7 +371,7 @@ def _solve_interval(options: AdjointOptions, y_j, adjoint, t_j, delta, params, s
             previous_ratio = max(ratio, 1e-4)
         h = h_try * factor
         if accepted:
-            step_hint[:] = [h * span]
+            hints.step = h * span
         if not last or not accepted:
             if h < 4 * torch.finfo(s.dtype).eps:
                 reason = "non-finite adjoint state" if not finite else "step size underflow"
