@@ -227,11 +227,10 @@ def test_cde_vector_field_is_f_of_h_times_path_derivative(forecast_batch) -> Non
     model = build()
     path = model.make_path(forecast_batch.context)
     func: CDEFunc = model.cde_func
-    func.path = path
     t = path.interval.mean(dim=1)
     h = torch.randn(4, 6)
     expected = torch.einsum("bhd,bd->bh", func.matrix(h), path.derivative(t))
-    torch.testing.assert_close(func(t, h), expected)
+    torch.testing.assert_close(func.bind(path)(t, h), expected)
     assert func.matrix(h).abs().max() <= 1.0  # tanh-bounded
     assert func.nfe == 1
 
@@ -363,9 +362,8 @@ def test_packed_fixed_step_encoder_is_the_plain_solve(step_size, forecast_batch)
     queries = knots[:, :1] + fraction * (path.interval[:, 1:] - knots[:, :1])
     grid, _ = torch.sort(torch.cat([knots, queries], dim=1), dim=1)
     got = model.encode(path, grid)
-    model.cde_func.path = path
     h0 = model.initial(path.evaluate(path.interval[:, 0]))
-    expected = solver.solve(model.cde_func, h0, grid)
+    expected = solver.solve(model.cde_func.bind(path), h0, grid)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 

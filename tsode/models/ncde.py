@@ -88,7 +88,8 @@ class CDEFunc(NFECounter):
     """CDE vector field ``t, h -> f(h) X'(t)``: ``t (B,)``, ``h (B, H)`` -> ``(B, H)``.
 
     ``f`` is an MLP ``H -> H * D`` with a final ``tanh`` (bounded), reshaped to ``(B, H, D)`` and
-    applied to the path derivative ``X'(t) (B, D)`` (per hour). Set :attr:`path` before solving.
+    applied to the path derivative ``X'(t) (B, D)`` (per hour) of a given path; solvers take
+    :meth:`bind`, the field with its path fixed.
 
     The evaluation fuses the last layer, the ``tanh`` and the contraction with ``X'(t)``
     (:class:`_FieldTimesPath`), so the ``(B, H, D)`` matrix is never kept for the backward pass.
@@ -109,18 +110,12 @@ class CDEFunc(NFECounter):
         self.net = mlp(hidden_dim, hidden_dim * path_channels, width, num_layers, activation)
         # Small initial field: h starts near h(t0) instead of drifting by ~|X| over the series.
         small_init_(self.net, std=init_std)
-        self.path: InterpolatedPath | None = None
 
     def matrix(self, h: Tensor) -> Tensor:
         """f(h): ``(B, H)`` -> ``(B, H, D)``."""
         return torch.tanh(self.net(h)).view(h.shape[0], self.hidden_dim, self.path_channels)
 
-    def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        if self.path is None:
-            raise RuntimeError("CDEFunc.path is not set; assign an InterpolatedPath before solving")
-        return self.evaluate(t, h, self.path)
-
-    def evaluate(
+    def forward(
         self, t: Tensor, h: Tensor, path: InterpolatedPath, interval: Tensor | None = None
     ) -> Tensor:
         """``f(h) X'(t)`` for the given path; ``interval (B,)``: the path interval per row
@@ -138,7 +133,7 @@ class CDEFunc(NFECounter):
 
 
 class _BoundCDEFunc(nn.Module):
-    """``t, h -> func.evaluate(t, h, path, interval)``; its parameters are ``func``'s."""
+    """``t, h -> func(t, h, path, interval)``; its parameters are ``func``'s."""
 
     def __init__(
         self, func: CDEFunc, path: InterpolatedPath, interval: Tensor | None
@@ -149,7 +144,7 @@ class _BoundCDEFunc(nn.Module):
         self.interval = interval
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
-        return self.func.evaluate(t, h, self.path, self.interval)
+        return self.func(t, h, self.path, self.interval)
 
 
 def packed_step_grid(grid: Tensor, step_size: float | None) -> tuple[Tensor, Tensor]:
@@ -304,7 +299,6 @@ class NeuralCDE(IrregularModel):
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
-        self.cde_func.path = path
         adaptive = self.solver.method in ADAPTIVE_METHODS
         packed, position = packed_step_grid(grid, None if adaptive else self.solver.step_size)
         if not adaptive:
