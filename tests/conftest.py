@@ -99,3 +99,17 @@ def forecast_batch64() -> IrregularBatch:
         seed=1,
         dtype=torch.float64,
     )
+
+
+@pytest.fixture(scope="session")
+def synthetic_long_frame():
+    """Factory: ``num_series`` synthetic ICU series (seed 0) as a long table
+    (series_id, time, channel, value)."""
+    from tsode.data import SyntheticICUDataModule
+
+    def make(num_series: int):
+        dm = SyntheticICUDataModule(num_series=num_series, seed=0)
+        dm.setup()
+        return dm.table.to_long_frame()
+
+    return make

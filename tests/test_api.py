@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping
 
 from tsode.api import Forecaster
-from tsode.data import DataValidationError, SyntheticICUDataModule
+from tsode.data import DataValidationError
 
 torch.set_num_threads(1)  # small models: intra-op threads only add overhead
 
@@ -26,11 +26,9 @@ FAST_TRAINER = {
 
 
 @pytest.fixture(scope="module")
-def frame() -> pd.DataFrame:
+def frame(synthetic_long_frame) -> pd.DataFrame:  # noqa: ANN001
     """40 synthetic ICU series as a long table (series_id, time, channel, value)."""
-    dm = SyntheticICUDataModule(num_series=40, seed=0)
-    dm.setup()
-    return dm.table.to_long_frame()
+    return synthetic_long_frame(40)
 
 
 @pytest.fixture(scope="module")

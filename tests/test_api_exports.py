@@ -46,10 +46,8 @@ def test_import_tsode_stays_light() -> None:
 
 
 @pytest.fixture(scope="module")
-def frame() -> pd.DataFrame:
-    dm = SyntheticICUDataModule(num_series=24, seed=0)
-    dm.setup()
-    return dm.table.to_long_frame()
+def frame(synthetic_long_frame) -> pd.DataFrame:  # noqa: ANN001
+    return synthetic_long_frame(24)
 
 
 @pytest.fixture(scope="module")
