@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "FittedData": "tsode.api",
     "plot_forecast": "tsode.plotting",
     "MODELS": "tsode.models",
+    "register_model": "tsode.models",
     "TableDataModule": "tsode.data",
     "PhysioNet2012DataModule": "tsode.data",
     "SyntheticICUDataModule": "tsode.data",
@@ -51,6 +52,7 @@ __all__ = [
     "FittedData",
     "plot_forecast",
     "MODELS",
+    "register_model",
     "TableDataModule",
     "PhysioNet2012DataModule",
     "SyntheticICUDataModule",
@@ -78,7 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         load_physionet2012,
         load_table,
     )
-    from tsode.models import MODELS
+    from tsode.models import MODELS, register_model
     from tsode.plotting import plot_forecast
     from tsode.solvers import SolverConfig, odeint
     from tsode.tracking import MLflowArtifacts, MLflowLogger

@@ -200,16 +200,35 @@ def _default_horizon(task: TaskConfig, median_span: float | None) -> float:
 
 
 def _resolve_model_class(model: str | type[pl.LightningModule]) -> type[pl.LightningModule]:
-    from tsode.models import MODELS
+    """A model the user names in code (short name, class or class path). A class given this
+    way is registered (``tsode.register_model``), so this process can load what it saves."""
+    from tsode.models import MODELS, register_model
 
-    if isinstance(model, type):
-        return model
-    if model in MODELS:
+    if isinstance(model, str) and model in MODELS:
         return MODELS[model]
-    if "." in model:  # a class path
+    if isinstance(model, str) and "." in model:  # a class path
         module_name, _, class_name = model.rpartition(".")
-        return getattr(importlib.import_module(module_name), class_name)
+        model = getattr(importlib.import_module(module_name), class_name)
+    if isinstance(model, type):
+        if not issubclass(model, pl.LightningModule):
+            raise TypeError(f"model {model!r} is not a LightningModule subclass")
+        return register_model(model)
     raise ValueError(f"unknown model {model!r}: choose one of {sorted(MODELS)} or pass a class path")
+
+
+def _saved_model_class(path: Any, file: Path) -> type[pl.LightningModule]:
+    """The model class a saved file names, only if it is a tsode model or one the user
+    registered (``tsode.register_model``): nothing is imported or called before this check."""
+    from tsode.models import MODELS, allowed_model_class
+
+    cls = allowed_model_class(path) if isinstance(path, str) else None
+    if cls is None:
+        raise ValueError(
+            f"{file}: refusing to load model class {path!r}: only tsode models "
+            f"({sorted(MODELS)}) or classes registered with tsode.register_model(cls) are "
+            "instantiated from a saved file"
+        )
+    return cls
 
 
 def _model_name(cls: type) -> str:
@@ -273,16 +292,23 @@ def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
 
 
 def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint this process wrote (e.g. the best one).
+    """The ``state_dict`` of a Lightning checkpoint (e.g. the best one of a fit).
 
-    Loaded with ``weights_only=True`` (tsode's config classes are allowlisted on import);
-    only when a user callback put other objects into the checkpoint is it re-read with
-    ``weights_only=False`` -- acceptable for a file this very run has just written.
+    Always read with ``weights_only=True`` (tsode's config classes are allowlisted on
+    import): a checkpoint holding other pickled objects is refused, never unpickled.
     """
+    path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: checkpoint holds objects torch.load(weights_only=True) refuses ({err}); "
+            "tsode never unpickles arbitrary objects from a checkpoint"
+        ) from err
+    except (EOFError, OSError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(state, Mapping) or not isinstance(state.get("state_dict"), Mapping):
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping)")
     return state["state_dict"]
 
 
@@ -339,7 +365,7 @@ class Forecaster:
     ) -> None:
         if isinstance(model, pl.LightningModule):
             self.module: pl.LightningModule | None = model
-            self.model_class: type[pl.LightningModule] = type(model)
+            self.model_class: type[pl.LightningModule] = _resolve_model_class(type(model))
             if model_kwargs:
                 raise ValueError(
                     f"model_kwargs {sorted(model_kwargs)} given with an already built module"
@@ -894,14 +920,25 @@ class Forecaster:
             payload = torch.load(file, map_location="cpu", weights_only=weights_only)
         except pickle.UnpicklingError as err:
             raise ValueError(
-                f"{file}: holds objects torch.load(weights_only=True) refuses ({err}). If you "
-                "trust the file, use Forecaster.load(path, weights_only=False)."
+                f"{file}: corrupt, or holds objects torch.load(weights_only=True) refuses ({err}). "
+                "If you trust the file, use Forecaster.load(path, weights_only=False)."
             ) from err
+        except (EOFError, OSError, RuntimeError) as err:
+            size = file.stat().st_size
+            raise ValueError(
+                f"{file}: not a readable saved forecaster ({size} bytes; truncated or corrupt?): "
+                f"{type(err).__name__}: {err or 'unexpected end of file'}"
+            ) from err
+        if not isinstance(payload, Mapping):
+            raise ValueError(f"{file}: not a saved forecaster (holds a {type(payload).__name__})")
         version = payload.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{file}: unsupported forecaster format version {version!r}")
-        model_class = _resolve_model_class(payload["model_class"])
-        hparams = dict(payload["hyper_parameters"])
+        model_class = _saved_model_class(payload.get("model_class"), file)
+        hparams = payload.get("hyper_parameters")
+        if not isinstance(hparams, Mapping) or not all(isinstance(k, str) for k in hparams):
+            raise ValueError(f"{file}: 'hyper_parameters' is not a mapping of argument names")
+        hparams = dict(hparams)
         # (LightningCLI stores structured arguments such as the solver as plain mappings and
         # adds bookkeeping keys: keep constructor arguments, rebuild structured ones)
         accepted = _accepted_args(model_class)

@@ -38,4 +38,47 @@ def _load_registry() -> dict[str, type[LightningModule]]:
 
 MODELS: dict[str, type[LightningModule]] = _load_registry()
 
-__all__ = ["MODELS", "IrregularModel", "StepResult"]
+# classes a saved forecaster may name, beyond MODELS: filled by ``register_model``
+_ALLOWED: dict[str, type[LightningModule]] = {}
+
+
+def class_path(cls: type) -> str:
+    """``module.QualName`` of a class: how saved forecasters name their model class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_model(cls: type[LightningModule], name: str | None = None) -> type[LightningModule]:
+    """Allow ``cls`` (a user's own model) to be instantiated by ``Forecaster.load``.
+
+    Loading only ever builds classes of ``MODELS`` or registered here; with ``name`` the class
+    is also selectable by that short name (``Forecaster(name)``). Usable as a decorator.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
+        raise TypeError(f"register_model: {cls!r} is not a LightningModule subclass")
+    _ALLOWED[class_path(cls)] = cls
+    if name is not None:
+        if name in MODELS and MODELS[name] is not cls:
+            raise ValueError(f"register_model: the name {name!r} is taken by {class_path(MODELS[name])}")
+        MODELS[name] = cls
+    return cls
+
+
+def allowed_model_class(path: str) -> type[LightningModule] | None:
+    """The class a saved file names by ``path``, if it is a tsode model or registered; else None.
+
+    Never imports anything: a class path is only looked up among classes already known.
+    """
+    for cls in (*MODELS.values(), *_ALLOWED.values()):
+        if class_path(cls) == path:
+            return cls
+    return None
+
+
+__all__ = [
+    "MODELS",
+    "IrregularModel",
+    "StepResult",
+    "allowed_model_class",
+    "class_path",
+    "register_model",
+]
