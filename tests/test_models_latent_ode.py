@@ -95,7 +95,7 @@ def test_kl_annealing_weight():
 
 def test_learned_obs_std_is_a_parameter_and_fixed_is_not():
     learned = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, learn_obs_std=True, obs_std=0.2)
-    fixed = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, obs_std=0.2)
+    fixed = LatentODE(num_channels=2, latent_dim=2, rec_dim=3, learn_obs_std=False, obs_std=0.2)
     assert "log_obs_std" in dict(learned.named_parameters())
     assert "log_obs_std" not in dict(fixed.named_parameters())
     torch.testing.assert_close(fixed.log_obs_std.exp(), torch.full((2,), 0.2))

@@ -108,7 +108,7 @@ def test_queries_at_context_times_use_the_state_before_that_update(forecast_batc
     model.eval()
     ctx = forecast_batch.context
     with torch.no_grad():
-        fast = model.forecast(forecast_batch, ctx.times)["mean"]
+        fast = model.states_at(forecast_batch, ctx.times)
         enc = model.encoder.encode(ctx)
         expected = torch.empty_like(fast)
         for b in range(ctx.batch_size):
@@ -121,8 +121,11 @@ def test_queries_at_context_times_use_the_state_before_that_update(forecast_batc
                     i = int(earlier[-1])
                     h = odeint(model.encoder.func, enc.states[b, i : i + 1], torch.stack([ctx.times[b, i], t]),
                                rtol=1e-6, atol=1e-7)[:, -1]
-                expected[b, j] = model.decoder(h)[0]
+                expected[b, j] = h[0]
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
+    # and the forecast decodes exactly those states
+    torch.testing.assert_close(model.forecast(forecast_batch, ctx.times)["mean"],
+                               model.readout(ctx, ctx.times, fast)["mean"])
 
 
 def test_rows_that_do_not_move_are_not_solved_and_cost_no_adjoint_steps():

@@ -156,17 +156,37 @@ def test_forecast_rejects_bad_times(name, forecast_batch):
 
 
 def test_latent_ode_rejects_times_before_context(forecast_batch):
-    model = build("latent_ode")
+    model = build("latent_ode", anchor="first")
     times = forecast_batch.target.times.clone()
     times[1, 0] = 0.0  # row 1 starts at 0.2
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         model.forecast(forecast_batch, times)
 
 
+def test_latent_ode_anchored_at_the_last_time_solves_both_ways(forecast_batch):
+    """anchor='last': points before the anchor come from a backward solve, later ones from a
+    forward solve; both equal a direct solve from the anchor to that single point."""
+    model = build("latent_ode")
+    ctx = forecast_batch.context
+    with torch.no_grad():
+        mu, _, t_anchor = model.posterior(forecast_batch)
+        last = ctx.times.gather(1, (ctx.lengths - 1).unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(t_anchor, last)
+        times = torch.cat([ctx.times, forecast_batch.target.times], dim=1)  # both sides, unsorted
+        z, _ = model.solve_at(mu.unsqueeze(0), t_anchor, times)
+        for j in (0, times.shape[1] - 1):
+            ref, _ = model.solve_latent(mu.unsqueeze(0), t_anchor, times[:, j : j + 1])
+            torch.testing.assert_close(z[:, :, j], ref[:, :, 0], rtol=1e-5, atol=1e-6)
+        # a forecast may ask for any time, also inside the context
+        out = model.forecast(forecast_batch, ctx.times)
+    assert torch.isfinite(out["mean"]).all()
+
+
 @pytest.mark.parametrize("name", ODE_MODELS)
 def test_union_grid_computes_the_same_function(name, forecast_batch):
-    model = build(name)
-    union = build(name, grid="union")
+    extra = {"anchor": "first"} if name == "latent_ode" else {}  # union batching: reference model
+    model = build(name, **extra)
+    union = build(name, grid="union", **extra)
     union.load_state_dict(model.state_dict())
     if name == "latent_ode":
         union.sample_eps = model.sample_eps

@@ -30,6 +30,9 @@ Logged per stage (``train`` / ``val`` / ``test``): ``{stage}/loss``, ``{stage}/m
 and ``train/nfe_backward`` (vector-field calls during backward: 0 for backprop through the solver,
 > 0 for the adjoint). At test end, per-channel ``test/mse/<channel>`` and ``test/mae/<channel>``
 (``test/mse_orig/<channel>`` ... in original units when ``channel_stds`` is given).
+Probabilistic models (forecasts with ``std`` or ``samples``) also log ``{stage}/coverage80``,
+``{stage}/coverage90`` (fraction of observed targets inside the central 80 % / 90 % interval)
+and ``{stage}/crps`` (``crps_orig`` in original units) for ``val`` and ``test``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torchmetrics import Metric
 
 from tsode.data.batch import IrregularBatch
 from tsode.models.blocks import NFECounter
+from tsode.models.predictive import ProbabilisticMetrics, gaussian_nll, is_probabilistic
 
 _STAGES = ("train", "val", "test")
 
@@ -55,11 +59,15 @@ class StepResult:
     prediction: ``(B, Lt, C)`` predicted mean at ``batch.target.times`` (normalized units), used
         for the MSE / MAE metrics; None to skip metrics.
     logs: extra scalar tensors to log as ``{stage}/{name}``.
+    predictive: the forecast dict at ``batch.target.times`` when it carries a predictive
+        distribution (``std`` or ``samples``, see :mod:`tsode.models.predictive`): scored by
+        interval coverage and CRPS in validation and test.
     """
 
     loss: Tensor | None
     prediction: Tensor | None
     logs: dict[str, Tensor] = field(default_factory=dict)
+    predictive: dict[str, Tensor] | None = None
 
 
 class MaskedChannelError(Metric):
@@ -175,6 +183,10 @@ class IrregularModel(L.LightningModule):
         scale = self.channel_stds
         self.test_channel_mse = MaskedChannelError(num_channels, "mse", scale)
         self.test_channel_mae = MaskedChannelError(num_channels, "mae", scale)
+        # interval coverage and CRPS of probabilistic forecasts (validation and test)
+        self.predictive_metrics = torch.nn.ModuleDict(
+            {stage: ProbabilisticMetrics(scale) for stage in ("val", "test")}
+        )
         self._channel_names: list[str] | None = None
         self._nfe_forward = 0
         self.last_nfe_forward = 0
@@ -186,9 +198,19 @@ class IrregularModel(L.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement forecast(batch, times)")
 
     def compute_loss(self, batch: IrregularBatch) -> StepResult:
-        """Default objective: masked MSE of the forecast mean on the observed target entries."""
-        pred = self.forecast(batch, batch.target.times)["mean"]
-        return StepResult(masked_mse(pred, batch.target.values, batch.target.mask), pred)
+        """Default objective: masked MSE of the forecast mean on the observed target entries,
+        plus, when the forecast has a ``std``, the Gaussian NLL of the std given the detached
+        mean (the std learns the size of the errors; the mean is trained by the MSE alone)."""
+        target = batch.target
+        out = self.forecast(batch, target.times)
+        pred = out["mean"]
+        loss = masked_mse(pred, target.values, target.mask)
+        logs: dict[str, Tensor] = {}
+        if "std" in out:
+            nll = gaussian_nll(pred, out["std"], target.values, target.mask)
+            logs["std_nll"] = nll
+            loss = loss + nll
+        return StepResult(loss, pred, logs, out if is_probabilistic(out) else None)
 
     # ------------------------------------------------------------------ NFE bookkeeping
     def nfe_modules(self) -> list[NFECounter]:
@@ -231,7 +253,19 @@ class IrregularModel(L.LightningModule):
             if stage == "test":
                 self.test_channel_mse.update(result.prediction, target.values, target.mask)
                 self.test_channel_mae.update(result.prediction, target.values, target.mask)
+        if result.predictive is not None and stage in self.predictive_metrics:
+            self.predictive_metrics[stage].update(result.predictive, batch.target.values, batch.target.mask)
         return result.loss
+
+    def _log_predictive(self, stage: str) -> None:
+        metric = self.predictive_metrics[stage]
+        if metric.update_called:  # the same on every rank: all ranks run the same model
+            for name, value in metric.compute().items():
+                self.log(f"{stage}/{name}", value)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_predictive("val")
 
     def training_step(self, batch: IrregularBatch, batch_idx: int = 0) -> Tensor | None:
         return self._shared_step(batch, "train")
@@ -249,6 +283,7 @@ class IrregularModel(L.LightningModule):
                      batch_size=1)
 
     def on_test_epoch_end(self) -> None:
+        self._log_predictive("test")
         names = self._channel_names or [f"ch{i}" for i in range(self.num_channels)]
         unit = "_orig" if self.channel_stds is not None else ""
         for metric, kind in ((self.test_channel_mse, "mse"), (self.test_channel_mae, "mae")):

@@ -21,6 +21,8 @@ from tsode.models.blocks import (
     MaskedGRUCell,
     MLPDecoder,
     check_query_times,
+    forecast_heads,
+    forecast_readout,
     gather_times,
     last_before,
 )
@@ -126,6 +128,9 @@ class GRUDelta(IrregularModel):
         num_channels: C.
         hidden_dim: GRU state size.
         decoder_hidden_dim / decoder_layers: prediction MLP.
+        persistence: add each channel's last observation times a learned gate (GRU-D's decay
+            toward the mean, from the state and the observation's age) to the prediction.
+        uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
     """
 
@@ -135,6 +140,8 @@ class GRUDelta(IrregularModel):
         hidden_dim: int = 50,
         decoder_hidden_dim: int = 50,
         decoder_layers: int = 1,
+        persistence: bool = True,
+        uncertainty: str = "gaussian",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -159,6 +166,9 @@ class GRUDelta(IrregularModel):
         self.hidden_dim = hidden_dim
         self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)
         self.decoder = MLPDecoder(hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers)
+        self.persistence, self.std_head = forecast_heads(
+            self.decoder, hidden_dim + 2, num_channels, persistence, uncertainty
+        )
 
     def encode(self, part: SeriesPart) -> Tensor:
         """States after each update: ``(B, L, H)`` (padded steps repeat the last state)."""
@@ -189,4 +199,7 @@ class GRUDelta(IrregularModel):
             h = torch.where(before_any, torch.zeros_like(h), h)
             dt = torch.where(idx >= 0, times - ctx.times.gather(1, idx0), torch.zeros_like(times))
         dt = dt.clamp_min(0).unsqueeze(-1)
-        return {"mean": self.decoder(torch.cat([h, dt, torch.log1p(dt)], dim=-1))}
+        features = torch.cat([h, dt, torch.log1p(dt)], dim=-1)
+        return forecast_readout(
+            self.decoder(features), features, ctx, times, self.persistence, self.std_head
+        )

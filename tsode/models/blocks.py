@@ -10,6 +10,10 @@
 * :func:`mlp` and :class:`MLPDecoder` -- small feed-forward nets (encoders / decoders / heads).
 * :func:`gather_times` / :func:`last_before` / :func:`distinct_times` -- index helpers for
   per-series time grids.
+* :func:`last_observation` and :class:`Persistence` -- each channel's last observed value and
+  its age at query times, and the learned gate on it that every forecaster adds to its
+  decoder output (so "carry the last value forward" is one step away, not something the
+  decoder must rebuild from its state).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from tsode.data.batch import SeriesPart
 
 if TYPE_CHECKING:  # the solver layer is only needed when a solve actually happens
     from tsode.solvers import SolverConfig
@@ -293,3 +299,113 @@ def solve_from(
     ys = solver.solve(func, y0, union)  # (B, U, D)
     index = torch.searchsorted(union, rel.contiguous())
     return gather_times(ys, index)
+
+
+def last_observation(part: SeriesPart, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each channel's last observation strictly before each query time.
+
+    Args:
+        part: observations (times ``(B, L)``, values/mask ``(B, L, C)``, lengths ``(B,)``).
+        times: ``(B, M)`` query times (hours).
+
+    Returns:
+        ``values (B, M, C)`` (0 where never observed before the query), ``age (B, M, C)`` hours
+        since that observation (0 where never observed) and ``seen (B, M, C)`` bool.
+    """
+    bsz, length, channels = part.values.shape
+    if length == 0:
+        zeros = times.new_zeros(*times.shape, channels)
+        return zeros, zeros, zeros.bool()
+    steps = torch.arange(length, device=part.values.device).view(1, length, 1)
+    observed = part.mask & part.time_mask.unsqueeze(-1)
+    last_idx = torch.where(observed, steps, torch.full_like(steps, -1)).cummax(dim=1).values  # (B, L, C)
+    at = last_before(part.times, part.lengths, times, strict=True)  # (B, M) in [-1, L-1]
+    idx = gather_times(last_idx, at.clamp_min(0))  # (B, M, C) index of the channel's last obs
+    seen = (idx >= 0) & (at >= 0).unsqueeze(-1)
+    idx0 = idx.clamp_min(0)
+    values = torch.gather(part.values, 1, idx0)
+    obs_times = torch.gather(part.times.unsqueeze(-1).expand(-1, -1, channels), 1, idx0)
+    age = (times.unsqueeze(-1) - obs_times).clamp_min(0)
+    zeros = torch.zeros_like(values)
+    return torch.where(seen, values, zeros), torch.where(seen, age, zeros), seen
+
+
+class Persistence(nn.Module):
+    """A learned gate on each channel's last observation: ``gate * x_last``.
+
+    ``gate = sigmoid(Linear([features, seen, log1p(age)]))`` per channel, from the model's own
+    state at the query time and how long ago the channel was seen, so a model can keep slowly
+    changing channels (labs) at their last value and let fast ones (vitals) go to what its
+    decoder predicts. In normalized units the training mean is 0: a closed gate is GRU-D's
+    decay to the mean. Channels never observed contribute 0. Forecasters add this term to
+    their decoder output (whose last layer starts small).
+    """
+
+    def __init__(self, num_channels: int, feature_dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(feature_dim + 2 * num_channels, num_channels)
+        nn.init.normal_(self.gate.weight, std=0.01)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, part: SeriesPart, times: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(baseline (B, M, C), carried (B, M, 2C))`` at ``times (B, M)`` given the model's
+        features ``(B, M, F)`` there; ``carried`` is ``[seen, log1p(age)]`` per channel."""
+        values, age, seen = last_observation(part, times)
+        carried = torch.cat([seen.to(values.dtype), torch.log1p(age)], dim=-1)
+        gate = torch.sigmoid(self.gate(torch.cat([features, carried], dim=-1)))
+        return gate * values, carried
+
+
+def shrink_last_layer_(net: nn.Module, scale: float = 0.1) -> None:
+    """Scale down the last Linear of ``net`` and zero its bias: a residual decoder that starts
+    near 0 (not at exactly 0, so every parameter gets a gradient from the first step)."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        with torch.no_grad():
+            linears[-1].weight.mul_(scale)
+        nn.init.zeros_(linears[-1].bias)
+
+
+UNCERTAINTY_MODES = ("gaussian", "none")
+
+
+def forecast_heads(
+    decoder: nn.Module, feature_dim: int, num_channels: int, persistence: bool, uncertainty: str
+) -> tuple[Persistence | None, nn.Module | None]:
+    """The optional heads of a forecaster's readout: a :class:`Persistence` term (the decoder's
+    last layer is shrunk so the model starts near the decayed last value) and a Gaussian std head
+    over ``[features, seen, log1p(age)]`` (``feature_dim + 2C`` inputs with persistence)."""
+    from tsode.models.predictive import GaussianHead
+
+    if uncertainty not in UNCERTAINTY_MODES:
+        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+    carried = None
+    if persistence:
+        carried = Persistence(num_channels, feature_dim)
+        shrink_last_layer_(decoder)
+    std_head = None
+    if uncertainty == "gaussian":
+        std_head = GaussianHead(feature_dim + (2 * num_channels if persistence else 0), num_channels)
+    return carried, std_head
+
+
+def forecast_readout(
+    decoded: Tensor,
+    features: Tensor,
+    context: SeriesPart,
+    times: Tensor,
+    persistence: Persistence | None,
+    std_head: nn.Module | None,
+) -> dict[str, Tensor]:
+    """The forecast dict from a decoder's output ``decoded (B, M, C)`` and its input
+    ``features (B, M, F)`` at ``times (B, M)``: ``mean`` (plus the persistence term) and, with a
+    std head, ``std`` (from the features and each channel's ``seen`` flag and ``log1p(age)``)."""
+    mean = decoded
+    if persistence is not None:
+        baseline, carried = persistence(context, times, features)
+        mean = mean + baseline
+        features = torch.cat([features, carried], dim=-1)
+    out = {"mean": mean}
+    if std_head is not None:  # detached: the std's NLL never reshapes the model's states
+        out["std"] = std_head(features.detach())
+    return out

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsode.data.batch import IrregularBatch
+from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel, StepResult
 from tsode.models.blocks import (
     GRID_MODES,
@@ -29,6 +29,7 @@ from tsode.models.blocks import (
     NFECounter,
     ODEFunc,
     check_query_times,
+    forecast_heads,
     mlp,
     solve_from,
 )
@@ -36,6 +37,14 @@ from tsode.models.odernn import ODERNNEncoder, default_solver
 from tsode.solvers import SolverConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
+ANCHORS = ("first", "last")
+
+
+def _repeat_part(part: SeriesPart, k: int) -> SeriesPart:
+    """``part`` repeated ``k`` times along the batch (sample-major, like ``z.reshape(K*B, ...)``)."""
+    return SeriesPart(
+        part.times.repeat(k, 1), part.values.repeat(k, 1, 1), part.mask.repeat(k, 1, 1), part.lengths.repeat(k)
+    )
 
 
 class AugmentedLatentField(NFECounter):
@@ -105,6 +114,14 @@ class LatentODE(IrregularModel):
         poisson: add the Poisson observation-time likelihood (intensity from ``z``).
         reconstruct_context: include the context observations in the likelihood (recommended;
             disable when targets duplicate context entries to avoid counting them twice).
+        anchor: where ``z`` is inferred: ``"last"`` (default) -- an ODE-RNN runs forwards over
+            the context and ``q(z)`` sits at each series' last context time, the latent ODE is
+            solved backwards to earlier points and forwards to later ones, so a forecast's
+            solve is as long as its horizon, whatever the context length; ``"first"`` -- the
+            reference model: the ODE-RNN runs backwards and ``z0`` sits at the first context
+            time.
+        persistence: add each channel's last context observation strictly before a point,
+            times a learned gate (from ``z`` and the observation's age), to the decoded mean.
         solver: solver for the latent ODE (and the recognition ODE unless ``encoder_solver``).
         encoder_solver: solver for the recognition ODE-RNN (e.g. fixed-step Euler, as in the
             reference implementation); None uses ``solver``.
@@ -133,11 +150,13 @@ class LatentODE(IrregularModel):
         num_predict_samples: int = 32,
         quantile_levels: list[float] | None = None,
         obs_std: float = 0.1,
-        learn_obs_std: bool = False,
+        learn_obs_std: bool = True,
         kl_warmup_steps: int = 0,
         iwae: bool = False,
         poisson: bool = False,
         reconstruct_context: bool = True,
+        anchor: str = "last",
+        persistence: bool = True,
         solver: SolverConfig | None = None,
         encoder_solver: SolverConfig | None = None,
         grid: str = "per_sample",
@@ -168,6 +187,10 @@ class LatentODE(IrregularModel):
             raise ValueError("num_samples and num_predict_samples must be >= 1")
         if obs_std <= 0:
             raise ValueError(f"obs_std must be > 0, got {obs_std}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+        if anchor == "last" and grid == "union":
+            raise ValueError("grid='union' (reference batching) needs anchor='first'")
         levels = [0.05, 0.5, 0.95] if quantile_levels is None else list(quantile_levels)
         if any(not 0.0 <= q <= 1.0 for q in levels):
             raise ValueError(f"quantile_levels must lie in [0, 1], got {levels}")
@@ -180,6 +203,7 @@ class LatentODE(IrregularModel):
         self.iwae = iwae
         self.poisson = poisson
         self.reconstruct_context = reconstruct_context
+        self.anchor = anchor
         self.solver = solver if solver is not None else default_solver()
         self.encoder_solver = encoder_solver if encoder_solver is not None else self.solver
         self.encoder = ODERNNEncoder(
@@ -188,6 +212,7 @@ class LatentODE(IrregularModel):
         self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
         self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
         self.decoder = MLPDecoder(latent_dim, num_channels, decoder_hidden_dim, decoder_layers)
+        self.persistence, _ = forecast_heads(self.decoder, latent_dim, num_channels, persistence, "none")
         log_std = torch.full((num_channels,), math.log(obs_std))
         if learn_obs_std:
             self.log_obs_std = nn.Parameter(log_std)
@@ -212,19 +237,25 @@ class LatentODE(IrregularModel):
             self.augmented_func.reset_nfe()
 
     def posterior(self, batch: IrregularBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """``q(z0 | context)``: mean ``(B, D)``, std ``(B, D)`` and ``t0 (B,)`` (first context time)."""
+        """``q(z | context)`` at the anchor time: mean ``(B, D)``, std ``(B, D)`` and the anchor
+        time ``(B,)`` (each series' first or last context time, see ``anchor``)."""
         ctx = batch.context
-        h, _ = self.encoder(ctx, backwards=True, return_states=False, grid=self.grid)
+        backwards = self.anchor == "first"
+        h, _ = self.encoder(ctx, backwards=backwards, return_states=False, grid=self.grid)
         mu, pre_std = self.to_posterior(h).chunk(2, dim=-1)
         std = F.softplus(pre_std) + 1e-4
-        t0 = ctx.times[:, 0] if ctx.times.shape[1] else h.new_zeros(h.shape[0])
-        return mu, std, t0
+        if ctx.times.shape[1] == 0:
+            return mu, std, h.new_zeros(h.shape[0])
+        last = (ctx.lengths - 1).clamp_min(0).unsqueeze(1)
+        t_anchor = ctx.times[:, 0] if backwards else ctx.times.gather(1, last).squeeze(1)
+        return mu, std, t_anchor
 
     def solve_latent(self, z0: Tensor, t0: Tensor, times: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Solve from ``z0 (K, B, D)`` at ``t0 (B,)`` to ``times (B, M)``.
+        """Solve from ``z0 (K, B, D)`` at ``t0 (B,)`` to ``times (B, M)``, each row monotone away
+        from ``t0`` (non-decreasing after it, or non-increasing before it).
 
-        Returns ``z (K, B, M, D)`` and, with ``poisson``, ``Lambda (K, B, M, C)`` (intensity
-        integral from ``t0``), else None.
+        Returns ``z (K, B, M, D)`` and, with ``poisson``, ``Lambda (K, B, M, C)`` (signed intensity
+        integral from ``t0``: negative before it), else None.
         """
         k, bsz, dim = z0.shape
         m = times.shape[1]
@@ -238,6 +269,54 @@ class LatentODE(IrregularModel):
         if self.augmented_func is None:
             return ys, None
         return ys[..., :dim], ys[..., dim:]
+
+    def solve_at(self, z0: Tensor, t0: Tensor, times: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Latent states at ``times (B, N)`` in any order, on either side of ``t0 (B,)``: one
+        forward solve over the sorted later points and one backward solve over the earlier ones.
+
+        Returns ``z (K, B, N, D)`` and, with ``poisson``, ``window (K, B, C)``: the intensity
+        integral over each row's span ``[min(t0, times), max(t0, times)]``.
+        """
+        k = z0.shape[0]
+        anchor = t0.unsqueeze(1)
+        after = times >= anchor
+        z, lam_end = self._solve_sorted(z0, t0, torch.where(after, times, anchor), descending=False)
+        window = None if lam_end is None else lam_end
+        if not bool(after.all()):
+            z_before, lam_start = self._solve_sorted(
+                z0, t0, torch.where(after, anchor, times), descending=True
+            )
+            z = torch.where(after.view(1, *after.shape, 1), z, z_before)
+            if window is not None and lam_start is not None:
+                window = window - lam_start  # lam_start <= 0: the part before t0
+        if window is not None:
+            window = window.expand(k, *window.shape[1:])
+        return z, window
+
+    def _solve_sorted(
+        self, z0: Tensor, t0: Tensor, times: Tensor, descending: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``solve_latent`` on ``times`` sorted away from ``t0``, returned in the given order,
+        with the signed intensity integral at the far end ``(K, B, C)`` (or None)."""
+        ordered, order = torch.sort(times, dim=1, descending=descending, stable=True)
+        z, lam = self.solve_latent(z0, t0, ordered)
+        inverse = torch.argsort(order, dim=1)
+        k = z.shape[0]
+        z = torch.gather(z, 2, inverse.view(1, *inverse.shape, 1).expand(k, -1, -1, z.shape[-1]))
+        return z, (None if lam is None else lam[:, :, -1])
+
+    def decoded_mean(self, z: Tensor, context: SeriesPart, times: Tensor) -> Tensor:
+        """Observation means ``(K, B, N, C)`` from latent states ``z (K, B, N, D)`` at ``times
+        (B, N)``: the decoder, plus with ``persistence`` each channel's decayed last context
+        observation strictly before the time."""
+        x_hat = self.decoder(z)
+        if self.persistence is not None:
+            k = z.shape[0]
+            baseline, _ = self.persistence(
+                _repeat_part(context, k), times.repeat(k, 1), z.reshape(-1, *z.shape[2:])
+            )
+            x_hat = x_hat + baseline.reshape(x_hat.shape)
+        return x_hat
 
     def _check_times(self, times: Tensor, t0: Tensor, what: str) -> None:
         early = (times < t0.unsqueeze(1)).any(dim=1)
@@ -261,14 +340,13 @@ class LatentODE(IrregularModel):
     def likelihood_terms(self, batch: IrregularBatch, z0: Tensor, t0: Tensor) -> dict[str, Tensor]:
         """Per-sample log-likelihood terms of the likelihood points given ``z0 (K, B, D)`` at ``t0``.
 
-        Likelihood points: the context (if ``reconstruct_context``) and the target, merged and
-        sorted per series. Returns ``recon (K, B)`` (Gaussian, summed over observed entries),
-        ``obs_time (K, B)`` (Poisson observation-time log-likelihood over the window from ``t0`` to
-        the series' last likelihood point; only with ``poisson``), ``x_hat (K, B, N, C)`` decoded
+        Likelihood points: the context (if ``reconstruct_context``) and the target. Returns
+        ``recon (K, B)`` (Gaussian, summed over observed entries), ``obs_time (K, B)`` (Poisson
+        observation-time log-likelihood over the window spanned by ``t0`` and the series'
+        likelihood points; only with ``poisson``), ``x_hat (K, B, N, C)`` decoded
         means in concatenation order (context first) and ``num_observed`` (scalar).
         """
         ctx, tgt = batch.context, batch.target
-        k = z0.shape[0]
         parts = [ctx, tgt] if self.reconstruct_context else [tgt]
         # rows with an empty part get that part's (padding) times at t0: they are masked anyway
         times = torch.cat(
@@ -276,22 +354,19 @@ class LatentODE(IrregularModel):
         )
         values = torch.cat([p.values for p in parts], dim=1)
         mask = torch.cat([p.mask & p.time_mask.unsqueeze(-1) for p in parts], dim=1)
-        sorted_times, order = torch.sort(times, dim=1, stable=True)
-        self._check_times(sorted_times, t0, "compute_loss")
-        z, lam_int = self.solve_latent(z0, t0, sorted_times)  # z (K, B, N, D) in sorted order
-        inverse = torch.argsort(order, dim=1)
-        z = torch.gather(z, 2, inverse.view(1, *inverse.shape, 1).expand(k, -1, -1, z.shape[-1]))
-        x_hat = self.decoder(z)  # (K, B, N, C) in concatenation order
+        if self.anchor == "first":
+            self._check_times(times, t0, "compute_loss")
+        z, window = self.solve_at(z0, t0, times)  # z (K, B, N, D) in concatenation order
+        x_hat = self.decoded_mean(z, batch.context, times)  # (K, B, N, C)
         out = {
             "recon": gaussian_loglik(values, x_hat, self.log_obs_std, mask),
             "x_hat": x_hat,
             "num_observed": mask.sum(),
         }
         if self.poisson:
-            assert lam_int is not None
+            assert window is not None
             log_lam = torch.log(F.softplus(self.intensity_net(z)) + 1e-8)  # (K, B, N, C)
-            integral = lam_int[:, :, -1]  # window [t0, last time of the row] (sorted: last col)
-            out["obs_time"] = poisson_loglik(log_lam, mask, integral)
+            out["obs_time"] = poisson_loglik(log_lam, mask, window)
         return out
 
     def compute_loss(self, batch: IrregularBatch) -> StepResult:
@@ -336,11 +411,12 @@ class LatentODE(IrregularModel):
         and, with ``poisson``, ``intensity (K, B, M, C)`` (observations per hour)."""
         check_query_times(times, batch.batch_size)
         mu, std, t0 = self.posterior(batch)
-        self._check_times(times, t0, "forecast")
+        if self.anchor == "first":
+            self._check_times(times, t0, "forecast")
         k = num_samples or self.num_predict_samples
         z0 = mu + std * self.sample_eps((k, *mu.shape), mu)
-        z, _ = self.solve_latent(z0, t0, times)
-        out = {"samples": self.decoder(z)}
+        z, _ = self.solve_at(z0, t0, times)
+        out = {"samples": self.decoded_mean(z, batch.context, times)}
         if self.poisson:
             out["intensity"] = F.softplus(self.intensity_net(z))
         return out

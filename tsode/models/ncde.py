@@ -33,6 +33,8 @@ from tsode.models.blocks import (
     NFECounter,
     ODEFunc,
     check_query_times,
+    forecast_heads,
+    forecast_readout,
     gather_times,
     mlp,
     small_init_,
@@ -201,6 +203,9 @@ class NeuralCDE(IrregularModel):
         include_time: time itself as a path channel.
         include_counts: cumulative per-channel observation counts as path channels
             (observational intensity; makes missingness informative).
+        persistence: add each channel's last observation (strictly before the query time),
+            times a learned gate (from the state and the observation's age), to the readout.
+        uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
         solver: method / tolerances / adjoint for both the CDE and the decoder ODE
             (default: :func:`default_solver`, RK4 with steps of at most 1 h ending on every
             knot).
@@ -221,6 +226,8 @@ class NeuralCDE(IrregularModel):
         fill: str = "ffill",
         include_time: bool = True,
         include_counts: bool = True,
+        persistence: bool = True,
+        uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -260,6 +267,9 @@ class NeuralCDE(IrregularModel):
         self.cde_func = CDEFunc(hidden_dim, self.path_channels, vf_width, vf_layers, vf_activation)
         self.decoder_func = ODEFunc(hidden_dim, hidden_dim=decoder_width, num_layers=decoder_layers)
         self.readout = nn.Linear(hidden_dim, num_channels)
+        self.persistence, self.std_head = forecast_heads(
+            self.readout, hidden_dim, num_channels, persistence, uncertainty
+        )
 
     # ------------------------------------------------------------------ building blocks
     def make_path(self, context: SeriesPart) -> InterpolatedPath:
@@ -340,7 +350,8 @@ class NeuralCDE(IrregularModel):
 
     # ------------------------------------------------------------------ model interface
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
-        """Predict at ``times (B, M)`` (hours, non-decreasing per row) -> ``{"mean": (B, M, C)}``.
+        """Predict at ``times (B, M)`` (hours, non-decreasing per row) -> ``mean (B, M, C)`` and,
+        with ``uncertainty="gaussian"``, ``std (B, M, C)``.
 
         Times after a series' last context time are reached by the ODE decoder; times within the
         context read out the CDE state there; times before the first observation get ``h(t0)``.
@@ -370,4 +381,6 @@ class NeuralCDE(IrregularModel):
         decoded = self.decode(h_end, torch.cat([end, after], dim=1))[:, 1:]
 
         state = torch.where((query <= end).unsqueeze(-1), h_inside, decoded)
-        return {"mean": self.readout(state)}
+        return forecast_readout(
+            self.readout(state), state, context, times, self.persistence, self.std_head
+        )

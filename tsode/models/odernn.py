@@ -26,6 +26,8 @@ from tsode.models.blocks import (
     MLPDecoder,
     ODEFunc,
     check_query_times,
+    forecast_heads,
+    forecast_readout,
     gather_times,
     last_before,
     solve_from,
@@ -230,11 +232,16 @@ class ODERNN(IrregularModel):
         ode_hidden_dim / ode_layers: vector-field MLP width / hidden layers (3x50 in the paper).
         gru_input_dim: width of the GRU input network (0 = none).
         decoder_hidden_dim / decoder_layers: output MLP (hidden -> C).
+        persistence: add each channel's last observation, times a learned gate (from the
+            state and the observation's age), to the decoded value.
+        uncertainty: ``"gaussian"`` (a std head trained by the Gaussian NLL of the detached
+            mean: forecasts carry ``std`` and quantiles) or ``"none"``.
         solver: ODE solver configuration (method, tolerances, adjoint).
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
-    Loss: masked MSE on the observed target entries (normalized units).
+    Loss: masked MSE on the observed target entries (normalized units), plus the std head's
+    Gaussian NLL with ``uncertainty="gaussian"``.
     """
 
     def __init__(
@@ -246,6 +253,8 @@ class ODERNN(IrregularModel):
         gru_input_dim: int = 0,
         decoder_hidden_dim: int = 50,
         decoder_layers: int = 1,
+        persistence: bool = True,
+        uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         grid: str = "per_sample",
         lr: float = 1e-3,
@@ -277,26 +286,40 @@ class ODERNN(IrregularModel):
             num_channels, hidden_dim, ode_hidden_dim, ode_layers, gru_input_dim, self.solver
         )
         self.decoder = MLPDecoder(hidden_dim, num_channels, decoder_hidden_dim, decoder_layers)
+        self.persistence, self.std_head = forecast_heads(
+            self.decoder, hidden_dim, num_channels, persistence, uncertainty
+        )
 
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
-        """Predict at ``times (B, M)``: ``{"mean": (B, M, C)}`` (normalized units).
+        """Predict at ``times (B, M)``: ``mean (B, M, C)`` and, with ``uncertainty="gaussian"``,
+        ``std (B, M, C)`` (normalized units).
 
         Times after the last context observation are reached by evolving the final hidden state;
         a time inside the context uses the state after the last observation strictly *before*
         it (so an observation at exactly that time is not seen). Times before a row's first
-        observation decode the initial state.
+        observation decode the initial state. With ``persistence``, each channel's decayed last
+        observation (strictly before the time) is added to the decoded value.
         """
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
+        h = self.states_at(batch, times)
+        return self.readout(ctx, times, h)
+
+    def readout(self, ctx: SeriesPart, times: Tensor, h: Tensor) -> dict[str, Tensor]:
+        """Decode hidden states ``h (B, M, H)`` at ``times (B, M)`` into the forecast dict."""
+        return forecast_readout(self.decoder(h), h, ctx, times, self.persistence, self.std_head)
+
+    def states_at(self, batch: IrregularBatch, times: Tensor) -> Tensor:
+        """Hidden states ``(B, M, H)`` at ``times (B, M)`` given the context (see ``forecast``)."""
+        ctx = batch.context
         enc = self.encoder.encode(ctx, backwards=False, grid=self.grid)
         bsz, m = times.shape
         length = ctx.times.shape[1]
         t_last = ctx.times[:, -1] if length else times.new_zeros(bsz)
         if m == 0:
-            return {"mean": times.new_zeros(bsz, 0, self.num_channels)}
+            return times.new_zeros(bsz, 0, self.encoder.hidden_dim)
         if length == 0 or bool((times > t_last.unsqueeze(1)).all()):
-            h = solve_from(self.solver, self.encoder.func, enc.h, t_last, times, self.grid)
-            return {"mean": self.decoder(h)}
+            return solve_from(self.solver, self.encoder.func, enc.h, t_last, times, self.grid)
         # a query at a context time t_j: the state just before the update at j (the first
         # index with that time) is exactly "evolved from the last observation before t_j"
         first_at = torch.searchsorted(ctx.times.contiguous(), times.contiguous(), right=False)
@@ -304,7 +327,7 @@ class ODERNN(IrregularModel):
         matched = (first_at < ctx.lengths.unsqueeze(1)) & (ctx.times.gather(1, at) == times)
         h_matched = gather_times(enc.prior_states, at)
         if bool(matched.all()):
-            return {"mean": self.decoder(h_matched)}
+            return h_matched
         idx = last_before(ctx.times, ctx.lengths, times, strict=True)  # (B, M) in [-1, L-1]
         before_any = idx < 0
         idx0 = idx.clamp_min(0)
@@ -319,5 +342,4 @@ class ODERNN(IrregularModel):
             times.reshape(bsz * m, 1),
             "per_sample",
         ).reshape(bsz, m, -1)
-        h = torch.where(matched.unsqueeze(-1), h_matched, h)
-        return {"mean": self.decoder(h)}
+        return torch.where(matched.unsqueeze(-1), h_matched, h)

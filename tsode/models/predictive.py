@@ -1,0 +1,162 @@
+"""Predictive distributions of forecasts: quantiles, calibration metrics and a Gaussian head.
+
+A model's ``forecast`` dict describes its predictive distribution in one of three ways
+(normalized units, ``(B, M, C)`` per entry):
+
+* ``"samples"`` ``(K, B, M, C)``: draws from the predictive distribution (latent ODE);
+* ``"std"`` ``(B, M, C)``: a Gaussian ``N(mean, std^2)`` (models with a :class:`GaussianHead`);
+* ``"quantiles"`` ``(Q, B, M, C)`` with ``"quantile_levels"`` ``(Q,)``;
+
+or by ``"mean"`` alone (deterministic). :func:`forecast_quantiles` turns any of them into the
+requested quantiles, and :class:`ProbabilisticMetrics` scores them (central-interval coverage
+and CRPS) against observed targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+#: central intervals whose empirical coverage is reported (``coverage80``, ``coverage90``)
+COVERAGE_LEVELS = (0.8, 0.9)
+_SQRT_PI = math.sqrt(math.pi)
+
+
+def is_probabilistic(out: Mapping[str, Tensor]) -> bool:
+    """Whether a forecast dict carries a predictive distribution (not just a mean)."""
+    return "samples" in out or "std" in out or ("quantiles" in out and "quantile_levels" in out)
+
+
+def forecast_quantiles(out: Mapping[str, Tensor], levels: Sequence[float]) -> Tensor:
+    """Quantiles ``(Q, B, M, C)`` of a forecast's predictive distribution at ``levels``.
+
+    Raises ValueError for a deterministic forecast, or when a model reporting fixed quantile
+    levels does not have the requested ones.
+    """
+    mean = out["mean"]
+    lv = torch.as_tensor(list(levels), dtype=mean.dtype, device=mean.device)
+    if "std" in out:
+        z = torch.distributions.Normal(0.0, 1.0).icdf(lv).view(-1, *([1] * mean.dim()))
+        return mean.unsqueeze(0) + z * out["std"].to(mean.dtype).unsqueeze(0)
+    if "samples" in out:
+        return torch.quantile(out["samples"].to(mean.dtype), lv, dim=0)
+    if "quantiles" in out and "quantile_levels" in out:
+        have = [round(float(x), 6) for x in torch.as_tensor(out["quantile_levels"])]
+        missing = [q for q in levels if round(float(q), 6) not in have]
+        if missing:
+            raise ValueError(f"the model reports quantiles {have}, not {missing}")
+        return torch.stack([out["quantiles"][have.index(round(float(q), 6))] for q in levels])
+    raise ValueError(
+        "the model is deterministic (its forecast has no samples, quantiles or std): "
+        "ask for the mean only"
+    )
+
+
+def gaussian_crps(mean: Tensor, std: Tensor, target: Tensor) -> Tensor:
+    """Closed-form CRPS of ``N(mean, std^2)`` at ``target`` (elementwise, same units)."""
+    z = (target - mean) / std
+    normal = torch.distributions.Normal(torch.zeros_like(z), torch.ones_like(z))
+    return std * (z * (2.0 * normal.cdf(z) - 1.0) + 2.0 * normal.log_prob(z).exp() - 1.0 / _SQRT_PI)
+
+
+def sample_crps(samples: Tensor, target: Tensor) -> Tensor:
+    """CRPS estimated from samples ``(K, ...)`` at ``target (...)``: ``E|X - y| - E|X - X'|/2``.
+
+    ``E|X - X'|`` over all ordered pairs via sorted samples: ``2/K^2 sum_i (2i - K - 1) x_(i)``.
+    """
+    k = samples.shape[0]
+    spread_to_target = (samples - target.unsqueeze(0)).abs().mean(0)
+    ordered = samples.sort(dim=0).values
+    weights = (2.0 * torch.arange(1, k + 1, dtype=samples.dtype, device=samples.device) - k - 1)
+    pair_spread = 2.0 / (k * k) * (weights.view(-1, *([1] * target.dim())) * ordered).sum(0)
+    return spread_to_target - 0.5 * pair_spread
+
+
+class ProbabilisticMetrics(Metric):
+    """Coverage of the central 80 % / 90 % intervals and CRPS over observed target entries.
+
+    ``update(out, target, mask)`` takes a forecast dict (``std`` or ``samples`` or quantiles at
+    the interval bounds) at the target times. CRPS is reported in normalized units and, with
+    ``scale`` (C,) (the normalizer stds), in original units (``crps_orig``). Coverage is the
+    fraction of observed entries inside the interval (0.8 / 0.9 when calibrated).
+    """
+
+    full_state_update = False
+
+    def __init__(self, scale: list[float] | None = None) -> None:
+        super().__init__()
+        self.scale = None if scale is None else torch.as_tensor(scale, dtype=torch.float64)
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("covered", default=torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("crps_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("crps_orig_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("crps_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, out: Mapping[str, Tensor], target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
+        mean = out["mean"].detach().to(torch.float64)
+        y = torch.where(mask, target.to(torch.float64), mean)
+        m = mask.to(torch.float64)
+        self.count += m.sum()
+        bounds = [(0.5 - p / 2.0, 0.5 + p / 2.0) for p in COVERAGE_LEVELS]
+        flat = [q for pair in bounds for q in pair]
+        detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in out.items()}
+        qs = forecast_quantiles({**detached, "mean": mean}, flat)
+        for i in range(len(COVERAGE_LEVELS)):
+            inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
+            self.covered[i] += (inside.to(torch.float64) * m).sum()
+        if "std" in out:
+            crps = gaussian_crps(mean, out["std"].detach().to(torch.float64), y)
+        elif "samples" in out:
+            crps = sample_crps(out["samples"].detach().to(torch.float64), y)
+        else:
+            return  # quantiles only: coverage, no CRPS
+        self.crps_count += m.sum()
+        self.crps_sum += (crps * m).sum()
+        if self.scale is not None:
+            self.crps_orig_sum += (crps * self.scale.to(crps.device) * m).sum()
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        n = self.count.clamp_min(1.0)
+        result = {f"coverage{round(100 * p)}": (self.covered[i] / n).float()
+                  for i, p in enumerate(COVERAGE_LEVELS)}
+        if self.crps_count > 0:
+            result["crps"] = (self.crps_sum / self.crps_count).float()
+            if self.scale is not None:
+                result["crps_orig"] = (self.crps_orig_sum / self.crps_count).float()
+        return result
+
+
+class GaussianHead(nn.Module):
+    """Predictive std ``(..., C)`` from features ``(..., F)``: ``softplus(Linear(F)) + min_std``.
+
+    Trained by :func:`gaussian_nll` on the residual of a **detached** mean, so adding the head
+    never changes what the mean learns; the std learns the size of the model's own errors
+    (per channel, per state, per horizon when the features carry the elapsed time).
+    """
+
+    def __init__(self, in_dim: int, num_channels: int, init_std: float = 0.5, min_std: float = 1e-3):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, num_channels)
+        self.min_std = min_std
+        nn.init.normal_(self.linear.weight, std=0.01)
+        with torch.no_grad():  # softplus(b) + min_std = init_std
+            self.linear.bias.fill_(math.log(math.expm1(max(init_std - min_std, 1e-6))))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.softplus(self.linear(features)) + self.min_std
+
+
+def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean over observed entries of ``-log N(target; mean.detach(), std^2)`` (up to a constant).
+
+    The mean is detached: this loss trains the std only.
+    """
+    z = (target - mean.detach()) / std
+    nll = 0.5 * z.square() + torch.log(std)
+    return torch.where(mask, nll, torch.zeros_like(nll)).sum() / mask.sum().clamp_min(1)
