@@ -9,7 +9,7 @@ context/target views and serves ``IrregularBatch`` dataloaders (length-bucketed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -19,8 +19,8 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from tsode.data.collate import SeriesDataset
 from tsode.data.normalize import Normalizer
 from tsode.data.sampler import LengthBucketSampler
-from tsode.data.series import DataValidationError, SeriesTable
-from tsode.data.splits import split_series
+from tsode.data.series import DataValidationError, SeriesTable, show
+from tsode.data.splits import SPLIT_NAMES, split_series
 from tsode.data.summary import DataSummary
 from tsode.data.tasks import TaskConfig
 from tsode.data.timeaxis import TimeAxis
@@ -38,6 +38,10 @@ class IrregularDataModule(L.LightningDataModule):
         horizon: forecast: hours after the cutoff to predict (None: to the end).
         holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
         split_fractions: train/val/test fractions of series.
+        splits: explicit split instead of ``split_fractions``: ``{"train": [series ids], "val":
+            [...], "test": [...]}`` (original ids; missing keys mean empty splits). Ids not in
+            the table or listed in two splits raise ``DataValidationError`` naming them; series
+            of the table not listed are left out (counted and logged).
         batch_size: training batch size; ``eval_batch_size`` for val/test/predict (default same).
         bucketing: group series of similar length into batches (less padding).
         min_time_points: series with fewer time points are dropped (counted in the summary).
@@ -45,6 +49,8 @@ class IrregularDataModule(L.LightningDataModule):
         seed: seeds the split, the task's random hold-out and batch shuffling (``seed + epoch``;
             under DDP every rank derives the same split of batches from it).
         num_workers: DataLoader workers (collation is cheap; 0 is usually best).
+        context_boundary: forecast / extrapolation: ``"closed"`` (context ``t <= cutoff``,
+            target ``t > cutoff``) or ``"open"`` (context ``t < cutoff``, target ``t >= cutoff``).
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class IrregularDataModule(L.LightningDataModule):
         normalize: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        context_boundary: str = "closed",
+        splits: Mapping[str, Sequence[Any]] | None = None,
     ):
         super().__init__()
         self.task = TaskConfig(
@@ -71,8 +79,15 @@ class IrregularDataModule(L.LightningDataModule):
             horizon=horizon,
             holdout_fraction=holdout_fraction,
             seed=seed,
+            context_boundary=context_boundary,
         )
         self.split_fractions = tuple(split_fractions)
+        if splits is not None:
+            unknown_keys = sorted(set(splits) - set(SPLIT_NAMES))
+            if unknown_keys:
+                raise ValueError(f"splits: unknown split names {unknown_keys}; use {SPLIT_NAMES}")
+            splits = {name: list(splits.get(name, ())) for name in SPLIT_NAMES}
+        self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.bucketing = bucketing
@@ -99,6 +114,8 @@ class IrregularDataModule(L.LightningDataModule):
             return
         table = self.load_table()
         counts = dict(table.info)
+        if self.splits is not None:
+            table = self._restrict_to_splits(table, counts)
         keep = np.flatnonzero(table.lengths >= self.min_time_points)
         counts["series_dropped_too_few_time_points"] = int(table.num_series - len(keep))
         counts["min_time_points"] = self.min_time_points
@@ -111,7 +128,10 @@ class IrregularDataModule(L.LightningDataModule):
         if self._loaded_state is not None and table.channels != self._loaded_state["channels"]:
             table = table.with_channels(self._loaded_state["channels"])  # unknown ones raise
         self.table = table
-        self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
+        if self.splits is not None:
+            self.split_indices = self._explicit_split_indices(table)
+        else:
+            self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
         train = table.subset(self.split_indices["train"])
         if self._loaded_state is not None:
             self._normalizer = Normalizer.from_state_dict(self._loaded_state["normalizer"])
@@ -134,6 +154,62 @@ class IrregularDataModule(L.LightningDataModule):
         self._check_task_leaves_series(table)
         self._summary = DataSummary.from_table(table, counts)
         log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def _restrict_to_splits(self, table: SeriesTable, counts: dict[str, Any]) -> SeriesTable:
+        """Check ``splits`` against ``table`` and keep only the listed series (table order).
+
+        Raises:
+            DataValidationError: ids not in the table, or listed in two splits (or twice).
+        """
+        where = f"{type(self).__name__}(splits=...)"
+        position = {sid: k for k, sid in enumerate(table.series_ids)}
+        seen: dict[Any, str] = {}
+        repeated: list[str] = []
+        unknown: list[Any] = []
+        for name in SPLIT_NAMES:
+            for sid in self.splits[name]:
+                if sid not in position:
+                    unknown.append(sid)
+                elif sid in seen:
+                    repeated.append(f"{show(sid)} ({seen[sid]} and {name})")
+                else:
+                    seen[sid] = name
+        if unknown:
+            shown = ", ".join(show(s) for s in unknown[:20])
+            more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+            raise DataValidationError(
+                f"{where}: {len(unknown)} series id(s) not in the table ({table.source}): "
+                f"{shown}{more}"
+            )
+        if repeated:
+            more = f" and {len(repeated) - 20} more" if len(repeated) > 20 else ""
+            raise DataValidationError(
+                f"{where}: {len(repeated)} series id(s) listed in two splits (or twice): "
+                f"{', '.join(repeated[:20])}{more}"
+            )
+        left_out = table.num_series - len(seen)
+        counts["series_left_out_by_splits"] = left_out
+        for name in SPLIT_NAMES:
+            counts[f"{name}_series_listed"] = len(self.splits[name])
+        if left_out:
+            log.info(
+                "%s: explicit splits list %d of the table's %d series (train %d, val %d, "
+                "test %d); %d series not listed are left out",
+                type(self).__name__, len(seen), table.num_series,
+                *(len(self.splits[n]) for n in SPLIT_NAMES), left_out,
+            )
+        keep = np.sort(np.fromiter((position[sid] for sid in seen), dtype=np.int64))
+        return table if len(keep) == table.num_series else table.subset(keep)
+
+    def _explicit_split_indices(self, table: SeriesTable) -> dict[str, np.ndarray]:
+        """Table indices of each split's ids (sorted; ids dropped as too short are skipped)."""
+        position = {sid: k for k, sid in enumerate(table.series_ids)}
+        return {
+            name: np.sort(
+                np.asarray([position[s] for s in self.splits[name] if s in position], dtype=np.int64)
+            )
+            for name in SPLIT_NAMES
+        }
 
     def _check_task_leaves_series(self, table: SeriesTable) -> None:
         """Raise when the task leaves no usable series at all (e.g. a cutoff after every

@@ -545,8 +545,8 @@ class PhysioNet2012DataModule(IrregularDataModule):
             ``~/.cache/tsode``); ``use_cache=False`` always re-parses.
         quantization_minutes: round times to this grid (e.g. 6 or 60 as in the latent ODE
             paper; repeated entries are then averaged). None keeps minute resolution.
-        task, cutoff, ...: see :class:`IrregularDataModule`; default forecast from the first
-            24 h.
+        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`; default
+            forecast from the first 24 h.
     """
 
     def __init__(
@@ -572,6 +572,8 @@ class PhysioNet2012DataModule(IrregularDataModule):
         normalize: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        context_boundary: str = "closed",
+        splits: dict[str, list] | None = None,
     ):
         if task != "forecast" or cutoff_fraction is not None:
             cutoff = None if cutoff == 24.0 else cutoff
@@ -589,6 +591,8 @@ class PhysioNet2012DataModule(IrregularDataModule):
             normalize=normalize,
             seed=seed,
             num_workers=num_workers,
+            context_boundary=context_boundary,
+            splits=splits,
         )
         self.root = Path(root) if root is not None else default_root()
         self.sets = tuple(sets)

@@ -146,7 +146,8 @@ class SyntheticICUDataModule(IrregularDataModule):
         missing_rates: per-channel probability that a channel is unobserved at a time point.
         noise_std: observation noise std in state units (scaled per channel to original units).
         data_seed: seeds the simulation and sampling (default: ``seed``).
-        task, cutoff, ...: see :class:`IrregularDataModule`; default ``cutoff=24.0`` hours.
+        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`; default
+            ``cutoff=24.0`` hours.
     """
 
     def __init__(
@@ -171,6 +172,8 @@ class SyntheticICUDataModule(IrregularDataModule):
         normalize: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        context_boundary: str = "closed",
+        splits: dict[str, list] | None = None,
     ):
         if task != "forecast" or cutoff_fraction is not None:
             cutoff = None if cutoff == 24.0 else cutoff
@@ -188,6 +191,8 @@ class SyntheticICUDataModule(IrregularDataModule):
             normalize=normalize,
             seed=seed,
             num_workers=num_workers,
+            context_boundary=context_boundary,
+            splits=splits,
         )
         if len(missing_rates) != len(ICU_CHANNELS):
             raise ValueError(f"missing_rates needs {len(ICU_CHANNELS)} values (one per channel)")
@@ -271,6 +276,8 @@ class PeriodicToyDataModule(IrregularDataModule):
         normalize: bool = False,
         seed: int = 0,
         num_workers: int = 0,
+        context_boundary: str = "closed",
+        splits: dict[str, list] | None = None,
     ):
         super().__init__(
             task=task,
@@ -286,6 +293,8 @@ class PeriodicToyDataModule(IrregularDataModule):
             normalize=normalize,
             seed=seed,
             num_workers=num_workers,
+            context_boundary=context_boundary,
+            splits=splits,
         )
         if not 1 <= num_obs <= grid_size:
             raise ValueError(f"need 1 <= num_obs <= grid_size, got {num_obs}, {grid_size}")

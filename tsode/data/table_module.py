@@ -26,7 +26,7 @@ class TableDataModule(IrregularDataModule):
         duplicates: ``"mean"`` or ``"error"`` for repeated (series, time, channel) entries.
         max_span_hours: largest plausible series span (hours) before an error.
         channels: fixed channel list (table channels outside it raise); default: inferred.
-        task, cutoff, ...: see :class:`IrregularDataModule`.
+        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
 
     After ``setup``, :meth:`table_from` and :meth:`predict_dataloader_for` turn *new* tables into
     batches with the fitted channels, time axis and normalizers.
@@ -61,6 +61,8 @@ class TableDataModule(IrregularDataModule):
         normalize: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        context_boundary: str = "closed",
+        splits: dict[str, list] | None = None,
     ):
         super().__init__(
             task=task,
@@ -76,6 +78,8 @@ class TableDataModule(IrregularDataModule):
             normalize=normalize,
             seed=seed,
             num_workers=num_workers,
+            context_boundary=context_boundary,
+            splits=splits,
         )
         self.data = data
         self.spec = TableSpec(

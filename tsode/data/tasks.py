@@ -5,7 +5,10 @@ Tasks (all times are hours since each series' time origin, see ``SeriesTable``):
 * ``forecast``: observe every time point ``t <= cutoff`` and predict every observation with
   ``cutoff < t <= cutoff + horizon`` (``horizon=None``: to the end). The cutoff is absolute
   (``cutoff`` hours, e.g. 24.0) or a fraction of each series' span (``cutoff_fraction`` of its
-  last time). Without either, ``cutoff_fraction=0.5``.
+  last time). Without either, ``cutoff_fraction=0.5``. ``context_boundary="open"`` moves a
+  time point at exactly the cutoff to the target: context ``t < cutoff``, target
+  ``cutoff <= t <= cutoff + horizon`` (the t-PatchGNN benchmark protocol); the default
+  ``"closed"`` is the rule above.
 * ``extrapolation``: as in the latent ODE paper, the first half of each series' time window
   ``[0, last time]`` is observed and the second half predicted (forecast at fraction 0.5).
 * ``interpolation``: a seeded random ``holdout_fraction`` of the observed entries is hidden
@@ -28,6 +31,7 @@ import numpy as np
 from tsode.data.series import SeriesTable
 
 TASK_KINDS = ("forecast", "extrapolation", "interpolation", "none")
+CONTEXT_BOUNDARIES = ("closed", "open")
 
 
 @dataclass
@@ -40,10 +44,16 @@ class TaskConfig:
     horizon: float | None = None
     holdout_fraction: float = 0.3
     seed: int = 0
+    context_boundary: str = "closed"
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
+        if self.context_boundary not in CONTEXT_BOUNDARIES:
+            raise ValueError(
+                f"context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
+                f"t <= cutoff; 'open': context t < cutoff), got {self.context_boundary!r}"
+            )
         if self.cutoff is not None and self.cutoff_fraction is not None:
             raise ValueError("give either cutoff (hours) or cutoff_fraction, not both")
         if self.cutoff is not None and not (np.isfinite(self.cutoff) and self.cutoff >= 0.0):
@@ -70,6 +80,8 @@ class TaskConfig:
             )
             if self.horizon is not None:
                 where += f", horizon {self.horizon:g} h"
+            if self.context_boundary == "open":
+                where += ", context t < cutoff"
             return f"forecast ({where})"
         if self.kind == "interpolation":
             return f"interpolation (holdout_fraction {self.holdout_fraction:g})"
@@ -120,8 +132,11 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
         else:
             cutoff = (task.cutoff_fraction if task.cutoff_fraction is not None else 0.5) * last
         row_cut = cutoff[row_series]
-        context_rows = table.times <= row_cut
-        target_rows = table.times > row_cut
+        if task.context_boundary == "open":  # context t < cutoff, target t >= cutoff
+            context_rows = table.times < row_cut
+        else:  # closed: context t <= cutoff, target t > cutoff
+            context_rows = table.times <= row_cut
+        target_rows = ~context_rows
         if task.horizon is not None and task.kind == "forecast":
             target_rows &= table.times <= row_cut + task.horizon
         context_entries = observed & context_rows[:, None]
