@@ -62,7 +62,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
     import inspect
 
     accepted = inspect.signature(cls.__init__).parameters
-    model = cls(**{k: v for k, v in derived.items() if k in accepted})
+    kwargs = {k: v for k, v in derived.items() if k in accepted}
+    model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
     trainable = any(p.requires_grad for p in model.parameters())
     workdir = tempfile.mkdtemp(prefix="tsode-synthetic-")
     start = time.perf_counter()
@@ -71,7 +72,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
         checkpoint = ModelCheckpoint(dirpath=workdir, monitor="val/mse", mode="min")
         trainer = pl.Trainer(
             max_epochs=args.epochs, gradient_clip_val=1.0, logger=False,
-            callbacks=[EarlyStopping("val/mse", patience=args.patience), checkpoint],
+            callbacks=[checkpoint]
+            + ([EarlyStopping("val/mse", patience=args.patience)] if args.patience > 0 else []),
             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
             default_root_dir=workdir,
         )
@@ -120,7 +122,7 @@ def render(rows: list[dict], models: list[str]) -> str:
             continue
         mse = _mean(group, "mse")
 
-        def cell(key: str, fmt: str = ".3f") -> str:
+        def cell(key: str, fmt: str = ".3f", group: list = group) -> str:
             value = _mean(group, key)
             if math.isnan(value):
                 return "–"
@@ -161,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=10, help="0: no early stopping")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON arguments for every model")
+    parser.add_argument("--label", default="", help="name shown for this variant")
     parser.add_argument("--num-series", type=int, default=1000)
     parser.add_argument("--horizon", type=float, default=None, help="hours after the cutoff")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     shared = ["--epochs", str(args.epochs), "--patience", str(args.patience),
-              "--num-series", str(args.num_series)]
+              "--num-series", str(args.num_series), "--model-kwargs", args.model_kwargs]
     if args.horizon is not None:
         shared += ["--horizon", str(args.horizon)]
     queue = [(m, s) for s in args.seeds for m in args.models]
@@ -197,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"[synthetic] {json.dumps(row)}", flush=True)
     print()
+    if args.model_kwargs != "{}":
+        print(f"model arguments: {args.model_kwargs} {args.label}")
     print(f"Synthetic ICU, {args.num_series} series, cutoff 24 h, horizon "
           f"{args.horizon or 'to the end (24 h)'}; seeds {args.seeds}; max {args.epochs} epochs")
     print(render(rows, args.models))

@@ -632,26 +632,17 @@ class Forecaster:
         extra: dict[str, Tensor] = {}
         if not quantiles:
             return mean, extra
-        levels = torch.as_tensor(list(quantiles), dtype=mean.dtype)
-        if "samples" in out:
-            qs = torch.quantile(out["samples"].to(mean.dtype), levels, dim=0)
-        elif "quantiles" in out and "quantile_levels" in out:
-            have = [round(float(x), 6) for x in torch.as_tensor(out["quantile_levels"])]
-            missing = [q for q in quantiles if round(float(q), 6) not in have]
-            if missing:
-                raise ValueError(
-                    f"{type(module).__name__} reports quantiles {have}, not {missing}"
-                )
-            qs = torch.stack([out["quantiles"][have.index(round(float(q), 6))] for q in quantiles])
-        elif "std" in out:
-            normal = torch.distributions.Normal(0.0, 1.0)
-            z = normal.icdf(levels).view(-1, 1, 1, 1)
-            qs = mean.unsqueeze(0) + z * out["std"].unsqueeze(0)
-        else:
+        from tsode.models.predictive import forecast_quantiles, is_probabilistic
+
+        if not is_probabilistic(out):
             raise ValueError(
                 f"{type(module).__name__} is deterministic (its forecast has no samples, quantiles "
                 "or std): call predict without quantiles"
             )
+        try:
+            qs = forecast_quantiles(out, quantiles)
+        except ValueError as err:
+            raise ValueError(f"{type(module).__name__}: {err}") from None
         for level, q in zip(quantiles, qs):
             extra[_quantile_name(level)] = q
         return mean, extra

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from tsode.data import IrregularBatch, values_to_frame
 from tsode.data.atomic import atomic_path
+from tsode.models.predictive import forecast_quantiles, is_probabilistic
 
 
 class ForecastWriter(BasePredictionWriter):
@@ -25,8 +26,8 @@ class ForecastWriter(BasePredictionWriter):
 
     Args:
         output: ``.csv`` or ``.parquet`` path; None writes nothing.
-        quantiles: levels to add as ``q<level>`` columns, from the model's samples (models
-            without samples: omitted).
+        quantiles: levels to add as ``q<level>`` columns, from the model's predictive distribution
+            (samples, a Gaussian std or quantiles; deterministic models: omitted).
     """
 
     def __init__(self, output: str | None = None, quantiles: list[float] | None = None) -> None:
@@ -56,10 +57,8 @@ class ForecastWriter(BasePredictionWriter):
         target = batch.target
         observed = torch.where(target.mask, target.values, torch.full_like(target.values, float("nan")))
         extra = {"observed": observed.cpu()}
-        samples = prediction.get("samples") if isinstance(prediction, dict) else None
-        if samples is not None and self.quantiles:
-            levels = torch.as_tensor(self.quantiles, dtype=samples.dtype, device=samples.device)
-            for level, q in zip(self.quantiles, torch.quantile(samples, levels, dim=0)):
+        if self.quantiles and isinstance(prediction, dict) and is_probabilistic(prediction):
+            for level, q in zip(self.quantiles, forecast_quantiles(prediction, self.quantiles)):
                 extra[f"q{level:g}"] = q.cpu()
         frame = values_to_frame(
             batch.series_ids,

@@ -24,7 +24,9 @@ from tsode.models.blocks import (
     forecast_heads,
     forecast_readout,
     gather_times,
+    initial_state,
     last_before,
+    static_encoder,
 )
 
 
@@ -131,6 +133,7 @@ class GRUDelta(IrregularModel):
         persistence: add each channel's last observation times a learned gate (GRU-D's decay
             toward the mean, from the state and the observation's age) to the prediction.
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
+        num_static: S static covariates per series; they set ``h_0`` (0 = none).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
     """
 
@@ -142,6 +145,7 @@ class GRUDelta(IrregularModel):
         decoder_layers: int = 1,
         persistence: bool = True,
         uncertainty: str = "gaussian",
+        num_static: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -165,18 +169,20 @@ class GRUDelta(IrregularModel):
         self.save_hyperparameters()
         self.hidden_dim = hidden_dim
         self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)
+        self.static_encoder = static_encoder(num_static, hidden_dim)
         self.decoder = MLPDecoder(hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers)
         self.persistence, self.std_head = forecast_heads(
             self.decoder, hidden_dim + 2, num_channels, persistence, uncertainty
         )
 
-    def encode(self, part: SeriesPart) -> Tensor:
-        """States after each update: ``(B, L, H)`` (padded steps repeat the last state)."""
+    def encode(self, part: SeriesPart, h0: Tensor | None = None) -> Tensor:
+        """States after each update: ``(B, L, H)`` (padded steps repeat the last state), from
+        ``h0 (B, H)`` (default zeros)."""
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         update = part.time_mask & mask.any(dim=-1)
         gaps = torch.diff(times, dim=1, prepend=times[:, :1]).clamp_min(0)
-        h = times.new_zeros(bsz, self.hidden_dim)
+        h = times.new_zeros(bsz, self.hidden_dim) if h0 is None else h0
         states = []
         for i in range(length):
             h = self.gru(h, values[:, i], mask[:, i], update[:, i], torch.log1p(gaps[:, i : i + 1]))
@@ -186,9 +192,10 @@ class GRUDelta(IrregularModel):
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
-        states = self.encode(ctx)
+        h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.hidden_dim, times)
+        states = self.encode(ctx, h0)
         if states.shape[1] == 0:
-            h = times.new_zeros(*times.shape, self.hidden_dim)
+            h = h0.unsqueeze(1).expand(*times.shape, self.hidden_dim)
             idx = torch.full_like(times, -1, dtype=torch.long)
             dt = torch.zeros_like(times)
         else:
@@ -196,7 +203,7 @@ class GRUDelta(IrregularModel):
             idx0 = idx.clamp_min(0)
             before_any = (idx < 0).unsqueeze(-1)
             h = gather_times(states, idx0)
-            h = torch.where(before_any, torch.zeros_like(h), h)
+            h = torch.where(before_any, h0.unsqueeze(1).expand_as(h), h)
             dt = torch.where(idx >= 0, times - ctx.times.gather(1, idx0), torch.zeros_like(times))
         dt = dt.clamp_min(0).unsqueeze(-1)
         features = torch.cat([h, dt, torch.log1p(dt)], dim=-1)

@@ -356,6 +356,43 @@ class Persistence(nn.Module):
         return gate * values, carried
 
 
+class StaticEncoder(nn.Module):
+    """Static covariates to an initial hidden state: ``h0 = tanh(Linear(static))``, ``(B, S) ->
+    (B, H)`` (as the Neural CDE paper maps static features to z0). The covariates arrive
+    normalized with missing values at 0 (the training mean)."""
+
+    def __init__(self, num_static: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_static, hidden_dim)
+        nn.init.normal_(self.linear.weight, std=0.1)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, static: Tensor) -> Tensor:
+        return torch.tanh(self.linear(static))
+
+
+def static_encoder(num_static: int, hidden_dim: int) -> StaticEncoder | None:
+    """A :class:`StaticEncoder` when there are static covariates, else None."""
+    if num_static < 0:
+        raise ValueError(f"num_static must be >= 0, got {num_static}")
+    return StaticEncoder(num_static, hidden_dim) if num_static > 0 else None
+
+
+def initial_state(
+    encoder: StaticEncoder | None, static: Tensor | None, batch_size: int, hidden_dim: int, like: Tensor
+) -> Tensor:
+    """``(B, H)`` initial state: from the static covariates ``(B, S)`` when the model has a
+    static encoder and the batch carries them, else zeros (dtype/device of ``like``)."""
+    if encoder is None or static is None:
+        return like.new_zeros(batch_size, hidden_dim)
+    if static.shape != (batch_size, encoder.linear.in_features):
+        raise ValueError(
+            f"static covariates have shape {tuple(static.shape)}, the model expects "
+            f"({batch_size}, {encoder.linear.in_features})"
+        )
+    return encoder(static.to(device=like.device, dtype=like.dtype))
+
+
 def shrink_last_layer_(net: nn.Module, scale: float = 0.1) -> None:
     """Scale down the last Linear of ``net`` and zero its bias: a residual decoder that starts
     near 0 (not at exactly 0, so every parameter gets a gradient from the first step)."""

@@ -30,8 +30,10 @@ from tsode.models.blocks import (
     ODEFunc,
     check_query_times,
     forecast_heads,
+    initial_state,
     mlp,
     solve_from,
+    static_encoder,
 )
 from tsode.models.odernn import ODERNNEncoder, default_solver
 from tsode.solvers import SolverConfig
@@ -126,6 +128,8 @@ class LatentODE(IrregularModel):
         encoder_solver: solver for the recognition ODE-RNN (e.g. fixed-step Euler, as in the
             reference implementation); None uses ``solver``.
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
+        num_static: S static covariates per series; they set the recognition ODE-RNN's
+            initial state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
     Loss: negative bound divided by the number of observed entries in the batch's likelihood
@@ -160,6 +164,7 @@ class LatentODE(IrregularModel):
         solver: SolverConfig | None = None,
         encoder_solver: SolverConfig | None = None,
         grid: str = "per_sample",
+        num_static: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -209,6 +214,7 @@ class LatentODE(IrregularModel):
         self.encoder = ODERNNEncoder(
             num_channels, rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.encoder_solver
         )
+        self.static_encoder = static_encoder(num_static, rec_dim)
         self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
         self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
         self.decoder = MLPDecoder(latent_dim, num_channels, decoder_hidden_dim, decoder_layers)
@@ -241,7 +247,10 @@ class LatentODE(IrregularModel):
         time ``(B,)`` (each series' first or last context time, see ``anchor``)."""
         ctx = batch.context
         backwards = self.anchor == "first"
-        h, _ = self.encoder(ctx, backwards=backwards, return_states=False, grid=self.grid)
+        h0 = initial_state(
+            self.static_encoder, batch.static, ctx.batch_size, self.encoder.hidden_dim, ctx.times
+        )
+        h, _ = self.encoder(ctx, backwards=backwards, return_states=False, grid=self.grid, h0=h0)
         mu, pre_std = self.to_posterior(h).chunk(2, dim=-1)
         std = F.softplus(pre_std) + 1e-4
         if ctx.times.shape[1] == 0:
@@ -394,13 +403,17 @@ class LatentODE(IrregularModel):
 
         n_ctx = batch.context.times.shape[1] if self.reconstruct_context else 0
         prediction = terms["x_hat"][:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
+        predictive = None
+        if not self.training:  # evaluation: score the predictive distribution users get
+            predictive = self.forecast(batch, batch.target.times)
+            prediction = predictive["mean"]
         logs.update(
             elbo=(loglik.mean(0) - kl).mean(),
             recon_loglik=terms["recon"].mean(0).sum() / n_obs,
             kl=kl.mean(),
             kl_weight=torch.tensor(beta),
         )
-        return StepResult(loss, prediction, logs)
+        return StepResult(loss, prediction, logs, predictive)
 
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()

@@ -36,8 +36,10 @@ from tsode.models.blocks import (
     forecast_heads,
     forecast_readout,
     gather_times,
+    initial_state,
     mlp,
     small_init_,
+    static_encoder,
 )
 from tsode.models.interpolation import (
     FILL_METHODS,
@@ -206,6 +208,8 @@ class NeuralCDE(IrregularModel):
         persistence: add each channel's last observation (strictly before the query time),
             times a learned gate (from the state and the observation's age), to the readout.
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
+        num_static: S static covariates per series; a :class:`~tsode.models.blocks.StaticEncoder`
+            of them is added to the initial state ``h(t0)`` (0 = none).
         solver: method / tolerances / adjoint for both the CDE and the decoder ODE
             (default: :func:`default_solver`, RK4 with steps of at most 1 h ending on every
             knot).
@@ -228,6 +232,7 @@ class NeuralCDE(IrregularModel):
         include_counts: bool = True,
         persistence: bool = True,
         uncertainty: str = "gaussian",
+        num_static: int = 0,
         solver: SolverConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -264,6 +269,7 @@ class NeuralCDE(IrregularModel):
         self.solver = solver if solver is not None else default_solver()
         self.path_channels = path_num_channels(num_channels, include_time, include_counts)
         self.initial = nn.Linear(self.path_channels, hidden_dim)
+        self.static_encoder = static_encoder(num_static, hidden_dim)
         self.cde_func = CDEFunc(hidden_dim, self.path_channels, vf_width, vf_layers, vf_activation)
         self.decoder_func = ODEFunc(hidden_dim, hidden_dim=decoder_width, num_layers=decoder_layers)
         self.readout = nn.Linear(hidden_dim, num_channels)
@@ -292,8 +298,9 @@ class NeuralCDE(IrregularModel):
         )
         return InterpolatedPath(coefficients)
 
-    def encode(self, path: InterpolatedPath, grid: Tensor) -> Tensor:
-        """Solve the CDE on a per-sample grid ``(B, N)`` starting at each row's first knot.
+    def encode(self, path: InterpolatedPath, grid: Tensor, static: Tensor | None = None) -> Tensor:
+        """Solve the CDE on a per-sample grid ``(B, N)`` starting at each row's first knot, from
+        ``h(t0) = initial(X(t0))`` plus the static encoding of ``static (B, S)`` if given.
 
         Returns the hidden states ``(B, N, H)`` at the grid times. Each row's steps are packed to
         the left first (:func:`packed_step_grid`): the solvers step all rows through one shared
@@ -309,6 +316,8 @@ class NeuralCDE(IrregularModel):
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
+        if self.static_encoder is not None and static is not None:
+            h0 = h0 + initial_state(self.static_encoder, static, h0.shape[0], self.hidden_dim, h0)
         adaptive = self.solver.method in ADAPTIVE_METHODS
         packed, position = packed_step_grid(grid, None if adaptive else self.solver.step_size)
         if not adaptive:
@@ -372,7 +381,7 @@ class NeuralCDE(IrregularModel):
         position.scatter_(
             1, order, torch.arange(merged.shape[1], device=order.device).expand_as(order)
         )
-        hidden = self.encode(path, grid)  # (B, L + M, H)
+        hidden = self.encode(path, grid, batch.static)  # (B, L + M, H)
         h_end = hidden[:, -1]
         h_inside = gather_times(hidden, position[:, knots.shape[1] :])
 

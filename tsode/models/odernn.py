@@ -29,8 +29,10 @@ from tsode.models.blocks import (
     forecast_heads,
     forecast_readout,
     gather_times,
+    initial_state,
     last_before,
     solve_from,
+    static_encoder,
 )
 from tsode.solvers import SolverConfig
 
@@ -121,6 +123,7 @@ class ODERNNEncoder(nn.Module):
         backwards: bool = False,
         return_states: bool = False,
         grid: str = "per_sample",
+        h0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Run over the observations of ``part``.
 
@@ -131,27 +134,30 @@ class ODERNNEncoder(nn.Module):
             grid: ``"per_sample"`` (each row solved between its own consecutive times) or
                 ``"union"`` (reference batching: all rows stepped through the union of the
                 batch's times; same function, slower).
+            h0: ``(B, H)`` initial state (default zeros), e.g. from static covariates.
 
         Returns:
             ``h`` ``(B, H)`` -- the state after the last update in the direction of travel, located
             at the last (forwards) or first (backwards) real observation time of each row -- and
             ``states`` ``(B, L, H)`` indexed like ``part.times`` (or None). Rows without any
-            observation return the initial state (zeros).
+            observation return the initial state.
         """
-        out = self.encode(part, backwards=backwards, grid=grid)
+        out = self.encode(part, backwards=backwards, grid=grid, h0=h0)
         return out.h, (out.states if return_states else None)
 
-    def encode(self, part: SeriesPart, backwards: bool = False, grid: str = "per_sample") -> EncoderOutput:
+    def encode(
+        self, part: SeriesPart, backwards: bool = False, grid: str = "per_sample", h0: Tensor | None = None
+    ) -> EncoderOutput:
         """Like :meth:`forward`, returning the final state and the states after and before the
         update at every time point (see :class:`EncoderOutput`)."""
         if grid not in GRID_MODES:
             raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
         if grid == "union":
-            return self._encode_union(part, backwards)
+            return self._encode_union(part, backwards, h0)
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         update = part.time_mask & mask.any(dim=-1)
-        h = times.new_zeros(bsz, self.hidden_dim)
+        h = times.new_zeros(bsz, self.hidden_dim) if h0 is None else h0
         states: list[Tensor] = [h] * length
         priors: list[Tensor] = [h] * length
         order = range(length - 1, -1, -1) if backwards else range(length)
@@ -170,12 +176,12 @@ class ODERNNEncoder(nn.Module):
             return EncoderOutput(h, empty, empty)
         return EncoderOutput(h, torch.stack(states, dim=1), torch.stack(priors, dim=1))
 
-    def _encode_union(self, part: SeriesPart, backwards: bool) -> EncoderOutput:
+    def _encode_union(self, part: SeriesPart, backwards: bool, h0: Tensor | None) -> EncoderOutput:
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         real = part.time_mask
         update = real & mask.any(dim=-1)
-        h = times.new_zeros(bsz, self.hidden_dim)
+        h = times.new_zeros(bsz, self.hidden_dim) if h0 is None else h0
         states = times.new_zeros(bsz, length, self.hidden_dim)
         priors = times.new_zeros(bsz, length, self.hidden_dim)
         if length == 0 or not bool(real.any()):
@@ -238,6 +244,8 @@ class ODERNN(IrregularModel):
             mean: forecasts carry ``std`` and quantiles) or ``"none"``.
         solver: ODE solver configuration (method, tolerances, adjoint).
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
+        num_static: S static covariates per series (``batch.static``); they set the initial
+            hidden state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
     Loss: masked MSE on the observed target entries (normalized units), plus the std head's
@@ -257,6 +265,7 @@ class ODERNN(IrregularModel):
         uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         grid: str = "per_sample",
+        num_static: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -285,6 +294,7 @@ class ODERNN(IrregularModel):
         self.encoder = ODERNNEncoder(
             num_channels, hidden_dim, ode_hidden_dim, ode_layers, gru_input_dim, self.solver
         )
+        self.static_encoder = static_encoder(num_static, hidden_dim)
         self.decoder = MLPDecoder(hidden_dim, num_channels, decoder_hidden_dim, decoder_layers)
         self.persistence, self.std_head = forecast_heads(
             self.decoder, hidden_dim, num_channels, persistence, uncertainty
@@ -312,8 +322,9 @@ class ODERNN(IrregularModel):
     def states_at(self, batch: IrregularBatch, times: Tensor) -> Tensor:
         """Hidden states ``(B, M, H)`` at ``times (B, M)`` given the context (see ``forecast``)."""
         ctx = batch.context
-        enc = self.encoder.encode(ctx, backwards=False, grid=self.grid)
         bsz, m = times.shape
+        h0 = initial_state(self.static_encoder, batch.static, bsz, self.encoder.hidden_dim, times)
+        enc = self.encoder.encode(ctx, backwards=False, grid=self.grid, h0=h0)
         length = ctx.times.shape[1]
         t_last = ctx.times[:, -1] if length else times.new_zeros(bsz)
         if m == 0:
@@ -332,7 +343,7 @@ class ODERNN(IrregularModel):
         before_any = idx < 0
         idx0 = idx.clamp_min(0)
         h_start = gather_times(enc.states, idx0)
-        h_start = torch.where(before_any.unsqueeze(-1), torch.zeros_like(h_start), h_start)
+        h_start = torch.where(before_any.unsqueeze(-1), h0.unsqueeze(1).expand_as(h_start), h_start)
         t_start = torch.where(before_any, times, ctx.times.gather(1, idx0))
         h = solve_from(
             self.solver,
