@@ -21,6 +21,9 @@ from tsode.data.timeaxis import TimeAxis
 
 TIME_ORIGINS = ("series_start", "absolute")
 
+#: largest magnitude a value may have: tsode computes in float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class DataValidationError(ValueError):
     """Bad input data; the message names the source, series id, row and column involved."""
@@ -69,7 +72,8 @@ class SeriesTable:
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.times = np.asarray(self.times, dtype=np.float64)
-        self.values = np.asarray(self.values, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            self.values = np.asarray(self.values, dtype=np.float32)
         self.time_offset = np.asarray(self.time_offset, dtype=np.float64)
         self.channels = [str(c) for c in self.channels]
         s = len(self.series_ids)
@@ -79,6 +83,14 @@ class SeriesTable:
         if self.values.shape != (n, len(self.channels)):
             raise ValueError(
                 f"SeriesTable: values shape {self.values.shape} != (N={n}, C={len(self.channels)})"
+            )
+        if self.values.size and np.isinf(self.values).any():
+            row, col = (int(k[0]) for k in np.nonzero(np.isinf(self.values)))
+            sid = self.series_ids[int(np.searchsorted(self.offsets, row, side="right")) - 1]
+            raise DataValidationError(
+                f"{self.source}: series {show(sid)}, channel {self.channels[col]!r}, time "
+                f"{self.times[row]:g} h: value is non-finite or beyond float32 range "
+                f"(|value| <= {FLOAT32_MAX:.4g}); use NaN for a missing value, or rescale"
             )
         if self.time_offset.shape != (s,):
             raise ValueError(f"SeriesTable: time_offset must be (S={s},)")
@@ -223,6 +235,16 @@ class SeriesTable:
         times = np.asarray(times, dtype=np.float64)
         channel_codes = np.asarray(channel_codes, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
+        huge = np.abs(values) > FLOAT32_MAX
+        if huge.any():
+            k = int(np.flatnonzero(huge)[0])
+            row = f", row {int(row_numbers[k])}" if row_numbers is not None else ""
+            raise DataValidationError(
+                f"{source}{row}, series {show(series_ids[series_codes[k]])}, channel "
+                f"{channels[channel_codes[k]]!r}: value {values[k]:g} is non-finite or beyond "
+                f"float32 range (|value| <= {FLOAT32_MAX:.4g}; {int(huge.sum())} such entries); "
+                f"use NaN for a missing value, or rescale"
+            )
         num_s, num_c = len(series_ids), len(channels)
         order = _sort_order(series_codes, times, channel_codes, num_s, num_c)
         sc, tt, cc, vv = series_codes[order], times[order], channel_codes[order], values[order]
@@ -303,8 +325,21 @@ class SeriesTable:
     def normalized(self, normalizer: Normalizer) -> tuple[np.ndarray, np.ndarray]:
         """(values (N, C) float32 normalized with 0 where missing, mask (N, C) bool)."""
         mask = self.mask
-        normed = normalizer.transform(self.values).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            normed = normalizer.transform(self.values).astype(np.float32)
         normed[~mask] = 0.0
+        overflow = ~np.isfinite(normed)
+        if overflow.any():
+            row, col = (int(k[0]) for k in np.nonzero(overflow))
+            s = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            raise DataValidationError(
+                f"{self.source}: series {show(self.series_ids[s])}, channel "
+                f"{self.channels[col]!r}, time {self.times[row] + self.time_offset[s]:g} h: "
+                f"value {float(self.values[row, col]):g} overflows float32 after normalization "
+                f"with the channel's training mean {normalizer.mean[col]:g} and std "
+                f"{normalizer.std[col]:g} ({int(overflow.sum())} such entries); check that this "
+                f"table uses the same units as the training data"
+            )
         return normed, mask
 
 

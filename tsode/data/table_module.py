@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
@@ -12,6 +15,8 @@ from tsode.data.module import IrregularDataModule
 from tsode.data.series import SeriesTable
 from tsode.data.tables import TableSource, TableSpec, load_table, read_table, table_from_frame
 from tsode.data.tasks import TaskConfig
+
+log = logging.getLogger("tsode.data")
 
 
 class TableDataModule(IrregularDataModule):
@@ -25,6 +30,7 @@ class TableDataModule(IrregularDataModule):
         time_origin: ``"series_start"`` or ``"absolute"``.
         duplicates: ``"mean"`` or ``"error"`` for repeated (series, time, channel) entries.
         max_span_hours: largest plausible series span (hours) before an error.
+        encoding: text encoding of a CSV/TSV file (default UTF-8), e.g. ``"latin-1"``.
         channels: fixed channel list (table channels outside it raise); default: inferred.
         task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
 
@@ -47,6 +53,7 @@ class TableDataModule(IrregularDataModule):
         time_origin: str = "series_start",
         duplicates: str = "mean",
         max_span_hours: float | None = 24.0 * 365 * 100,
+        encoding: str | None = None,
         channels: list[str] | None = None,
         task: str = "forecast",
         cutoff: float | None = None,
@@ -95,18 +102,44 @@ class TableDataModule(IrregularDataModule):
             time_origin=time_origin,
             duplicates=duplicates,
             max_span_hours=max_span_hours,
+            encoding=encoding,
         )
         self.fixed_channels = channels
 
     def load_table(self) -> SeriesTable:
         return load_table(self.data, self.spec, channels=self.fixed_channels)
 
+    def setup(self, stage: str | None = None) -> None:
+        first = self.table is None
+        super().setup(stage)
+        if first and self.table is not None:
+            self._warn_unobserved_channels()
+
+    def _warn_unobserved_channels(self) -> None:
+        """Warn (and log) about channels with no observation in the training split."""
+        train = self.table.subset(self.split_indices["train"])
+        seen = train.mask.any(0) if train.values.size else np.zeros(train.num_channels, bool)
+        if seen.all():
+            return
+        nowhere = ~self.table.mask.any(0) if self.table.values.size else ~seen
+        names = [c for c, ok in zip(self.table.channels, seen) if not ok]
+        absent = [c for c, gone in zip(self.table.channels, nowhere) if gone]
+        detail = f" ({absent} in no series at all)" if absent else ""
+        message = (
+            f"{self.table.source}: channel(s) {names} have no observation in the training split "
+            f"({train.num_series} series){detail}; the model learns nothing about them and their "
+            f"forecasts are not data-driven. Drop these channels (value_cols / channels) or check "
+            f"the column names and the split"
+        )
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
     def table_from(self, source: TableSource) -> SeriesTable:
         """Validate a new table with the fitted channels and time axis (same column spec).
 
         Channels the module was not fitted on raise ``DataValidationError``.
         """
-        frame, name = read_table(source)
+        frame, name = read_table(source, encoding=self.spec.encoding)
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"expected a DataFrame, got {type(frame).__name__}")
         return table_from_frame(

@@ -30,6 +30,8 @@ Validation policy (every error names the source, series id, row and column):
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +45,9 @@ from tsode.data.series import TIME_ORIGINS, DataValidationError, SeriesTable, sh
 from tsode.data.timeaxis import TimeAxis, unit_to_hours
 
 TableSource = pd.DataFrame | str | os.PathLike
+
+#: largest magnitude a value or time may have: tsode computes in float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class TableSpec:
         time_origin: ``"series_start"`` (re-base each series to its first time) or ``"absolute"``.
         duplicates: ``"mean"`` or ``"error"`` for repeated (series, time, channel) entries.
         max_span_hours: largest plausible series span in hours (None: unchecked).
+        encoding: text encoding of CSV/TSV files (default UTF-8), e.g. ``"latin-1"``.
     """
 
     format: str = "auto"
@@ -75,6 +81,7 @@ class TableSpec:
     time_origin: str = "series_start"
     duplicates: str = "mean"
     max_span_hours: float | None = 24.0 * 365 * 100
+    encoding: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", "long", "wide"):
@@ -84,6 +91,7 @@ class TableSpec:
         if self.duplicates not in ("mean", "error"):
             raise ValueError(f"duplicates must be 'mean' or 'error', got {self.duplicates!r}")
         unit_to_hours(self.time_unit)
+        _check_encoding(self.encoding)
         self.static_cols = list(self.static_cols)
         if self.value_cols is not None:
             self.value_cols = list(self.value_cols)
@@ -92,28 +100,77 @@ class TableSpec:
         return asdict(self)
 
 
-def read_table(source: TableSource) -> tuple[pd.DataFrame, str]:
+def _check_encoding(encoding: str | None) -> None:
+    """Raise ``ValueError`` for an encoding name Python does not know."""
+    if encoding is None:
+        return
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ValueError(
+            f"unknown encoding {encoding!r}; use a Python codec name such as 'utf-8', "
+            f"'latin-1' or 'cp1252'"
+        ) from None
+
+
+def _decode_error_message(path: Path, encoding: str) -> str | None:
+    """Where ``path`` (decompressed if ``.gz``) stops being valid ``encoding``, or None."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+        data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        bad = " ".join(f"0x{b:02x}" for b in data[error.start : error.end][:4])
+        return (
+            f"byte {bad} at byte position {error.start} (line {line}) is not "
+            f"valid {encoding} ({error.reason})"
+        )
+    except (OSError, LookupError):
+        return None
+    return None
+
+
+def read_table(source: TableSource, encoding: str | None = None) -> tuple[pd.DataFrame, str]:
     """Load a DataFrame from a DataFrame, CSV (``.csv``, ``.csv.gz``, ``.tsv``) or Parquet path.
 
+    Args:
+        source: a DataFrame or a file path.
+        encoding: text encoding of CSV/TSV files (default UTF-8), e.g. ``"latin-1"``.
+
     Returns the frame and a source name for error messages.
+
+    Raises:
+        DataValidationError: the file cannot be parsed; a text file that is not valid in its
+            encoding is named with the byte position and line of the first bad byte.
     """
     if isinstance(source, pd.DataFrame):
         return source, "<DataFrame>"
+    _check_encoding(encoding)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"table file not found: {path}")
     name = path.name.lower()
+    text_encoding = encoding or "utf-8"
     if name.endswith((".parquet", ".pq")):
         reader, kind = pd.read_parquet, "Parquet"
     elif name.endswith((".csv", ".csv.gz", ".txt")):
-        reader, kind = pd.read_csv, "CSV"
+        reader, kind = (lambda p: pd.read_csv(p, encoding=text_encoding)), "CSV"
     elif name.endswith((".tsv", ".tsv.gz")):
-        reader, kind = (lambda p: pd.read_csv(p, sep="\t")), "TSV"
+        reader, kind = (lambda p: pd.read_csv(p, sep="\t", encoding=text_encoding)), "TSV"
     else:
         raise ValueError(f"{path}: unsupported table format (use .csv, .tsv or .parquet)")
     try:
         return reader(path), str(path)
-    except (OSError, ValueError, UnicodeDecodeError) as error:  # pandas / pyarrow parse errors
+    except UnicodeDecodeError as error:
+        where = _decode_error_message(path, text_encoding) or str(error)
+        raise DataValidationError(
+            f"{path}: cannot be read as {kind} in encoding {text_encoding!r}: {where}. Pass the "
+            f"file's encoding, e.g. encoding='latin-1' (TableSpec, load_table, read_table, "
+            f"TableDataModule and Forecaster.fit accept it), or re-save the file as UTF-8"
+        ) from error
+    except (OSError, ValueError) as error:  # pandas / pyarrow parse errors
         if isinstance(error, FileNotFoundError):
             raise
         message = str(error).strip() or type(error).__name__
@@ -149,8 +206,56 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, w
         )
 
 
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _mixed_offsets_error(column: pd.Series, loc: _Locator, name: str) -> DataValidationError:
+    """Error naming the first datetime whose UTC offset differs from the first row's."""
+    present = np.flatnonzero(column.notna().to_numpy())
+    first_pos, first_offset = None, None
+    for pos in present:
+        value = column.iloc[pos]
+        try:
+            offset = pd.Timestamp(value).utcoffset()
+        except (TypeError, ValueError):
+            return DataValidationError(
+                f"{loc(int(pos), name)}: time {show(value)} is not a datetime (the column's "
+                f"other values are datetimes)"
+            )
+        if first_pos is None:
+            first_pos, first_offset = int(pos), offset
+        elif offset != first_offset:
+
+            def describe(o: Any) -> str:
+                if o is None:
+                    return "no UTC offset (naive)"
+                minutes = int(o.total_seconds() // 60)
+                sign = "-" if minutes < 0 else "+"
+                return f"UTC offset {sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+            return DataValidationError(
+                f"{loc(int(pos), name)}: time {show(value)} has {describe(offset)} but the first "
+                f"time (row {first_pos}, {show(column.iloc[first_pos])}) has "
+                f"{describe(first_offset)}; datetimes of one column must share one offset. "
+                f"Convert the column to UTC first, e.g. "
+                f"df[{name!r}] = pd.to_datetime(df[{name!r}], utc=True, format='ISO8601')"
+            )
+    return DataValidationError(
+        f"{loc.source}: time column {name!r} mixes time zones; convert it to UTC first, e.g. "
+        f"df[{name!r}] = pd.to_datetime(df[{name!r}], utc=True, format='ISO8601')"
+    )
+
+
 def _parse_time_column(column: pd.Series, loc: _Locator, name: str) -> pd.Series:
-    """Numeric/datetime/timedelta as is; strings parsed as numbers, datetimes or timedeltas."""
+    """Numeric/datetime/timedelta as is; strings/objects parsed as numbers, datetimes or
+    timedeltas -- one kind for the whole column.
+
+    Raises:
+        DataValidationError: a column mixing numbers with other values (e.g. one date string
+            among numeric times), mixed UTC offsets, or values that parse as nothing; the
+            message names the first offending row and value.
+    """
     if (
         pd.api.types.is_numeric_dtype(column)
         or pd.api.types.is_datetime64_any_dtype(column)
@@ -159,33 +264,105 @@ def _parse_time_column(column: pd.Series, loc: _Locator, name: str) -> pd.Series
         if pd.api.types.is_bool_dtype(column):
             raise DataValidationError(f"{loc.source}: time column {name!r} is boolean")
         return column
-    present = column.notna()
+    present = column.notna().to_numpy()
+    is_bool = np.zeros(len(column), dtype=bool)
+    if column.dtype == object:
+        is_bool = column.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
+    numeric = pd.to_numeric(column.where(~is_bool), errors="coerce")
+    is_number = present & numeric.notna().to_numpy()
+    if is_number.any() and not (present & ~is_number).any():
+        return numeric
+    if is_number.any():
+        others = present & ~is_number
+        # blame the minority kind (ties: the non-number)
+        bad, good = (is_number, others) if is_number.sum() < others.sum() else (others, is_number)
+        pos, ref = _first(bad), _first(good)
+        kind = "a number" if bad is is_number else "not a number"
+        raise DataValidationError(
+            f"{loc(pos, name)}: time {show(column.iloc[pos])} is {kind}, unlike row {ref} "
+            f"({show(column.iloc[ref])}): the time column mixes numbers ({int(is_number.sum())} "
+            f"rows) with other values ({int(others.sum())} rows, e.g. date strings). One time "
+            f"column holds one kind of time: all numbers (in time_unit) or all datetimes or all "
+            f"timedeltas; fix or drop the {int(bad.sum())} offending row(s)"
+        )
     attempts = (
-        lambda c: pd.to_numeric(c, errors="coerce"),
         lambda c: pd.to_datetime(c, errors="coerce", format="mixed"),
         lambda c: pd.to_timedelta(c, errors="coerce"),
     )
     best = None
-    for parse in attempts:
+    for k, parse in enumerate(attempts):
         try:
             parsed = parse(column)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as error:
+            if k == 0 and ("timezone" in str(error).lower() or "offset" in str(error).lower()):
+                raise _mixed_offsets_error(column, loc, name) from error
             continue
-        bad = present & parsed.isna()
+        bad = present & parsed.isna().to_numpy()
         if not bad.any():
             return parsed
         if best is None or bad.sum() < best[1].sum():
             best = (parsed, bad)
     bad = best[1] if best is not None else present
-    pos = int(np.flatnonzero(bad.to_numpy())[0])
+    pos = _first(bad)
     raise DataValidationError(
         f"{loc(pos, name)}: time {show(column.iloc[pos])} is not a number, datetime or timedelta "
-        f"({int(bad.sum())} such rows)"
+        f"({int(bad.sum())} such rows); fix or drop these rows"
     )
 
 
-def _numeric_column(column: pd.Series, loc: _Locator, name: str) -> np.ndarray:
-    """Float64 values; NaN for missing; non-numeric or infinite entries raise."""
+def _label_kind(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return type(value).__name__
+
+
+def _check_label_collisions(
+    column: pd.Series, loc: _Locator, name: str, what: str, codes: np.ndarray | None = None
+) -> None:
+    """Distinct raw labels of an object column that tsode would merge are an error.
+
+    Labels are compared after conversion to text (``1`` and ``"1"`` both become ``"1"``) and,
+    when ``codes`` (the grouping actually used) is given, by that grouping (``1``, ``1.0`` and
+    ``True`` compare equal in pandas). Columns of one dtype (numbers, strings) cannot collide.
+    """
+    if column.dtype != object or not len(column):
+        return
+    table = pd.DataFrame(
+        {"text": column.astype(str).to_numpy(), "kind": column.map(_label_kind).to_numpy()}
+    )
+    if codes is not None:
+        table["code"] = codes
+    groupings = [("text", "the same after conversion to text")]
+    if codes is not None:
+        groupings.append(("code", "equal to pandas"))
+    for key, how in groupings:
+        subset = ["text", "kind"] if key == "text" else ["code", "text", "kind"]
+        distinct = table.drop_duplicates(subset)
+        clash = distinct[distinct[key].duplicated(keep=False)]
+        if len(clash):
+            rows = distinct.index[distinct[key] == clash[key].iloc[0]][:2]
+            a, b = (int(r) for r in rows)
+            va, vb = column.iloc[a], column.iloc[b]
+            raise DataValidationError(
+                f"{loc.source}: {what} {show(va)} ({_label_kind(va)}, row {a}) and {show(vb)} "
+                f"({_label_kind(vb)}, row {b}) in column {name!r} are different values but "
+                f"{how} ({str(va)!r}), so tsode would merge them. Give the column one type, e.g. "
+                f"df[{name!r}] = df[{name!r}].astype(str), or rename one of them"
+            )
+
+
+def _numeric_column(
+    column: pd.Series, loc: _Locator, name: str, channel: pd.Series | None = None
+) -> np.ndarray:
+    """Float64 values; NaN for missing; non-numeric, infinite or beyond-float32 entries raise.
+
+    ``channel`` (long format: the channel name of every row) is named in the error.
+    """
+
+    def where(pos: int) -> str:
+        chan = "" if channel is None else f", channel {show(channel.iloc[pos])}"
+        return f"{loc(pos, name)}{chan}"
+
     if pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype=np.float64)
     if pd.api.types.is_numeric_dtype(column):
@@ -194,17 +371,20 @@ def _numeric_column(column: pd.Series, loc: _Locator, name: str) -> np.ndarray:
         parsed = pd.to_numeric(column, errors="coerce")
         bad = (column.notna() & parsed.isna()).to_numpy()
         if bad.any():
-            pos = int(np.flatnonzero(bad)[0])
+            pos = _first(bad)
             raise DataValidationError(
-                f"{loc(pos, name)}: value {show(column.iloc[pos])} is not numeric "
+                f"{where(pos)}: value {show(column.iloc[pos])} is not numeric "
                 f"({int(bad.sum())} such rows)"
             )
         out = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-    inf = np.isinf(out)
-    if inf.any():
-        pos = int(np.flatnonzero(inf)[0])
+    with np.errstate(invalid="ignore"):
+        huge = np.abs(out) > FLOAT32_MAX  # inf included; NaN (missing) is not
+    if huge.any():
+        pos = _first(huge)
         raise DataValidationError(
-            f"{loc(pos, name)}: non-finite value {out[pos]} ({int(inf.sum())} such rows)"
+            f"{where(pos)}: value {show(column.iloc[pos])} is non-finite or beyond float32 range "
+            f"(|value| <= {FLOAT32_MAX:.4g}; tsode computes in float32) ({int(huge.sum())} such "
+            f"rows); use NaN or an empty cell for a missing value, or rescale the column"
         )
     return out
 
@@ -240,6 +420,21 @@ def _per_series_values(
         has = np.isfinite(lo)
         out[has, k] = lo[has]
     return out
+
+
+def _channel_names(labels: Sequence[Any], source: str, what: str = "channels") -> list[str]:
+    """``labels`` as text; two labels with the same text (``1`` and ``"1"``) raise."""
+    names = [str(c) for c in labels]
+    first: dict[str, Any] = {}
+    for raw, text in zip(labels, names):
+        if text in first:
+            raise DataValidationError(
+                f"{source}: {what} {show(first[text])} ({_label_kind(first[text])}) and "
+                f"{show(raw)} ({_label_kind(raw)}) are the same channel name {text!r} as text, "
+                f"so their values would be merged; rename one of them"
+            )
+        first[text] = raw
+    return names
 
 
 def table_from_frame(
@@ -285,6 +480,7 @@ def table_from_frame(
         codes, uniques = pd.factorize(ids_col, sort=True)
     except TypeError:
         codes, uniques = pd.factorize(ids_col, sort=False)
+    _check_label_collisions(ids_col, loc, spec.id_col, "series ids", codes)
     series_ids = list(uniques)
     num_series = len(series_ids)
 
@@ -311,6 +507,14 @@ def table_from_frame(
             f"{loc(pos, spec.time_col)}: non-finite time {show(time_col.iloc[pos])} "
             f"({int(bad.sum())} such rows)"
         )
+    bad = np.abs(hours) > FLOAT32_MAX
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(
+            f"{loc(pos, spec.time_col)}: time {show(time_col.iloc[pos])} is {hours[pos]:.4g} "
+            f"hours, beyond float32 range ({FLOAT32_MAX:.4g}); check time_unit "
+            f"({spec.time_unit!r}) ({int(bad.sum())} such rows)"
+        )
     if spec.time_origin == "absolute" and (hours < 0).any():
         pos = int(np.flatnonzero(hours < 0)[0])
         raise DataValidationError(
@@ -331,12 +535,13 @@ def table_from_frame(
                 f"{loc(pos, spec.channel_col)}: missing channel name "
                 f"({int(null_chan.sum())} such rows)"
             )
+        _check_label_collisions(chan_raw, loc, spec.channel_col, "channel names")
         chan_str = chan_raw.astype(str)
-        values = _numeric_column(frame[spec.value_col], loc, spec.value_col)
+        values = _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan_raw)
         found = sorted(pd.unique(chan_str))
         if channels is None:
             channels = found
-        channels = [str(c) for c in channels]
+        channels = _channel_names(channels, source)
         index = {c: j for j, c in enumerate(channels)}
         chan_codes = chan_str.map(index)
         unknown = chan_codes.isna().to_numpy()
@@ -367,18 +572,30 @@ def table_from_frame(
         _require_columns(frame, value_cols, source, "value")
         if not value_cols:
             raise DataValidationError(f"{source}: wide table has no value columns")
-        value_cols = [str(c) for c in value_cols]
+        repeated = [c for c in value_cols if (frame.columns == c).sum() > 1]
+        if repeated:
+            raise DataValidationError(
+                f"{source}: column {show(repeated[0])} appears more than once; give every value "
+                f"column a distinct name"
+            )
+        raw_cols = list(value_cols)
+        value_cols = _channel_names(raw_cols, source, "value columns")
         if channels is None:
             channels = value_cols
-        channels = [str(c) for c in channels]
-        unknown = [c for c in value_cols if c not in channels]
+        channels = _channel_names(channels, source)
+        unknown = [k for k, c in enumerate(value_cols) if c not in channels]
         if unknown:
-            observed = np.flatnonzero(frame[unknown].notna().to_numpy().any(1))
-            where = loc(int(observed[0]), unknown[0]) if len(observed) else source
-            raise DataValidationError(
-                f"{where}: unknown channel column(s) {unknown}; known channels: {channels}"
+            observed = np.flatnonzero(
+                frame[[raw_cols[k] for k in unknown]].notna().to_numpy().any(1)
             )
-        mat = np.column_stack([_numeric_column(frame[c], loc, c) for c in value_cols])  # (R, Cin)
+            where = loc(int(observed[0]), value_cols[unknown[0]]) if len(observed) else source
+            raise DataValidationError(
+                f"{where}: unknown channel column(s) {[value_cols[k] for k in unknown]}; known "
+                f"channels: {channels}"
+            )
+        mat = np.column_stack(
+            [_numeric_column(frame[raw], loc, name) for raw, name in zip(raw_cols, value_cols)]
+        )  # (R, Cin)
         present = ~np.isnan(mat)
         counts["missing_values_skipped"] = int((~present).sum())
         counts["rows_without_observation"] = int((~present.any(1)).sum())
@@ -443,7 +660,6 @@ def load_table(
     time_axis: TimeAxis | None = None,
 ) -> SeriesTable:
     """Read ``source`` (DataFrame / CSV / Parquet) and validate it into a ``SeriesTable``."""
-    frame, name = read_table(source)
-    return table_from_frame(
-        frame, spec or TableSpec(), source=name, channels=channels, time_axis=time_axis
-    )
+    spec = spec or TableSpec()
+    frame, name = read_table(source, encoding=spec.encoding)
+    return table_from_frame(frame, spec, source=name, channels=channels, time_axis=time_axis)
