@@ -54,6 +54,17 @@ from tsode.data import (
 )
 from tsode.data.atomic import atomic_path, atomic_write_text
 from tsode.data.series import DataValidationError
+from tsode.errors import (
+    CheckpointFileError,
+    ResourceLimitError,
+    SolverFailureContext,
+    SplitError,
+    check_finite_state_dict,
+    describe_solver_failure,
+    explained,
+    finite_number,
+)
+from tsode.solvers import SolverError
 from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable
 
 log = logging.getLogger(__name__)
@@ -298,18 +309,44 @@ def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
     import): a checkpoint holding other pickled objects is refused, never unpickled.
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise CheckpointFileError(
             f"{path}: checkpoint holds objects torch.load(weights_only=True) refuses ({err}); "
             "tsode never unpickles arbitrary objects from a checkpoint"
         ) from err
     except (EOFError, OSError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from err
+        size = path.stat().st_size
+        raise CheckpointFileError(
+            f"{path}: not a readable checkpoint ({size} bytes; truncated or corrupt?): "
+            f"{type(err).__name__}: {err or 'unexpected end of file'}"
+        ) from err
     if not isinstance(state, Mapping) or not isinstance(state.get("state_dict"), Mapping):
-        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping)")
-    return state["state_dict"]
+        raise CheckpointFileError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping)")
+    weights = state["state_dict"]
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+        raise CheckpointFileError(f"{path}: 'state_dict' is not a mapping of names to tensors")
+    check_finite_state_dict(weights, str(path))
+    return weights
+
+
+def check_validation_split(datamodule: Any, split_fractions: Any = None, where: str = "fit") -> None:
+    """Refuse a fit whose validation split is empty (it drives early stopping and the choice
+    of the best checkpoint on ``val/mse``), giving the series per split and the fixes."""
+    datasets = getattr(datamodule, "datasets", None) or {}
+    if "val" not in datasets or len(datasets["val"]) > 0:
+        return
+    counts = ", ".join(f"{name} {len(ds)}" for name, ds in datasets.items())
+    fractions = f" with split_fractions={tuple(split_fractions)}" if split_fractions is not None else ""
+    raise SplitError(
+        f"{where}: the validation split is empty ({counts} series{fractions}); validation "
+        "drives early stopping and the best checkpoint (val/mse). Fix: give more series "
+        "(at least 3 for three splits), a split_fractions with a non-zero validation fraction "
+        "(e.g. (0.8, 0.2, 0.0)), or explicit splits with validation series"
+    )
 
 
 def _plain_data(value: Any) -> bool:
@@ -321,6 +358,22 @@ def _plain_data(value: Any) -> bool:
     if isinstance(value, Mapping):
         return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
     return False
+
+
+def _check_points(count: int, max_points: int | None, request: str) -> None:
+    """Refuse a request for more than ``max_points`` forecast times per series."""
+    if max_points is not None and count > max_points:
+        raise ResourceLimitError(
+            f"predict: {request} asks for {count:,} forecast times per series, more than "
+            f"max_points_per_series={max_points:,}; use a larger step, a shorter horizon, or raise "
+            "the cap with predict(..., max_points_per_series=N)"
+        )
+
+
+def _given_time(table: SeriesTable, index: int, hours: float, data: FittedData) -> Any:
+    """Series ``index``'s time ``hours`` (relative to its origin) in the input's representation."""
+    value = data.time_axis.from_hours(np.asarray([hours + table.time_offset[index]]))
+    return value.iloc[0] if isinstance(value, pd.Series) else float(value[0])
 
 
 def _quantile_name(level: float) -> str:
@@ -484,6 +537,7 @@ class Forecaster:
         options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
         datamodule = TableDataModule(data, **options)
         datamodule.setup("fit")
+        check_validation_split(datamodule, options.get("split_fractions"))
         self.data_kwargs = _plain({k: v for k, v in options.items()})
         self.data = FittedData.from_datamodule(datamodule)
         module = self._build_module(self.data)
@@ -498,7 +552,7 @@ class Forecaster:
             # with MLflow: <work_dir>/<experiment>/<run>/checkpoints; else a fresh folder
             dirpath=None if self.tracking else self.work_dir / "checkpoints" / uuid.uuid4().hex[:12],
         )
-        callbacks: list[Callback] = [checkpoint]
+        callbacks: list[Callback] = [checkpoint, SolverFailureContext()]
         if self.patience is not None and trainable:
             callbacks.append(EarlyStopping(monitor=MONITOR, mode="min", patience=self.patience))
         logger: MLflowLogger | bool = False
@@ -519,7 +573,13 @@ class Forecaster:
         if isinstance(logger, MLflowLogger):
             logger.log_config(self.config())
             self.run_id = logger.run_id
-        trainer.fit(module, datamodule=datamodule)
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except SolverError as err:
+            found = explained(err)
+            if found is None:
+                raise
+            raise found from err
 
         best = checkpoint.best_model_path
         if best and Path(best).is_file():
@@ -564,23 +624,31 @@ class Forecaster:
         horizon: float | None,
         times: Any,
         step: float | None,
-    ) -> list[np.ndarray]:
-        """Per-series query times in hours relative to each series' origin."""
+        max_points: int,
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Per-series query times in hours relative to each series' origin, and (for
+        ``times=``) the requested times as given, in the same order, to report them exactly.
+
+        Raises ``ValueError`` naming the series and time for a query time before a series'
+        first observation, and :class:`ResourceLimitError` beyond ``max_points`` per series.
+        """
         table = dataset.table
         indices = dataset.indices
         if (horizon is None) == (times is None):
             raise ValueError("predict: give exactly one of horizon= (hours) or times=")
         if horizon is not None:
-            if not horizon > 0:
-                raise ValueError(f"predict: horizon must be > 0 hours, got {horizon}")
-            step = horizon / 24.0 if step is None else float(step)
-            if not step > 0:
-                raise ValueError(f"predict: step must be > 0 hours, got {step}")
-            count = max(1, int(math.floor(horizon / step + 1e-9)))
-            offsets = step * np.arange(1, count + 1)
+            horizon = finite_number("horizon", horizon, "predict")
+            step = horizon / 24.0 if step is None else finite_number("step", step, "predict")
+            count = math.floor(horizon / step + 1e-9)
+            _check_points(count, max_points, f"horizon={horizon:g} h at step={step:g} h")
+            offsets = step * np.arange(1, max(1, count) + 1)
             last = table.times[table.offsets[indices + 1] - 1]
-            return [t + offsets for t in last]
-        spec = self.data.spec
+            return [t + offsets for t in last], None
+        if step is not None:
+            raise ValueError("predict: step= applies to horizon=, not to times=")
+        spec = self._fitted().spec
+        hours_rows: list[np.ndarray] = []
+        given_rows: list[np.ndarray] = []
         if isinstance(times, pd.DataFrame):
             for column in (spec.id_col, spec.time_col):
                 if column not in times.columns:
@@ -588,30 +656,73 @@ class Forecaster:
                         f"predict: the times table needs columns {spec.id_col!r} and "
                         f"{spec.time_col!r}; it has {list(times.columns)}"
                     )
-            hours = self._to_hours(times[spec.time_col])
-            by_id: dict[Any, list[float]] = {}
-            for sid, h in zip(times[spec.id_col].tolist(), hours):
-                by_id.setdefault(sid, []).append(float(h))
-            unknown = set(by_id) - set(table.series_ids)
+            given, hours = self._query_column(times[spec.time_col])
+            by_id: dict[Any, list[int]] = {}
+            for row, sid in enumerate(times[spec.id_col].tolist()):
+                by_id.setdefault(sid, []).append(row)
+            known = {sid for sid in table.series_ids}
+            unknown = [sid for sid in by_id if sid not in known]
             if unknown:
                 raise ValueError(
-                    f"predict: times given for series {sorted(map(str, unknown))[:5]} that are not "
-                    "in the observations table"
+                    f"predict: times given for series {sorted(map(repr, unknown))[:5]} that are "
+                    "not in the observations table"
                 )
-            rows = []
+            rows_of = {sid: rows for sid, rows in by_id.items()}
             for i in indices:
-                absolute = np.sort(np.asarray(by_id.get(table.series_ids[i], []), dtype=np.float64))
-                rows.append(absolute - table.time_offset[i])
-            return rows
-        column = pd.Series(np.asarray(times) if not isinstance(times, pd.Series) else times)
-        absolute = np.sort(self._to_hours(column))
-        if not np.all(np.isfinite(absolute)):
-            raise ValueError("predict: times must be finite")
-        return [absolute - table.time_offset[i] for i in indices]
+                rows = np.asarray(rows_of.get(table.series_ids[i], []), dtype=np.int64)
+                bad = rows[~np.isfinite(hours[rows])] if len(rows) else rows
+                if len(bad):
+                    raise ValueError(
+                        f"predict: times table row {int(bad[0])} (series {table.series_ids[i]!r}): "
+                        f"time {given[bad[0]]!r} is not a finite time"
+                    )
+                order = rows[np.argsort(hours[rows], kind="stable")]
+                hours_rows.append(hours[order] - table.time_offset[i])
+                given_rows.append(given[order])
+        else:
+            column = times if isinstance(times, pd.Series) else pd.Series(np.asarray(times))
+            given, hours = self._query_column(column)
+            bad = np.flatnonzero(~np.isfinite(hours))
+            if len(bad):
+                raise ValueError(
+                    f"predict: times[{int(bad[0])}] = {given[bad[0]]!r} is not a finite time"
+                )
+            order = np.argsort(hours, kind="stable")
+            for i in indices:
+                hours_rows.append(hours[order] - table.time_offset[i])
+                given_rows.append(given[order])
+        _check_points(max((len(r) for r in hours_rows), default=0), max_points, "times=")
+        for row, i in enumerate(indices):
+            first = table.times[table.offsets[i]]
+            early = np.flatnonzero(hours_rows[row] < first)
+            if len(early):
+                raise ValueError(
+                    f"predict: query time {given_rows[row][early[0]]!r} for series "
+                    f"{table.series_ids[i]!r} is before its first observation "
+                    f"({_given_time(table, i, first, self._fitted())!r}); forecasts start at a "
+                    "series' context: drop the earlier times or add observations before them"
+                )
+        return hours_rows, given_rows
 
-    def _to_hours(self, column: pd.Series) -> np.ndarray:
+    def _query_column(self, column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Requested times as given (object array, parsed to datetimes / timedeltas where the
+        time axis needs it) and as float hours."""
+        column = column.reset_index(drop=True)
+        try:
+            parsed = self._parse_times(column)
+            hours = np.asarray(self._fitted().time_axis.to_hours(parsed), dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"predict: times could not be read as times of the fitted time axis "
+                f"({self._fitted().time_axis.kind}): {err}"
+            ) from err
+        if pd.api.types.is_numeric_dtype(parsed):
+            return parsed.to_numpy(dtype=np.float64), hours  # float64: the numbers as given
+        return parsed.to_numpy(dtype=object), hours
+
+    def _parse_times(self, column: pd.Series) -> pd.Series:
         """Query times in the input's representation (numbers, datetimes or their strings,
-        timedeltas) -> float hours on the fitted time axis."""
+        timedeltas) on the fitted time axis's representation."""
         axis = self._fitted().time_axis
         if axis.kind == "datetime" and not pd.api.types.is_datetime64_any_dtype(column):
             column = pd.to_datetime(column)
@@ -619,7 +730,9 @@ class Forecaster:
                 column = column.dt.tz_localize(axis.tz)
         elif axis.kind == "timedelta" and not pd.api.types.is_timedelta64_dtype(column):
             column = pd.to_timedelta(column)
-        return axis.to_hours(column.reset_index(drop=True))
+        elif axis.kind not in ("datetime", "timedelta") and not pd.api.types.is_numeric_dtype(column):
+            raise ValueError(f"numeric times expected, got {column.dtype} values")
+        return column
 
     def _forecast(
         self, batch: IrregularBatch, times: Tensor, quantiles: Sequence[float]
@@ -658,6 +771,7 @@ class Forecaster:
         batch_size: int = 64,
         progress: bool = True,
         seed: int | None = 0,
+        max_points_per_series: int | None = 100_000,
     ) -> pd.DataFrame:
         """Forecast every series of an observations table.
 
@@ -674,24 +788,50 @@ class Forecaster:
             progress: show a progress bar over batches.
             seed: seeds the sampling of probabilistic models (same input, same output);
                 None leaves the global random state alone.
+            max_points_per_series: cap on forecast times per series (a request beyond it is
+                refused before any work; None: no cap).
 
         Returns:
             DataFrame ``series_id, time, channel, mean[, q<level> ...]`` in original units,
-            one row per (series, query time, channel).
+            one row per (series, query time, channel). Times given with ``times=`` come back
+            exactly as given (as parsed on the fitted time axis).
         """
         fitted = self._fitted()
         for q in quantiles:
-            if not 0.0 < float(q) < 1.0:
+            level = finite_number("quantile level", q, "predict", positive=False)
+            if not 0.0 < level < 1.0:
                 raise ValueError(f"predict: quantile levels must be in (0, 1), got {q}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"predict: batch_size must be an integer >= 1, got {batch_size!r}")
+        if max_points_per_series is not None and (
+            isinstance(max_points_per_series, bool)
+            or not isinstance(max_points_per_series, int | np.integer)
+            or max_points_per_series < 1
+        ):
+            raise ValueError(
+                f"predict: max_points_per_series must be an integer >= 1 or None, got "
+                f"{max_points_per_series!r}"
+            )
+        # the query (and its bounds) is checked before the table is read
+        if (horizon is None) == (times is None):
+            raise ValueError("predict: give exactly one of horizon= (hours) or times=")
+        if horizon is not None:
+            horizon = finite_number("horizon", horizon, "predict")
+            if step is not None:
+                step = finite_number("step", step, "predict")
+                _check_points(
+                    math.floor(horizon / step + 1e-9), max_points_per_series,
+                    f"horizon={horizon:g} h at step={step:g} h",
+                )
         table = fitted.table(data)
         dataset = fitted.dataset(table, TaskConfig(kind="none"))
         if dataset.num_excluded:
             log.warning("predict: %d series without observations skipped", dataset.num_excluded)
-        query = self._query_times(dataset, horizon, times, step)
+        query, given = self._query_times(dataset, horizon, times, step, max_points_per_series)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
-            frames = self._predict_batches(dataset, query, quantiles, batch_size, progress)
+            frames = self._predict_batches(dataset, query, quantiles, int(batch_size), progress, given)
         columns = ["series_id", "time", "channel", "mean", *map(_quantile_name, quantiles)]
         if not frames:
             return pd.DataFrame(columns=columns)
@@ -705,31 +845,60 @@ class Forecaster:
         quantiles: Sequence[float],
         batch_size: int,
         progress: bool,
+        given: list[np.ndarray] | None = None,
     ) -> list[pd.DataFrame]:
+        """Forecast frames batch by batch; ``given``: the requested times as given (reported
+        in place of times re-derived from hours, mapped back by position)."""
         fitted = self._fitted()
         frames = []
         starts = range(0, len(dataset), batch_size)
-        for start in tqdm(starts, desc="predict", disable=not progress or len(starts) < 2):
+        for index, start in enumerate(
+            tqdm(starts, desc="predict", disable=not progress or len(starts) < 2)
+        ):
             positions = list(range(start, min(start + batch_size, len(dataset))))
             batch = dataset.collate(positions)
             q_times, q_mask = _pad_rows([query[p] for p in positions])
             model_times = torch.from_numpy(q_times.astype(np.float32))
-            mean, extra = self._forecast(batch, model_times, quantiles)
-            frames.append(
-                values_to_frame(
-                    batch.series_ids,
-                    q_times,  # float64: reported times are exactly the requested ones
-                    mean,
-                    q_mask,
-                    batch.channels,
-                    time_offset=batch.time_offset,
-                    normalizer=fitted.normalizer,
-                    time_axis=fitted.time_axis,
-                    extra=extra,
-                    std_columns=(),
-                )
+            mean, extra = self._forecast_batch(batch, model_times, quantiles, "predict", index)
+            frame = values_to_frame(
+                batch.series_ids,
+                q_times,
+                mean,
+                q_mask,
+                batch.channels,
+                time_offset=batch.time_offset,
+                normalizer=fitted.normalizer,
+                time_axis=fitted.time_axis,
+                extra=extra,
+                std_columns=(),
             )
+            if given is not None and len(frame):
+                # entries come out in (row, time, channel) order: the requested times, each
+                # repeated once per channel, by position
+                exact = np.concatenate([np.repeat(given[p], len(batch.channels)) for p in positions])
+                frame["time"] = exact if exact.dtype != object else pd.Series(exact).to_numpy()
+            frames.append(frame)
         return frames
+
+    def _forecast_batch(
+        self,
+        batch: IrregularBatch,
+        times: Tensor,
+        quantiles: Sequence[float],
+        stage: str,
+        batch_idx: int,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`_forecast`, with an ODE solver failure re-raised naming the series ids."""
+        try:
+            return self._forecast(batch, times, quantiles)
+        except SolverError as err:
+            rows_times = times
+
+            def rerun(sub: IrregularBatch) -> Any:
+                rows = [batch.series_ids.index(sid) for sid in sub.series_ids]
+                return self._forecast(sub, rows_times[rows], ())
+
+            raise describe_solver_failure(err, batch, stage, None, batch_idx, rerun) from err
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(
@@ -770,7 +939,9 @@ class Forecaster:
         std = torch.as_tensor(fitted.normalizer.std, dtype=torch.float64)
         for start in range(0, len(dataset), batch_size):
             batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
-            mean, _ = self._forecast(batch, batch.target.times, ())
+            mean, _ = self._forecast_batch(
+                batch, batch.target.times, (), "evaluate", start // batch_size
+            )
             diff = (mean.to(torch.float64) - batch.target.values.to(torch.float64)) * std
             mask = batch.target.mask
             diff = torch.where(mask, diff, torch.zeros_like(diff))
@@ -934,8 +1105,14 @@ class Forecaster:
         # adds bookkeeping keys: keep constructor arguments, rebuild structured ones)
         accepted = _accepted_args(model_class)
         hparams = {k: _convert_arg(k, v) for k, v in hparams.items() if k in accepted}
+        weights = payload.get("state_dict")
+        if not isinstance(weights, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
+        ):
+            raise CheckpointFileError(f"{file}: 'state_dict' is not a mapping of names to tensors")
+        check_finite_state_dict(weights, str(file))
         module = model_class(**hparams)
-        module.load_state_dict(payload["state_dict"])
+        module.load_state_dict(weights)
         options = payload["options"]
         forecaster = cls(
             module.eval(),
