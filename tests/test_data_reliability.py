@@ -110,6 +110,19 @@ def test_naive_and_aware_datetimes_are_named() -> None:
         table_from_frame(frame, TableSpec())
 
 
+def test_timestamp_objects_in_two_time_zones_are_named() -> None:
+    stamps = [
+        pd.Timestamp("2024-01-01", tz="UTC"),
+        pd.Timestamp("2024-01-01 05:00", tz="Asia/Tokyo"),
+    ]
+    frame = _long([1, 1], stamps, "a", [1.0, 2.0])
+    with _raises(
+        "row 1, series 1, column 'time': time Timestamp('2024-01-01 05:00:00+0900', "
+        "tz='Asia/Tokyo') has UTC offset +09:00 but the first time (row 0"
+    ):
+        table_from_frame(frame, TableSpec())
+
+
 def test_one_shared_offset_still_parses() -> None:
     frame = _long([1, 1], ["2024-01-01T00:00+02:00", "2024-01-01T03:00+02:00"], "a", [1.0, 2.0])
     table = table_from_frame(frame, TableSpec())

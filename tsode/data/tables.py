@@ -210,15 +210,25 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _mixed_offsets_error(column: pd.Series, loc: _Locator, name: str) -> DataValidationError:
-    """Error naming the first datetime whose UTC offset differs from the first row's."""
+def _mixed_offsets_error(
+    column: pd.Series, loc: _Locator, name: str, strict: bool = True
+) -> DataValidationError | None:
+    """Error naming the first datetime whose UTC offset differs from the first row's.
+
+    ``strict=False``: None unless such a value is found among the first 100,000 values before
+    any value that is not a datetime (used to explain why datetime parsing failed).
+    """
     present = np.flatnonzero(column.notna().to_numpy())
+    if not strict:
+        present = present[:100_000]
     first_pos, first_offset = None, None
     for pos in present:
         value = column.iloc[pos]
         try:
             offset = pd.Timestamp(value).utcoffset()
         except (TypeError, ValueError):
+            if not strict:
+                return None
             return DataValidationError(
                 f"{loc(int(pos), name)}: time {show(value)} is not a datetime (the column's "
                 f"other values are datetimes)"
@@ -241,6 +251,8 @@ def _mixed_offsets_error(column: pd.Series, loc: _Locator, name: str) -> DataVal
                 f"Convert the column to UTC first, e.g. "
                 f"df[{name!r}] = pd.to_datetime(df[{name!r}], utc=True, format='ISO8601')"
             )
+    if not strict:
+        return None
     return DataValidationError(
         f"{loc.source}: time column {name!r} mixes time zones; convert it to UTC first, e.g. "
         f"df[{name!r}] = pd.to_datetime(df[{name!r}], utc=True, format='ISO8601')"
@@ -294,7 +306,8 @@ def _parse_time_column(column: pd.Series, loc: _Locator, name: str) -> pd.Series
         try:
             parsed = parse(column)
         except (TypeError, ValueError) as error:
-            if k == 0 and ("timezone" in str(error).lower() or "offset" in str(error).lower()):
+            text = str(error).lower()
+            if k == 0 and any(w in text for w in ("timezone", "offset", "utc", "tz")):
                 raise _mixed_offsets_error(column, loc, name) from error
             continue
         bad = present & parsed.isna().to_numpy()
@@ -302,6 +315,9 @@ def _parse_time_column(column: pd.Series, loc: _Locator, name: str) -> pd.Series
             return parsed
         if best is None or bad.sum() < best[1].sum():
             best = (parsed, bad)
+    mixed = _mixed_offsets_error(column, loc, name, strict=False)
+    if mixed is not None:
+        raise mixed
     bad = best[1] if best is not None else present
     pos = _first(bad)
     raise DataValidationError(
