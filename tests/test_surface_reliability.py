@@ -245,3 +245,185 @@ def test_load_refuses_non_finite_weights_naming_parameter(saved: Path, tmp_path:
 
 def test_recipe_file_error_is_a_value_error() -> None:
     assert issubclass(RecipeFileError, ValueError)
+
+
+# ---------------------------------------------------------------------- 1. recipe files (CLI)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+SMALL_CLI = [
+    "--data.init_args.num_series", "8",
+    "--data.init_args.batch_size", "8",
+    "--trainer.max_epochs", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--model.init_args.latent_dim", "2",
+]
+
+
+def _alias_bomb(levels: int = 9, width: int = 9, under_tags: bool = False) -> str:
+    lines = [f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    for k in range(1, levels):
+        lines.append(f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * width)}]")
+    if under_tags:  # nested under a logger's tags, where jsonargparse would walk it
+        body = "\n".join("    " + line for line in lines)
+        return (
+            "trainer:\n  logger:\n    class_path: tsode.tracking.MLflowLogger\n    init_args:\n"
+            f"      tags:\n{body.replace('    ', '        ', 1)}\n"
+        ).replace("\n    a", "\n        a")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def cli_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("under_tags", [False, True])
+def test_recipe_alias_bomb_refused_within_a_second(
+    cli_dir: Path, capsys: pytest.CaptureFixture, under_tags: bool
+) -> None:
+    from tsode.cli import main
+
+    recipe = cli_dir / "bomb.yaml"
+    recipe.write_text(_alias_bomb(under_tags=under_tags))
+    start = time.perf_counter()
+    assert main(["fit", "--config", str(recipe)]) == 2
+    assert time.perf_counter() - start < 1.0
+    err = capsys.readouterr().err
+    assert f"tsode: invalid recipe: {recipe}: the recipe expands to more than 100,000 YAML nodes" in err
+    assert "Traceback" not in err
+
+
+def test_recipe_too_large_refused(cli_dir: Path) -> None:
+    from tsode.cli import MAX_RECIPE_BYTES, check_recipe_file
+
+    recipe = cli_dir / "big.yaml"
+    recipe.write_text("# " + "x" * MAX_RECIPE_BYTES + "\n")
+    with pytest.raises(RecipeFileError, match=r"big.yaml: recipe file is [\d,]+ bytes, more than"):
+        check_recipe_file(recipe)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("seed_everything: 0\nseed_everything: 1\n", "seed_everything", 2),
+        ("model:\n  init_args:\n    lr: 0.1\n    latent_dim: 3\n    lr: 0.2\n", "lr", 5),
+        ("trainer:\n  callbacks:\n    - class_path: a\n      init_args: {patience: 1, patience: 2}\n",
+         "patience", 4),
+    ],
+)
+def test_recipe_duplicate_key_names_key_and_line(
+    cli_dir: Path, capsys: pytest.CaptureFixture, text: str, key: str, line: int
+) -> None:
+    from tsode.cli import main
+
+    recipe = cli_dir / "dup.yaml"
+    recipe.write_text(text)
+    assert main(["fit", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: duplicate key '{key}' at line {line}" in err
+
+
+def test_shipped_recipes_pass_the_recipe_checks() -> None:
+    from tsode.cli import check_recipe_file
+
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert isinstance(check_recipe_file(recipe), dict), recipe
+
+
+# ---------------------------------------------------------------------- 5. empty split (CLI)
+
+
+def test_cli_fit_with_empty_validation_split_is_one_line(cli_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from tsode.cli import main
+
+    code = main(["fit", "--config", str(QUICKSTART), *SMALL_CLI,
+                 "--data.init_args.split_fractions", "[1.0, 0.0, 0.0]"])
+    assert code == 1
+    assert not list(cli_dir.rglob("*.ckpt"))  # refused before any training
+    err = capsys.readouterr().err
+    assert "tsode: error: tsode fit: the validation split is empty (train 8, val 0, test 0 series" in err
+    assert "checkpoint.monitor: null" in err
+    assert "not available" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- 6. bad --ckpt_path (CLI)
+
+
+class _Evil:
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such checkpoint file"),
+        (b"", "not a readable checkpoint (0 bytes; truncated or corrupt?)"),
+        (b"PK\x03\x04truncated", "not a readable checkpoint"),
+        ("evil", "checkpoint holds objects torch.load(weights_only=True) refuses"),
+        ("no_state", "not a Lightning checkpoint (no 'state_dict' mapping)"),
+    ],
+)
+def test_cli_bad_ckpt_path_is_one_line_naming_file(
+    cli_dir: Path, capsys: pytest.CaptureFixture, subcommand: str, content, message: str  # noqa: ANN001
+) -> None:
+    from tsode.cli import main
+
+    ckpt = cli_dir / "model.ckpt"
+    if content == "evil":
+        torch.save({"state_dict": {}, "payload": _Evil()}, ckpt)
+    elif content == "no_state":
+        torch.save({"weights": torch.zeros(2)}, ckpt)
+    elif content is not None:
+        ckpt.write_bytes(content)
+    code = main([subcommand, "--config", str(QUICKSTART), *SMALL_CLI, "--ckpt_path", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("tsode:")]
+    assert lines == [f"tsode: error: {ckpt}: " + lines[0].split(f"{ckpt}: ", 1)[1]]
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert not (cli_dir / "PWNED").exists()
+
+
+def test_cli_ckpt_naming_foreign_class_is_refused(cli_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from tsode.cli import main
+
+    ckpt = cli_dir / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)},
+                "hyper_parameters": {"_class_path": "subprocess.Popen", "args": ["touch", "PWNED"]}}, ckpt)
+    assert main(["test", "--config", str(QUICKSTART), "--ckpt_path", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert f"tsode: error: {ckpt}: names model class 'subprocess.Popen'" in err
+    assert not (cli_dir / "PWNED").exists()
+
+
+# ---------------------------------------------------------------------- 2. pyfunc params
+
+
+def test_pyfunc_params_are_validated(saved: Path, frame: pd.DataFrame) -> None:
+    from types import SimpleNamespace
+
+    from tsode.pyfunc import ARTIFACT_KEY, ForecasterModel
+
+    model = ForecasterModel()
+    model.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: str(saved)}))
+    with pytest.raises(ValueError, match="horizon must be finite"):
+        model.predict(None, frame, params={"horizon": float("inf")})
+    with pytest.raises(ValueError, match="horizon must be > 0 hours, got 0"):
+        model.predict(None, frame, params={"horizon": 0})
+    with pytest.raises(ValueError, match="horizon must be a number of hours, got 'abc'"):
+        model.predict(None, frame, params={"horizon": "abc"})
+    with pytest.raises(ResourceLimitError, match="max_points_per_series"):
+        model.predict(None, frame, params={"horizon": 1.0, "step": 1e-7})
+    out = model.predict(None, frame, params={"horizon": 2.0, "step": 1.0})
+    assert out.groupby("series_id")["time"].nunique().eq(2).all()

@@ -33,7 +33,9 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from tsode.errors import RecipeFileError, SolverFailureContext, TsodeError, explained
 from tsode.prediction_writer import ForecastWriter
+from tsode.solvers import SolverError
 from tsode.tracking import MLflowArtifacts, find_mlflow_logger
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -57,6 +59,83 @@ USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key 
 
 class RecipeError(SystemExit):
     """A recipe (or command-line override) was rejected; the message names key and file."""
+
+
+#: Largest recipe file read (bytes), and most YAML nodes it may expand to (aliases included).
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_NODES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (naming key and line) and bounds the
+    number of nodes the document expands to, aliases counted at every use (YAML alias bombs)."""
+
+    def compose_document(self) -> Any:  # noqa: D102
+        node = super().compose_document()
+        _expanded_size(node, self.name, {})
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # noqa: D102
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable key: reported by SafeLoader itself
+            if first is not None:
+                raise RecipeFileError(
+                    f"{self.name}: duplicate key {key!r} at line {line} (first given at line "
+                    f"{first}); keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, name: str, memo: dict[int, int]) -> int:
+    """Nodes ``node`` expands to (an alias counts the whole anchored subtree each time)."""
+    if id(node) in memo:
+        size = memo[id(node)]
+    else:
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(_expanded_size(child, name, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(
+                _expanded_size(k, name, memo) + _expanded_size(v, name, memo)
+                for k, v in node.value
+            )
+        memo[id(node)] = size
+    if size > MAX_RECIPE_NODES:
+        raise RecipeFileError(
+            f"{name}: the recipe expands to more than {MAX_RECIPE_NODES:,} YAML nodes "
+            f"(line {node.start_mark.line + 1}; nested aliases such as a YAML 'alias bomb'?); "
+            "write the values out or use fewer nested aliases"
+        )
+    return size
+
+
+def check_recipe_file(path: str | Path) -> Any:
+    """Read a recipe with bounded size and alias expansion and no duplicate keys; returns its
+    content. Raises :class:`tsode.errors.RecipeFileError` naming the file (and key / line)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeFileError(
+            f"{path}: recipe file is {size:,} bytes, more than the {MAX_RECIPE_BYTES:,} allowed"
+        )
+    text = path.read_text(encoding="utf-8", errors="replace")
+    loader = _RecipeLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise RecipeFileError(f"{path}: not valid YAML: {err}") from err
+    finally:
+        loader.dispose()
 
 
 def _recipe_files(args: Sequence[str]) -> list[str]:
@@ -423,6 +502,48 @@ class TsodeCLI(LightningCLI):
             key, reason = explain_instantiation_error(error, config)
             report_recipe_error(key, reason, str(error), TsodeArgumentParser.recipe_files)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
+        """The recipe's trainer, plus :class:`SolverFailureContext` (solver failures name
+        series ids, stage, epoch and batch)."""
+        return super()._instantiate_trainer(config, [*callbacks, SolverFailureContext()])
+
+    def before_fit(self) -> None:
+        """Refuse a fit with an empty validation split before any training (the checkpoint and
+        early stopping monitor ``val/mse``)."""
+        from tsode.api import check_validation_split
+
+        monitors = [getattr(cb, "monitor", None) for cb in self.trainer.callbacks]
+        if self.datamodule is None or not any(isinstance(m, str) and m.startswith("val/") for m in monitors):
+            return
+        self.datamodule.setup("fit")
+        fractions = None if getattr(self.datamodule, "splits", None) is not None else getattr(
+            self.datamodule, "split_fractions", None
+        )
+        try:
+            check_validation_split(self.datamodule, fractions, where="tsode fit")
+        except TsodeError as err:
+            raise type(err)(
+                f"{err} (or, in the recipe, no EarlyStopping callback and checkpoint.monitor: null)"
+            ) from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` (command line or recipe) before Lightning reads it (see
+        :func:`check_checkpoint`), then let Lightning take the model arguments it stores."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_checkpoint(self.config[subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; an ODE solver failure is re-raised naming the series ids."""
+        try:
+            super()._run_subcommand(subcommand)
+        except SolverError as err:
+            found = explained(err)
+            if found is None:
+                raise
+            raise found from err
+
     def before_instantiate_classes(self) -> None:
         """Link ``num_static`` when the model takes it; name the MLflow run after the recipe
         file unless the recipe names it."""
@@ -461,6 +582,45 @@ def _limit_threads() -> None:
         torch.set_num_threads(1)
 
 
+#: ``ckpt_path`` values Lightning resolves itself (not files).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint(ckpt: Any) -> None:
+    """A missing, truncated, tampered (pickled objects), non-finite or foreign checkpoint is a
+    :class:`tsode.errors.CheckpointFileError` naming the file; read with ``weights_only=True``."""
+    if not isinstance(ckpt, str | Path) or str(ckpt) in SPECIAL_CKPT_PATHS or str(ckpt).startswith(
+        "registry:"
+    ):
+        return
+    import torch
+
+    from tsode.api import load_checkpoint_weights
+    from tsode.errors import CheckpointFileError
+    from tsode.models import allowed_model_class
+
+    load_checkpoint_weights(ckpt)  # exists, readable, weights only, finite
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    hparams = state.get("hyper_parameters") or {}
+    named = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if named is not None and (not isinstance(named, str) or allowed_model_class(named) is None):
+        raise CheckpointFileError(
+            f"{ckpt}: names model class {named!r}, which is not a tsode model or a class "
+            "registered with tsode.register_model; refusing to use it"
+        )
+
+
+def _ckpt_args(args: Sequence[str]) -> list[str]:
+    """``--ckpt_path`` values given on the command line."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--ckpt_path="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tsode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -474,7 +634,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
         return 2
-    run(args)
+    from tsode.data import DataValidationError
+
+    try:
+        run(args)
+    except RecipeFileError as err:
+        sys.stderr.write(f"tsode: invalid recipe: {err}\n")
+        return 2
+    except (TsodeError, DataValidationError) as err:  # explained: no traceback
+        sys.stderr.write(f"tsode: error: {' '.join(str(err).split())}\n")
+        return 1
     return 0
 
 
@@ -482,7 +651,12 @@ def run(args: Sequence[str]) -> TsodeCLI:
     """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
     (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
     _limit_threads()
-    TsodeArgumentParser.recipe_files = _recipe_files(args)
+    files = _recipe_files(args)
+    for file in files:  # bounded size / alias expansion, no duplicate keys (RecipeFileError)
+        check_recipe_file(file)
+    for ckpt in _ckpt_args(args):  # before the (slow) parser is built
+        check_checkpoint(ckpt)
+    TsodeArgumentParser.recipe_files = files
     return TsodeCLI(args=args)
 
 

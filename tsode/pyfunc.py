@@ -4,7 +4,9 @@ Input: a long table ``series_id, time, channel, value`` (or whatever columns the
 was fitted with), every row an observation used as context. Output: the tidy forecast of
 :meth:`tsode.api.Forecaster.predict` (``series_id, time, channel, mean[, q<level> ...]``).
 Inference parameters (MLflow ``params``): ``horizon`` (hours, default: the training task's),
-``step`` (hours between forecast times; 0 = horizon / 24) and ``quantiles`` (list of levels).
+``step`` (hours between forecast times; 0 = horizon / 24), ``quantiles`` (list of levels) and
+``max_points_per_series`` (cap on forecast times per series, default 100000). Values are
+validated by ``Forecaster.predict``: non-numeric, non-finite or non-positive ones are errors.
 
 So ``mlflow models predict -m runs:/<run id>/model -i obs.csv -t csv --env-manager local`` and
 ``mlflow models serve`` work on any logged tsode run.
@@ -47,15 +49,22 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         params = dict(params or {})
-        horizon = float(params.get("horizon") or self.forecaster.data.default_horizon)
-        step = params.get("step") or None
-        quantiles = [float(q) for q in (params.get("quantiles") or [])]
+        horizon = params.get("horizon")
+        if horizon is None:
+            horizon = self.forecaster.data.default_horizon
+        step = params.get("step")
+        if isinstance(step, int | float) and not isinstance(step, bool) and step == 0:
+            step = None  # 0: horizon / 24 (the signature's default)
+        quantiles = list(params.get("quantiles") or [])
+        max_points = params.get("max_points_per_series")
+        # predict validates every value (numbers, finite, > 0, bounded points per series)
         return self.forecaster.predict(
             model_input,
             horizon=horizon,
-            step=None if step is None else float(step),
+            step=step,
             quantiles=quantiles,
             progress=False,
+            max_points_per_series=100_000 if max_points is None else int(max_points),
         )
 
 
@@ -69,6 +78,7 @@ def signature(default_horizon: float) -> ModelSignature:
                 ParamSpec("horizon", "double", float(default_horizon)),
                 ParamSpec("step", "double", 0.0),
                 ParamSpec("quantiles", "double", [], shape=(-1,)),
+                ParamSpec("max_points_per_series", "long", 100_000),
             ]
         ),
     )
