@@ -146,7 +146,8 @@ def test_predict_time_before_series_context_is_an_error(fitted: Forecaster, fram
         fitted.predict(frame, times=query, progress=False)
     message = str(info.value)
     assert f"series {sid!r}" in message and "before its first observation" in message
-    assert repr(float(first[sid] - 0.5)) in message
+    assert f"query time {float(first[sid] - 0.5)!r} for series" in message
+    assert f"({float(first[sid])!r})" in message
     with pytest.raises(ValueError, match="before its first observation"):
         fitted.predict(frame, times=[-5.0], progress=False)
 

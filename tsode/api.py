@@ -376,6 +376,13 @@ def _given_time(table: SeriesTable, index: int, hours: float, data: FittedData) 
     return value.iloc[0] if isinstance(value, pd.Series) else float(value[0])
 
 
+def _show(value: Any) -> str:
+    """A time for a message: numbers as plain floats, timestamps as text."""
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return repr(float(value))
+    return str(value)
+
+
 def _quantile_name(level: float) -> str:
     return f"q{level:g}"
 
@@ -674,7 +681,7 @@ class Forecaster:
                 if len(bad):
                     raise ValueError(
                         f"predict: times table row {int(bad[0])} (series {table.series_ids[i]!r}): "
-                        f"time {given[bad[0]]!r} is not a finite time"
+                        f"time {_show(given[bad[0]])} is not a finite time"
                     )
                 order = rows[np.argsort(hours[rows], kind="stable")]
                 hours_rows.append(hours[order] - table.time_offset[i])
@@ -685,7 +692,7 @@ class Forecaster:
             bad = np.flatnonzero(~np.isfinite(hours))
             if len(bad):
                 raise ValueError(
-                    f"predict: times[{int(bad[0])}] = {given[bad[0]]!r} is not a finite time"
+                    f"predict: times[{int(bad[0])}] = {_show(given[bad[0]])} is not a finite time"
                 )
             order = np.argsort(hours, kind="stable")
             for i in indices:
@@ -697,9 +704,9 @@ class Forecaster:
             early = np.flatnonzero(hours_rows[row] < first)
             if len(early):
                 raise ValueError(
-                    f"predict: query time {given_rows[row][early[0]]!r} for series "
+                    f"predict: query time {_show(given_rows[row][early[0]])} for series "
                     f"{table.series_ids[i]!r} is before its first observation "
-                    f"({_given_time(table, i, first, self._fitted())!r}); forecasts start at a "
+                    f"({_show(_given_time(table, i, first, self._fitted()))}); forecasts start at a "
                     "series' context: drop the earlier times or add observations before them"
                 )
         return hours_rows, given_rows
