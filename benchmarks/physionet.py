@@ -337,7 +337,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
     accepted = inspect.signature(cls.__init__).parameters
-    model = cls(**{k: v for k, v in derived.items() if k in accepted})
+    kwargs = {k: v for k, v in derived.items() if k in accepted}
+    model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
     trainable = any(p.requires_grad for p in model.parameters())
     workdir = tempfile.mkdtemp(prefix="tsode-physionet-")
     logger = MLflowLogger(
@@ -351,6 +352,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "max_series": args.max_series, "epochs": args.epochs, "patience": args.patience,
         "batch_size": 32, "gradient_clip_val": 1.0, "context_boundary": "open",
         "cutoff_hours": HISTORY_HOURS, "max_minutes": args.max_minutes,
+        "model_kwargs": args.model_kwargs,
         **{f"split_{k}": len(v) for k, v in protocol["split"].items()},
     })
     common = dict(logger=logger, enable_progress_bar=False, enable_model_summary=False,
@@ -493,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default_physionet_dir())
     parser.add_argument("--jobs", type=int, default=1, help="model runs at once")
     parser.add_argument("--per-variable", action="store_true")
+    parser.add_argument("--model-kwargs", default="{}",
+                        help="JSON arguments for every model (variants; default: library defaults)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -524,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = ["--protocol", args.protocol, "--epochs", str(args.epochs), "--patience",
               str(args.patience), "--sets", *args.sets, "--root", str(args.root),
               "--tracking-uri", args.tracking_uri, "--protocol-file", str(protocol_file)]
+    shared += ["--model-kwargs", args.model_kwargs]
     if args.max_minutes is not None:
         shared += ["--max-minutes", str(args.max_minutes)]
     if args.max_series is not None:

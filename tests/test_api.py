@@ -159,15 +159,20 @@ def test_solver_given_as_mapping_is_converted() -> None:
     assert fc.model_kwargs["solver"] == SolverConfig(method="rk4", step_size=0.5)
 
 
-def test_clear_errors(fitted: Forecaster, frame: pd.DataFrame) -> None:
+def test_clear_errors(fitted: Forecaster, frame: pd.DataFrame, tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="unknown model 'lstm'.*latent_ode"):
         Forecaster("lstm")
     with pytest.raises(TypeError, match="latnt_dim"):
         Forecaster("latent_ode", latnt_dim=3)
     with pytest.raises(RuntimeError, match="not fitted"):
         Forecaster("gru_dt").predict(frame, horizon=1.0)
+    # GRU-dt has a Gaussian head: its quantiles bracket the mean; LOCF is deterministic
+    banded = fitted.predict(frame, horizon=1.0, quantiles=(0.1, 0.9), progress=False)
+    assert (banded["q0.1"] < banded["mean"]).all() and (banded["mean"] < banded["q0.9"]).all()
+    locf = Forecaster("locf", trainer_kwargs=FAST_TRAINER, tracking=False, work_dir=tmp_path,
+                      verbose=False).fit(frame, cutoff=24.0, batch_size=16)
     with pytest.raises(ValueError, match="deterministic"):
-        fitted.predict(frame, horizon=1.0, quantiles=(0.5,), progress=False)
+        locf.predict(frame, horizon=1.0, quantiles=(0.5,), progress=False)
     with pytest.raises(ValueError, match="exactly one of horizon"):
         fitted.predict(frame, progress=False)
     bad = frame.copy()

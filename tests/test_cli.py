@@ -276,7 +276,7 @@ def test_locate_key_follows_the_recipe(tmp_path: Path) -> None:
     assert locate_key("model.init_args.solver.init_args.rtol", [str(recipe)]) == (
         "model.init_args.solver.rtol", None)  # not in the file: a command-line override
     assert locate_key("trainer.callbacks.init_args.patience", [str(recipe)]) == (
-        "trainer.callbacks[0].init_args.patience", str(recipe))
+        "trainer.callbacks[1].init_args.patience", str(recipe))  # [0] is the warm-up
     assert locate_key("trainer.devices", [str(recipe)]) == ("trainer.devices", None)
 
 

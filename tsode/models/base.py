@@ -46,7 +46,12 @@ from torchmetrics import Metric
 
 from tsode.data.batch import IrregularBatch
 from tsode.models.blocks import NFECounter
-from tsode.models.predictive import ProbabilisticMetrics, gaussian_nll, is_probabilistic
+from tsode.models.predictive import (
+    GaussianHead,
+    ProbabilisticMetrics,
+    gaussian_nll,
+    is_probabilistic,
+)
 
 _STAGES = ("train", "val", "test")
 
@@ -307,6 +312,28 @@ class IrregularModel(L.LightningModule):
         return out
 
     # ------------------------------------------------------------------ optimization
+    def gradient_groups(self) -> list[list[torch.nn.Parameter]]:
+        """Parameter groups clipped separately: the model, then its Gaussian std heads.
+
+        A std head is trained by its own NLL on detached features; its gradients (large while
+        the std is far from the errors' size) must not shrink the mean model's gradients
+        through one shared clipping norm.
+        """
+        heads = [p for m in self.modules() if isinstance(m, GaussianHead) for p in m.parameters()]
+        head_ids = {id(p) for p in heads}
+        rest = [p for p in self.parameters() if id(p) not in head_ids]
+        return [group for group in (rest, heads) if group]
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None  # noqa: ANN001
+    ) -> None:
+        """Lightning hook: the Trainer's ``gradient_clip_val`` applied to each of
+        :meth:`gradient_groups` on its own (norm or value, as the Trainer says)."""
+        if not gradient_clip_val:
+            return
+        clip_gradient_groups(self.gradient_groups(), float(gradient_clip_val),
+                             str(gradient_clip_algorithm or "norm"))
+
     def configure_optimizers(self):  # noqa: ANN201 - Lightning accepts several return types
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
@@ -334,3 +361,16 @@ class IrregularModel(L.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["scheduler_gamma"])
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+def clip_gradient_groups(groups: list[list[torch.nn.Parameter]], value: float, algorithm: str = "norm") -> None:
+    """Clip the gradients of each parameter group on its own: total norm <= ``value``
+    (``algorithm="norm"``) or every entry within ``[-value, value]`` (``"value"``)."""
+    for group in groups:
+        params = [p for p in group if p.grad is not None]
+        if not params:
+            continue
+        if algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, value)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, value)

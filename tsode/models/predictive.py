@@ -140,7 +140,7 @@ class GaussianHead(nn.Module):
     (per channel, per state, per horizon when the features carry the elapsed time).
     """
 
-    def __init__(self, in_dim: int, num_channels: int, init_std: float = 0.5, min_std: float = 1e-3):
+    def __init__(self, in_dim: int, num_channels: int, init_std: float = 1.0, min_std: float = 1e-3):
         super().__init__()
         self.linear = nn.Linear(in_dim, num_channels)
         self.min_std = min_std
