@@ -209,15 +209,16 @@ def test_quickstart_command_prints_comparison_and_locations(tmp_path: Path) -> N
     out = run_tsode(["quickstart", *SMALL], tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    assert "LatentODE" in text and "LOCF" in text
-    assert "test/mse" in text
+    assert "LatentODE" in text and "LOCF" in text and "MEAN" in text and "gru_dt" in text
+    assert "test/mse" in text and "test/coverage80" in text
     assert "MLflow run" in text and "forecast plot" in text
     plot_line = next(line for line in text.splitlines() if "forecast plot" in line)
     plot = Path(plot_line.split(":", 1)[1].strip())
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])[0]
-    assert "baseline_locf/test/mse" in run.data.metrics
+    for name in ("locf", "mean", "gru_dt"):
+        assert f"baseline_{name}/test/mse" in run.data.metrics
     assert "test/mse" in run.data.metrics
 
 
@@ -229,7 +230,7 @@ def test_quickstart_fails_loudly_without_the_models(
     monkeypatch.setattr(tsode.models, "MODELS", {"locf": tsode.models.MODELS["locf"]})
     assert main(["quickstart"]) == 1
     err = capsys.readouterr().err
-    assert "['latent_ode'] are not implemented yet" in err and "nothing was trained" in err
+    assert "['gru_dt', 'mean'] are not implemented yet" in err and "nothing was trained" in err
 
 
 def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:

@@ -1,8 +1,11 @@
-"""``tsode quickstart``: train the default model from ``recipes/quickstart.yaml``, compare with LOCF.
+"""``tsode quickstart``: train the default model from ``recipes/quickstart.yaml`` and compare it
+with the baselines.
 
-Steps: fit the recipe's model (tracked in MLflow), test it with its best checkpoint, test the
-last-observation-carried-forward baseline on the same test split, print both metric rows,
-and say where the MLflow run, its forecast plot and the local store are.
+Steps: fit the recipe's model (tracked in MLflow), test it with its best checkpoint, then train
+and test GRU-Δt (same epochs, clipping and early stopping) and test last-observation-carried-
+forward and the training channel mean on the same split, print the metric rows side by side
+(errors, interval coverage, CRPS) and say where the MLflow run, its forecast plot and the local
+store are.
 """
 
 from __future__ import annotations
@@ -20,36 +23,63 @@ import lightning.pytorch as pl
 from tsode.tracking import MLflowArtifacts, MLflowLogger, find_mlflow_logger
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-BASELINE = "locf"
-REPORTED = ("test/mse_orig", "test/mae_orig", "test/mse", "test/mae")
+BASELINES = ("gru_dt", "locf", "mean")
+REPORTED = (
+    "test/mse_orig", "test/mae_orig", "test/mse", "test/mae", "test/coverage80",
+    "test/coverage90", "test/crps",
+)
 
 
 class QuickstartError(RuntimeError):
     """The quickstart cannot run (missing recipe, model or baseline)."""
 
 
-def _baseline_model(model: pl.LightningModule, datamodule: Any) -> pl.LightningModule:
-    """The LOCF baseline built with the same data-derived arguments as the trained model."""
+def _baseline_model(name: str, model: pl.LightningModule, datamodule: Any) -> pl.LightningModule:
+    """Baseline ``name`` built with the same data-derived arguments as the trained model."""
     from tsode.models import MODELS
 
-    if BASELINE not in MODELS:
+    if name not in MODELS:
         raise QuickstartError(
-            f"tsode quickstart: the {BASELINE!r} baseline is not available; "
+            f"tsode quickstart: the {name!r} baseline is not available; "
             f"tsode.models.MODELS has {sorted(MODELS)}"
         )
-    cls = MODELS[BASELINE]
+    cls = MODELS[name]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {}
-    for name in ("num_channels", "num_static", "channel_means", "channel_stds"):
-        if name in accepted:
-            value = getattr(model, name, None)
+    for arg in ("num_channels", "num_static", "channel_means", "channel_stds"):
+        if arg in accepted:
+            value = getattr(model, arg, None)
             if value is None:
-                value = getattr(model.hparams, name, None) if hasattr(model, "hparams") else None
+                value = getattr(model.hparams, arg, None) if hasattr(model, "hparams") else None
             if value is None:
-                value = getattr(datamodule, name, None)
+                value = getattr(datamodule, arg, None)
             if value is not None:
-                kwargs[name] = value
+                kwargs[arg] = value
     return cls(**kwargs)
+
+
+def _fit_and_test_baseline(
+    name: str, model: pl.LightningModule, datamodule: Any, max_epochs: int | None, workdir: str
+) -> dict[str, float]:
+    """Train a baseline like the main model (same epochs, clipping, early stopping on
+    ``val/mse``; parameter-free ones take one pass for their statistics) and test it."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    baseline = _baseline_model(name, model, datamodule)
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                 accelerator="auto", default_root_dir=workdir)
+    if not any(p.requires_grad for p in baseline.parameters()):
+        trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, enable_checkpointing=False, **quiet)
+        trainer.fit(baseline, datamodule=datamodule)
+        return trainer.test(baseline, datamodule=datamodule, verbose=False)[0]
+    checkpoint = ModelCheckpoint(dirpath=workdir, monitor="val/mse", mode="min")
+    trainer = pl.Trainer(
+        max_epochs=max_epochs or 15, gradient_clip_val=1.0,
+        callbacks=[EarlyStopping("val/mse", patience=5), checkpoint], **quiet,
+    )
+    trainer.fit(baseline, datamodule=datamodule)
+    return trainer.test(baseline, datamodule=datamodule, ckpt_path=checkpoint.best_model_path or None,
+                        verbose=False)[0]
 
 
 def format_comparison(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> str:
@@ -85,7 +115,7 @@ def run_quickstart(argv: Sequence[str] = ()) -> int:
     from tsode.cli import TsodeArgumentParser, TsodeCLI
     from tsode.models import MODELS
 
-    missing = [name for name in ("latent_ode", BASELINE) if name not in MODELS]
+    missing = [name for name in BASELINES if name not in MODELS]
     if missing:
         raise QuickstartError(
             f"tsode quickstart: model(s) {missing} are not implemented yet "
@@ -104,27 +134,22 @@ def run_quickstart(argv: Sequence[str] = ()) -> int:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     model_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
 
-    baseline = _baseline_model(model, datamodule)
-    baseline_trainer = pl.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="auto",
-    )
-    baseline_metrics = baseline_trainer.test(baseline, datamodule=datamodule, verbose=False)[0]
+    import tempfile
 
+    rows = {type(model).__name__: {k: float(v) for k, v in model_metrics.items()}}
     logger = find_mlflow_logger(trainer)
+    for name in BASELINES:
+        print(f"[quickstart] baseline {name} on the same split")
+        with tempfile.TemporaryDirectory(prefix="tsode-quickstart-") as workdir:
+            metrics = _fit_and_test_baseline(name, model, datamodule, trainer.max_epochs, workdir)
+        rows[name.upper() if name in ("locf", "mean") else name] = {
+            k: float(v) for k, v in metrics.items()
+        }
+        if logger is not None:
+            logger.log_metrics({f"baseline_{name}/{k}": float(v) for k, v in metrics.items()})
     if logger is not None:
-        logger.log_metrics(
-            {f"baseline_{BASELINE}/{k}": float(v) for k, v in baseline_metrics.items()}
-        )
         logger.finalize("success")
 
-    rows = {
-        type(model).__name__: {k: float(v) for k, v in model_metrics.items()},
-        BASELINE.upper(): {k: float(v) for k, v in baseline_metrics.items()},
-    }
     print()
     print("[quickstart] test metrics (held-out series; *_orig in original units):")
     print(format_comparison(rows, REPORTED))
