@@ -428,3 +428,16 @@ def test_pyfunc_params_are_validated(saved: Path, frame: pd.DataFrame) -> None:
         model.predict(None, frame, params={"horizon": 1.0, "step": 1e-7})
     out = model.predict(None, frame, params={"horizon": 2.0, "step": 1.0})
     assert out.groupby("series_id")["time"].nunique().eq(2).all()
+
+
+# ---------------------------------------------------------------------- encodings
+def test_a_latin1_table_fitted_with_its_encoding_is_also_read_so_at_predict(
+    frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    table = frame.copy()
+    table["channel"] = table["channel"].astype(str) + "_é"
+    path = tmp_path / "latin1.csv"
+    table.to_csv(path, index=False, encoding="latin-1")
+    fc = _forecaster("locf", tmp_path).fit(path, cutoff=24.0, batch_size=8, encoding="latin-1")
+    out = fc.predict(path, horizon=1.0, progress=False)
+    assert set(out["channel"]) == set(table["channel"])

@@ -167,7 +167,7 @@ class FittedData:
         Static covariate columns are read when the table has all of them; otherwise they are
         unknown (filled with the training mean). Unknown channels raise ``DataValidationError``.
         """
-        frame, name = read_table(source)
+        frame, name = read_table(source, encoding=getattr(self.spec, "encoding", None))
         spec = self.spec
         if self.static_names and all(c in frame.columns for c in self.static_names):
             spec = dataclasses.replace(spec, static_cols=list(self.static_names))
