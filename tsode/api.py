@@ -169,6 +169,18 @@ class FittedData:
         """
         frame, name = read_table(source, encoding=getattr(self.spec, "encoding", None))
         spec = self.spec
+        wide = spec.format == "wide" or (
+            spec.format == "auto" and spec.channel_col not in frame.columns
+        )
+        if wide and spec.value_cols is None:
+            # declared static / label columns are never channels, even when not read here
+            reserved = {spec.id_col, spec.time_col, *spec.static_cols, *self.static_names}
+            for extra in (spec.label_col, getattr(spec, "split_col", None)):
+                if extra is not None:
+                    reserved.add(extra)
+            spec = dataclasses.replace(
+                spec, value_cols=[c for c in frame.columns if c not in reserved]
+            )
         if self.static_names and all(c in frame.columns for c in self.static_names):
             spec = dataclasses.replace(spec, static_cols=list(self.static_names))
         elif spec.static_cols and not all(c in frame.columns for c in spec.static_cols):
@@ -535,7 +547,9 @@ class Forecaster:
                 (``id_col``, ``time_col``, ``channel_col``, ``value_col``, ``value_cols``,
                 ``static_cols``), ``time_unit``, ``task`` (``"forecast"``, ``"extrapolation"``,
                 ``"interpolation"``), ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours),
-                ``split_fractions`` (default ``(0.8, 0.2, 0.0)``), ``batch_size``, ...
+                ``split_fractions`` (default ``(0.8, 0.2, 0.0)``), or explicit splits:
+                ``splits={"train": ids, "val": ids, "test": ids}`` or ``split_col`` (a column
+                naming each series' split), ``batch_size``, ...
 
         Returns:
             self, with the best-validation weights loaded.
@@ -544,7 +558,8 @@ class Forecaster:
         options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
         datamodule = TableDataModule(data, **options)
         datamodule.setup("fit")
-        check_validation_split(datamodule, options.get("split_fractions"))
+        explicit = options.get("splits") is not None or options.get("split_col") is not None
+        check_validation_split(datamodule, None if explicit else options.get("split_fractions"))
         self.data_kwargs = _plain({k: v for k, v in options.items()})
         self.data = FittedData.from_datamodule(datamodule)
         module = self._build_module(self.data)

@@ -9,6 +9,7 @@ context/target views and serves ``IrregularBatch`` dataloaders (length-bucketed 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -102,6 +103,7 @@ class IrregularDataModule(L.LightningDataModule):
         self._static_normalizer: Normalizer | None = None
         self._summary: DataSummary | None = None
         self._loaded_state: dict[str, Any] | None = None
+        self._dropped: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ to implement
     def load_table(self) -> SeriesTable:
@@ -118,6 +120,8 @@ class IrregularDataModule(L.LightningDataModule):
             table = self._restrict_to_splits(table, counts)
         keep = np.flatnonzero(table.lengths >= self.min_time_points)
         counts["series_dropped_too_few_time_points"] = int(table.num_series - len(keep))
+        short_ids = [table.series_ids[i] for i in np.flatnonzero(table.lengths < self.min_time_points)]
+        loaded_series = table.num_series
         counts["min_time_points"] = self.min_time_points
         if len(keep) < table.num_series:
             table = table.subset(keep)
@@ -152,8 +156,67 @@ class IrregularDataModule(L.LightningDataModule):
             )
             counts[f"{name}_series_excluded_by_task"] = self.datasets[name].num_excluded
         self._check_task_leaves_series(table)
+        self._warn_dropped_series(short_ids, loaded_series)
         self._summary = DataSummary.from_table(table, counts)
         log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def dropped_series(self) -> dict[str, dict[str, int]]:
+        """Series each split loses, by reason: ``too_few_time_points`` (dropped before the
+        split; per split only with explicit ``splits``, else under ``"all"``),
+        ``no_context`` (nothing observed up to the cutoff) and ``no_target`` (nothing to
+        predict after it). Zero counts are left out."""
+        self._ensure_setup()
+        return dict(self._dropped)
+
+    def _warn_dropped_series(self, short_ids: list[Any], loaded: int) -> None:
+        """Count the series the data and the task drop, per split and reason; warn (and log)
+        when any is dropped, naming the reasons and what to change."""
+        dropped: dict[str, dict[str, int]] = {}
+        if short_ids:
+            if self.splits is not None:
+                split_of = {sid: n for n in SPLIT_NAMES for sid in self.splits[n]}
+                for sid in short_ids:
+                    part = dropped.setdefault(split_of.get(sid, "all"), {})
+                    part["too_few_time_points"] = part.get("too_few_time_points", 0) + 1
+            else:
+                dropped["all"] = {"too_few_time_points": len(short_ids)}
+        for name in SPLIT_NAMES:
+            dataset = self.datasets.get(name)
+            if dataset is None or not dataset.num_excluded:
+                continue
+            a = dataset.assignment
+            offsets = dataset.table.offsets
+            csum = np.concatenate([[0], np.cumsum(a.context_entries.any(1), dtype=np.int64)])
+            has_context = (csum[offsets[1:]] - csum[offsets[:-1]]) > 0
+            excluded = ~a.usable
+            part = dropped.setdefault(name, {})
+            for reason, flags in (
+                ("no_context", excluded & ~has_context),
+                ("no_target", excluded & has_context & (a.target_lengths == 0)),
+            ):
+                if flags.sum():
+                    part[reason] = part.get(reason, 0) + int(flags.sum())
+        self._dropped = dropped
+        if not dropped:
+            return
+        explain = {
+            "too_few_time_points": f"fewer than min_time_points={self.min_time_points} time points",
+            "no_context": f"no observation in the context ({self.task.describe()})",
+            "no_target": f"nothing to predict after the cutoff ({self.task.describe()})",
+        }
+        parts = []
+        for name, reasons in dropped.items():
+            text = ", ".join(f"{n} with {explain[r]}" for r, n in reasons.items())
+            parts.append(f"{name}: {text}" if name != "all" else f"before splitting: {text}")
+        total = sum(n for reasons in dropped.values() for n in reasons.values())
+        message = (
+            f"{type(self).__name__}: {total} of {loaded} series are not used -- "
+            f"{'; '.join(parts)}. "
+            "Lower min_time_points, move the cutoff (cutoff / cutoff_fraction) or the horizon, "
+            "or drop these series from the table"
+        )
+        log.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
     def _restrict_to_splits(self, table: SeriesTable, counts: dict[str, Any]) -> SeriesTable:
         """Check ``splits`` against ``table`` and keep only the listed series (table order).

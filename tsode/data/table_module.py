@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 from tsode.data.collate import SeriesDataset
 from tsode.data.module import IrregularDataModule
 from tsode.data.series import SeriesTable
-from tsode.data.tables import TableSource, TableSpec, load_table, read_table, table_from_frame
+from tsode.data.tables import (
+    TableSource,
+    TableSpec,
+    load_table,
+    read_table,
+    splits_from_column,
+    table_from_frame,
+)
 from tsode.data.tasks import TaskConfig
 
 log = logging.getLogger("tsode.data")
@@ -33,6 +40,8 @@ class TableDataModule(IrregularDataModule):
         encoding: text encoding of a CSV/TSV file (default UTF-8), e.g. ``"latin-1"``.
         channels: fixed channel list (table channels outside it raise); default: inferred.
         task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
+        split_col: column naming each series' split (``train`` / ``val`` / ``test``), instead
+            of ``split_fractions`` or ``splits`` (see :func:`tsode.data.tables.splits_from_column`).
 
     After ``setup``, :meth:`table_from` and :meth:`predict_dataloader_for` turn *new* tables into
     batches with the fitted channels, time axis and normalizers.
@@ -70,7 +79,13 @@ class TableDataModule(IrregularDataModule):
         num_workers: int = 0,
         context_boundary: str = "closed",
         splits: dict[str, list] | None = None,
+        split_col: str | None = None,
     ):
+        if split_col is not None and splits is not None:
+            raise ValueError(
+                f"TableDataModule: give either splits= (lists of ids) or split_col= (a column, "
+                f"here {split_col!r}), not both"
+            )
         super().__init__(
             task=task,
             cutoff=cutoff,
@@ -103,11 +118,16 @@ class TableDataModule(IrregularDataModule):
             duplicates=duplicates,
             max_span_hours=max_span_hours,
             encoding=encoding,
+            split_col=split_col,
         )
         self.fixed_channels = channels
 
     def load_table(self) -> SeriesTable:
-        return load_table(self.data, self.spec, channels=self.fixed_channels)
+        if self.spec.split_col is None:
+            return load_table(self.data, self.spec, channels=self.fixed_channels)
+        frame, name = read_table(self.data, encoding=self.spec.encoding)
+        self.splits = splits_from_column(frame, self.spec, name)  # checked against the table
+        return table_from_frame(frame, self.spec, source=name, channels=self.fixed_channels)
 
     def setup(self, stage: str | None = None) -> None:
         first = self.table is None

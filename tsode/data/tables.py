@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +69,8 @@ class TableSpec:
         duplicates: ``"mean"`` or ``"error"`` for repeated (series, time, channel) entries.
         max_span_hours: largest plausible series span in hours (None: unchecked).
         encoding: text encoding of CSV/TSV files (default UTF-8), e.g. ``"latin-1"``.
+        split_col: column naming each series' split (``train`` / ``val`` / ``test``), or None;
+            never a channel (see :func:`splits_from_column`).
     """
 
     format: str = "auto"
@@ -82,6 +86,7 @@ class TableSpec:
     duplicates: str = "mean"
     max_span_hours: float | None = 24.0 * 365 * 100
     encoding: str | None = None
+    split_col: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", "long", "wide"):
@@ -453,6 +458,35 @@ def _channel_names(labels: Sequence[Any], source: str, what: str = "channels") -
     return names
 
 
+def _warn_per_series_columns(
+    frame: pd.DataFrame, value_cols: Sequence[Any], codes: np.ndarray, source: str
+) -> None:
+    """Warn about default (wide) value columns that look like static covariates or labels:
+    filled on every row and constant within every series (some series with >= 2 rows)."""
+    if len(frame) < 2 or not len(value_cols):
+        return
+    if np.bincount(codes).max() < 2:
+        return
+    suspects = []
+    for col in value_cols:
+        column = frame[col]
+        if column.isna().any() or not pd.api.types.is_numeric_dtype(column):
+            continue
+        if (column.groupby(codes).nunique() <= 1).all():
+            suspects.append(col)
+    if not suspects:
+        return
+
+    message = (
+        f"{source}: value_cols not given, so every column but the id, time, static and label "
+        f"columns is a time-varying channel; column(s) {list(suspects)} hold one value per "
+        f"series on every row, like static covariates or labels. Declare them with "
+        f"static_cols=[...] / label_col=..., or list the channels with value_cols=[...]"
+    )
+    logging.getLogger("tsode.data").warning(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 def table_from_frame(
     frame: pd.DataFrame,
     spec: TableSpec,
@@ -580,11 +614,14 @@ def table_from_frame(
         )
     else:
         reserved = {spec.id_col, spec.time_col, *spec.static_cols}
-        if spec.label_col is not None:
-            reserved.add(spec.label_col)
+        for extra in (spec.label_col, spec.split_col):
+            if extra is not None:
+                reserved.add(extra)
         value_cols = spec.value_cols
         if value_cols is None:
             value_cols = [c for c in frame.columns if c not in reserved]
+            if channels is None:
+                _warn_per_series_columns(frame, value_cols, codes, source)
         _require_columns(frame, value_cols, source, "value")
         if not value_cols:
             raise DataValidationError(f"{source}: wide table has no value columns")
@@ -679,3 +716,50 @@ def load_table(
     spec = spec or TableSpec()
     frame, name = read_table(source, encoding=spec.encoding)
     return table_from_frame(frame, spec, source=name, channels=channels, time_axis=time_axis)
+
+
+SPLIT_VALUES = ("train", "val", "test")
+
+
+def splits_from_column(frame: pd.DataFrame, spec: TableSpec, source: str) -> dict[str, list]:
+    """``{"train": ids, "val": ids, "test": ids}`` from the column ``spec.split_col``.
+
+    Values are ``train``, ``val`` or ``test`` (case and surrounding spaces ignored); a series
+    gives its split on every row or on some rows only (empty cells are ignored); a series with
+    no split value is in no split (left out, as with explicit ``splits``).
+
+    Raises:
+        DataValidationError: the column is missing, a value is not a split name, or a series
+            has two different split values (naming the series, values and rows).
+    """
+    col = spec.split_col
+    assert col is not None
+    _require_columns(frame, [spec.id_col, col], source, "split")
+    loc = _Locator(source, frame, spec.id_col)
+    raw = frame[col]
+    present = raw.notna().to_numpy()
+    names = raw.astype(str).str.strip().str.lower()
+    bad = present & ~names.isin(SPLIT_VALUES).to_numpy()
+    if bad.any():
+        pos = _first(bad)
+        unknown = sorted({str(v) for v in raw[bad]})[:10]
+        raise DataValidationError(
+            f"{loc(pos, col)}: split value {show(raw.iloc[pos])} is not one of "
+            f"{list(SPLIT_VALUES)} ({int(bad.sum())} such rows; values {unknown}). Map them "
+            f"first, e.g. df[{col!r}] = df[{col!r}].replace({{'validation': 'val'}})"
+        )
+    ids = frame[spec.id_col]
+    table = pd.DataFrame({"id": ids.to_numpy(), "split": names.to_numpy()})[present]
+    per_series = table.groupby("id", sort=False)["split"].unique()
+    splits: dict[str, list] = {name: [] for name in SPLIT_VALUES}
+    for sid, values in per_series.items():
+        if len(values) > 1:
+            rows = np.flatnonzero(present & (ids == sid).to_numpy())
+            first = {v: int(r) for r, v in zip(rows[::-1], names.to_numpy()[rows][::-1])}
+            detail = ", ".join(f"{v!r} (row {first[v]})" for v in sorted(values))
+            raise DataValidationError(
+                f"{source}: series {show(sid)} has different values in split column {col!r}: "
+                f"{detail}; a series belongs to one split, give it one value"
+            )
+        splits[values[0]].append(sid)
+    return splits
