@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-PROTOCOLS = ("forecast-24h",)
+PROTOCOLS = ("forecast-24h", "interp", "extrap")
 DEFAULT_MODELS = ("locf", "mean", "gru_dt", "odernn", "latent_ode", "ncde")
 EXPERIMENT = "benchmark-forecast-24h"
 HISTORY_HOURS = 24.0
@@ -82,8 +82,14 @@ def default_physionet_dir() -> Path:
 
 
 # ---------------------------------------------------------------------- protocol: records
-def read_protocol_records(root: Path, sets: Sequence[str]) -> tuple[list[int], dict]:
+def read_protocol_records(
+    root: Path, sets: Sequence[str], quantization: float | None = None
+) -> tuple[list[int], dict]:
     """Every record of ``sets`` as the reference reads it (41 variables, see module doc).
+
+    ``quantization`` (hours, the latent ODE reference's ``--quantization``): times become
+    ``round(t / q) * q`` (half to even, like Python's ``round``) before repeated
+    (time, variable) values are averaged; None keeps minutes.
 
     Returns:
         record_ids: in protocol order (sets in the given order, RecordID ascending within a set).
@@ -125,6 +131,8 @@ def read_protocol_records(root: Path, sets: Sequence[str]) -> tuple[list[int], d
     if others:
         raise ValueError(f"unexpected variables {sorted(others)} in {root}")
     hours = frame["hh"].to_numpy(float)[keep] + frame["mm"].to_numpy(float)[keep] / 60.0
+    if quantization:
+        hours = np.round(hours / quantization) * quantization
     param = frame["parameter"][keep].map(lookup).to_numpy(np.int64)
     values = frame["value"].to_numpy(float)[keep]
     import pandas as pd
@@ -296,6 +304,230 @@ def score_model(model, data, protocol: dict) -> ProtocolScore:  # noqa: ANN001
     return score
 
 
+# ---------------------------------------------------------------------- latent ODE protocols
+# Rubanova, Chen & Duvenaud, "Latent ODEs for Irregularly-Sampled Time Series" (NeurIPS 2019),
+# reference code github.com/YuliaRubanova/latent_ode (commit c0682d4); rules and source lines
+# in docs/benchmarks.md.
+RUBANOVA_PROTOCOLS = ("interp", "extrap")
+RUBANOVA_QUANTIZATION = 0.1  # hours: run_models.py --quantization default
+RUBANOVA_BATCH = 50  # run_models.py -b default (training batches; the test set is one batch)
+# descriptors the reference treats as variables observed at t = 0 and tsode as static inputs
+RUBANOVA_DESCRIPTORS = ("Age", "Gender", "Height", "ICUType")
+# paper Table (PhysioNet test MSE x 1e-3), reference code path without --classif: sets A+B
+PUBLISHED_RUBANOVA = {
+    "interp": {"Latent ODE (ODE enc)": 2.118, "ODE-RNN": 2.361, "Latent ODE + Poisson": 2.789},
+    "extrap": {"Latent ODE (ODE enc)": 2.231, "Latent ODE + Poisson": 2.208},
+}
+
+
+def rubanova_reduce(se: np.ndarray, count: np.ndarray) -> float:
+    """The reference's MSE from per-(patient, feature) squared-error sums and counts.
+
+    Per patient and feature: mean squared error over that feature's targets, 0 when it has
+    none; then the mean over *all* features (zeros included), then over all patients
+    (patients without any target included, with 0).
+    """
+    se = np.asarray(se, dtype=np.float64)
+    count = np.asarray(count)
+    per = np.where(count > 0, se / np.maximum(count, 1), 0.0)
+    return float(per.mean(axis=-1).mean()) if per.size else math.nan
+
+
+def rubanova_mse(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """The reference's masked MSE on dense ``(patients, times, features)`` arrays (same units)."""
+    mask = np.asarray(mask, dtype=bool)
+    err = np.where(mask, np.asarray(pred, np.float64) - np.asarray(truth, np.float64), 0.0)
+    return rubanova_reduce((err**2).sum(axis=1), mask.sum(axis=1))
+
+
+class RubanovaScore:
+    """Accumulates the reference's MSE over a fixed set of test patients.
+
+    Args:
+        num_patients: P test patients (every one counts, targets or not).
+        params: F variable names (the reference's 41).
+        data_max: (F,) the reference's divisor: data max over the whole data set, 0 -> 1.
+            Errors are divided by it: ``(x - min) / max`` minus ``(y - min) / max``.
+    """
+
+    def __init__(self, num_patients: int, params: Sequence[str], data_max: Sequence[float]):
+        self.params = list(params)
+        scale = np.asarray(data_max, dtype=np.float64)
+        self.scale = np.where(np.isfinite(scale) & (scale != 0), scale, 1.0)
+        self.se = np.zeros((num_patients, len(self.params)))
+        self.count = np.zeros((num_patients, len(self.params)), dtype=np.int64)
+
+    def update(self, patient: np.ndarray, param: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:
+        """Add targets (one per entry): patient index, variable index, values in original units."""
+        param = np.asarray(param, dtype=np.int64)
+        err = (np.asarray(pred, np.float64) - np.asarray(truth, np.float64)) / self.scale[param]
+        np.add.at(self.se, (patient, param), err**2)
+        np.add.at(self.count, (patient, param), 1)
+
+    def result(self) -> dict[str, float]:
+        has = self.count > 0
+        per = np.where(has, self.se / np.maximum(self.count, 1), 0.0)
+        return {
+            "mse": rubanova_reduce(self.se, self.count),
+            "patients": int(self.se.shape[0]),
+            "patients_with_targets": int(has.any(1).sum()),
+            "targets": int(self.count.sum()),
+            "per_variable": {  # mean over patients of the per-patient MSE (zeros included)
+                p: float(per[:, j].mean()) for j, p in enumerate(self.params) if has[:, j].any()
+            },
+        }
+
+
+def _union_boundary(times: np.ndarray) -> float:
+    """The reference's extrapolation split of one batch: its union time grid (every record has
+    a row at t = 0) cut at index ``len // 2``; returns the first predicted time."""
+    grid = np.unique(np.concatenate([[0.0], times]))
+    return float(grid[len(grid) // 2])
+
+
+def build_rubanova_protocol(root: Path, sets: Sequence[str], max_series: int | None,
+                            kind: str, quantization: float = RUBANOVA_QUANTIZATION) -> dict:
+    """Records, split, normalisation, extrapolation boundary and test targets (see docs)."""
+    record_ids: list[int] = []
+    parts: list[dict] = []
+    for set_name in sets:  # the reference's -n keeps the first n records of each set
+        ids, long = read_protocol_records(root, [set_name], quantization)
+        if max_series is not None and max_series < len(ids):
+            keep = long["record"] < max_series
+            long = {k: v[keep] for k, v in long.items()}
+            ids = ids[:max_series]
+        long["record"] = long["record"] + len(record_ids)
+        record_ids += ids
+        parts.append(long)
+    long = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    split = protocol_split(record_ids)
+    nparam = len(PROTOCOL_PARAMS)
+    # min / max over every observed entry of the whole data set (train and test), float32
+    values32 = long["value"].astype(np.float32).astype(np.float64)
+    lo = np.full(nparam, np.inf)
+    hi = np.full(nparam, -np.inf)
+    np.minimum.at(lo, long["param"], values32)
+    np.maximum.at(hi, long["param"], values32)
+    index = {rid: k for k, rid in enumerate(record_ids)}
+    test_rec = np.array([index[r] for r in split["test"]], dtype=np.int64)
+    is_test = np.zeros(len(record_ids), dtype=bool)
+    is_test[test_rec] = True
+    sel = is_test[long["record"]]
+    boundary = None
+    if kind == "extrap":
+        boundary = _union_boundary(long["time"][sel])
+        sel &= long["time"] >= boundary
+    # get_next_batch drops target time columns whose normalized values sum to 0 over the batch
+    divisor = np.where(hi == 0, 1.0, hi)
+    norm = (values32 - np.where(np.isfinite(lo), lo, 0.0)[long["param"]]) / divisor[long["param"]]
+    times_t = long["time"][sel]
+    grid, inv = np.unique(times_t, return_inverse=True)
+    col_sum = np.zeros(len(grid))
+    np.add.at(col_sum, inv, norm[sel].astype(np.float32).astype(np.float64))
+    dropped = col_sum[inv] == 0.0
+    rows = np.flatnonzero(sel)[~dropped]
+    # extrapolation boundaries the reference's training batches get (50 records, split order)
+    train_boundaries: list[float] = []
+    if kind == "extrap":
+        seen = [index[r] for r in split["train"] + split["val"]]
+        rec_times = np.split(long["time"], np.searchsorted(long["record"], np.arange(1, len(record_ids))))
+        batch = min(max_series or RUBANOVA_BATCH, RUBANOVA_BATCH)
+        for b in range(0, len(seen), batch):
+            chunk = [rec_times[k] for k in seen[b : b + batch]]
+            train_boundaries.append(_union_boundary(np.concatenate(chunk) if chunk else np.zeros(0)))
+    patient = np.full(len(record_ids), -1, dtype=np.int64)
+    patient[test_rec] = np.arange(len(test_rec))
+    return {
+        "kind": kind,
+        "sets": list(sets),
+        "quantization": quantization,
+        "record_ids": record_ids,
+        "split": split,
+        "params": list(PROTOCOL_PARAMS),
+        "min": [float(x) if np.isfinite(x) else math.nan for x in lo],
+        "max": [float(x) if np.isfinite(x) else math.nan for x in hi],
+        "boundary": boundary,
+        "train_boundaries": train_boundaries,
+        "dropped_target_columns": int((col_sum == 0.0).sum()),
+        "dropped_targets": int(dropped.sum()),
+        "targets": {  # the scored entries: test patient index, time (h), variable, value
+            "patient": patient[long["record"][rows]].tolist(),
+            "time": long["time"][rows].tolist(),
+            "param": long["param"][rows].tolist(),
+            "value": long["value"][rows].tolist(),
+        },
+    }
+
+
+def rubanova_predict(model, data, protocol: dict) -> dict:  # noqa: ANN001
+    """tsode's predictions for every protocol target, and the score.
+
+    Each test series is given its context (interp: every observation; extrap: ``t <``
+    boundary) and asked for all 37 channels at the record's target times. Targets of the four
+    pure descriptors (tsode's static inputs) are copied; targets of a record tsode cannot serve
+    (no observation in its context) get the training channel mean.
+    """
+    import torch
+
+    from tsode.data.tasks import TaskConfig
+
+    targets = {k: np.asarray(v) for k, v in protocol["targets"].items()}
+    params = protocol["params"]
+    test_ids = protocol["split"]["test"]
+    channels = list(data.channels)
+    chan_of_param = np.array([channels.index(p) if p in channels else -1 for p in params])
+    is_descr = np.isin(np.array(params), RUBANOVA_DESCRIPTORS)[targets["param"]]
+    pred = np.full(len(targets["value"]), np.nan)
+    pred[is_descr] = targets["value"][is_descr]
+    if protocol["kind"] == "extrap":
+        task = TaskConfig(kind="forecast", cutoff=protocol["boundary"], context_boundary="open")
+    else:
+        task = TaskConfig(kind="none")
+    pos = {rid: k for k, rid in enumerate(data.table.series_ids)}
+    test_table = data.table.subset([pos[r] for r in test_ids if r in pos])
+    patient_of = {rid: k for k, rid in enumerate(test_ids)}
+    order = np.argsort(targets["patient"], kind="stable")
+    starts = np.searchsorted(targets["patient"][order], np.arange(len(test_ids) + 1))
+    normalizer = data.normalizer
+    model.eval()
+    with torch.no_grad():
+        for batch in data.dataloader_for(test_table, task, batch_size=64):
+            rows, queries = [], []
+            for rid in batch.series_ids:
+                p = patient_of[rid]
+                idx = order[starts[p] : starts[p + 1]]
+                idx = idx[~is_descr[idx]]
+                rows.append(idx)
+                queries.append(np.unique(targets["time"][idx]))
+            width = max(1, max(len(q) for q in queries))
+            offset = batch.time_offset.cpu().numpy() if batch.time_offset is not None else None
+            query = np.zeros((len(queries), width))
+            for b, q in enumerate(queries):
+                if len(q):
+                    query[b, : len(q)] = q
+                    query[b, len(q) :] = q[-1]
+                if offset is not None:
+                    query[b] -= offset[b]
+            batch = batch.to(model.device)
+            times = torch.as_tensor(query, dtype=batch.context.times.dtype, device=model.device)
+            mean = model.forecast(batch, times)["mean"].to(torch.float64).cpu().numpy()
+            out = normalizer.inverse(mean)
+            for b, (idx, q) in enumerate(zip(rows, queries)):
+                if len(idx):
+                    at = np.searchsorted(q, targets["time"][idx])
+                    pred[idx] = out[b, at, chan_of_param[targets["param"][idx]]]
+    missing = np.isnan(pred)
+    fallback = np.asarray(normalizer.mean, dtype=np.float64)
+    pred[missing] = fallback[chan_of_param[targets["param"][missing]]]
+    score = RubanovaScore(len(test_ids), params, protocol["max"])
+    score.update(targets["patient"], targets["param"], pred, targets["value"])
+    out = score.result()
+    out["fallback_targets"] = int(missing.sum())
+    out["fallback_patients"] = int(len(np.unique(targets["patient"][missing])))
+    out["copied_descriptor_targets"] = int(is_descr.sum())
+    return out
+
+
 # ---------------------------------------------------------------------- one model (worker)
 def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (``VmHWM``, else ``ru_maxrss``)."""
@@ -323,11 +555,25 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
 
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
-    data = PhysioNet2012DataModule(
-        root=str(args.root), sets=tuple(args.sets), progress=False, task="forecast",
-        cutoff=HISTORY_HOURS, context_boundary="open", splits=protocol["split"], batch_size=32,
-        seed=seed,
-    )
+    rubanova = args.protocol in RUBANOVA_PROTOCOLS
+    if rubanova:
+        # extrap: the test batch's boundary for every series; interp: tsode's interpolation
+        # task (30 % of the entries held out) for training and validation
+        task_kwargs = (
+            dict(task="forecast", cutoff=protocol["boundary"], context_boundary="open")
+            if args.protocol == "extrap" else dict(task="interpolation")
+        )
+        data = PhysioNet2012DataModule(
+            root=str(args.root), sets=tuple(args.sets), progress=False,
+            quantization_minutes=protocol["quantization"] * 60.0, splits=protocol["split"],
+            batch_size=RUBANOVA_BATCH, seed=seed, **task_kwargs,
+        )
+    else:
+        data = PhysioNet2012DataModule(
+            root=str(args.root), sets=tuple(args.sets), progress=False, task="forecast",
+            cutoff=HISTORY_HOURS, context_boundary="open", splits=protocol["split"],
+            batch_size=32, seed=seed,
+        )
     data.setup("fit")
     cls = MODELS[model_name]
     derived = {
@@ -342,7 +588,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     trainable = any(p.requires_grad for p in model.parameters())
     workdir = tempfile.mkdtemp(prefix="tsode-physionet-")
     logger = MLflowLogger(
-        experiment_name=EXPERIMENT, run_name=f"{model_name}-seed{seed}",
+        experiment_name=f"benchmark-{args.protocol}", run_name=f"{model_name}-seed{seed}",
         tracking_uri=args.tracking_uri, save_dir=workdir,
         tags={"benchmark": "physionet", "protocol": args.protocol, "model": model_name,
               "sets": "+".join(args.sets)},
@@ -350,8 +596,9 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     logger.log_hyperparams({
         "model": model_name, "seed": seed, "sets": "+".join(args.sets),
         "max_series": args.max_series, "epochs": args.epochs, "patience": args.patience,
-        "batch_size": 32, "gradient_clip_val": 1.0, "context_boundary": "open",
-        "cutoff_hours": HISTORY_HOURS, "max_minutes": args.max_minutes,
+        "batch_size": RUBANOVA_BATCH if rubanova else 32, "gradient_clip_val": 1.0,
+        "context_boundary": "open", "max_minutes": args.max_minutes,
+        "cutoff_hours": protocol.get("boundary") if rubanova else HISTORY_HOURS,
         "model_kwargs": args.model_kwargs,
         **{f"split_{k}": len(v) for k, v in protocol["split"].items()},
     })
@@ -380,6 +627,9 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         trainer.fit(model, datamodule=data)
         epochs = trainer.current_epoch
         result = trainer.test(model, datamodule=data, verbose=False)[0]
+    if rubanova:
+        return _finish_rubanova(model_name, seed, model, data, protocol, logger, start, epochs,
+                                best_epoch, result)
     score = score_model(model, data, protocol)
     seconds = time.perf_counter() - start
     proto = score.result()
@@ -405,6 +655,54 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     logger.log_metrics(metrics)
     logger.finalize("success")
     return row
+
+
+def _finish_rubanova(model_name, seed, model, data, protocol, logger, start, epochs,  # noqa: ANN001, PLR0913
+                     best_epoch, result) -> dict:
+    score = rubanova_predict(model, data, protocol)
+    seconds = time.perf_counter() - start
+    row = {
+        "model": model_name, "seed": seed, "seconds": seconds, "epochs": epochs,
+        "best_epoch": best_epoch, "peak_rss_mb": peak_rss_mb(), "protocol_mse": score["mse"],
+        **{k: score[k] for k in ("patients", "patients_with_targets", "targets",
+                                 "fallback_targets", "fallback_patients",
+                                 "copied_descriptor_targets")},
+        "per_variable": {k: {"mse": v} for k, v in score["per_variable"].items()},
+        "run_id": logger.run_id,
+    }
+    for metric in TSODE_METRICS:
+        if f"test/{metric}" in result:
+            row[f"tsode_{metric}"] = float(result[f"test/{metric}"])
+    logger.log_metrics({"protocol/mse": score["mse"], "protocol/mse_x1e3": score["mse"] * 1e3,
+                        "protocol/targets": score["targets"], "wall_seconds": seconds,
+                        "peak_rss_mb": row["peak_rss_mb"],
+                        **{f"protocol/mse/{k}": v for k, v in score["per_variable"].items()}})
+    logger.finalize("success")
+    return row
+
+
+def render_rubanova(rows: list[dict], models: Sequence[str], sets: Sequence[str], kind: str) -> str:
+    """Markdown table of the latent ODE protocols with the paper's rows beside ours."""
+    by_model = {m: [r for r in rows if r["model"] == m] for m in models}
+    locf = _values(by_model.get("locf", []), "protocol_mse")
+    locf_mse = statistics.fmean(locf) if locf else math.nan
+    ours = "+".join(s.upper() for s in sets)
+    lines = ["| model | data | MSE ×1e-3 | MSE / LOCF | scored targets | fallback targets | "
+             "tsode test MSE (z) | wall s | epochs |", "|" + "---|" * 9]
+    for model, group in by_model.items():
+        if not group:
+            continue
+        mse = _values(group, "protocol_mse")
+        ratio = statistics.fmean(mse) / locf_mse if mse and locf_mse == locf_mse else math.nan
+        lines.append(
+            f"| {model} | {ours} | {_cell(group, 'protocol_mse', '.3f', 1e3)} | "
+            f"{'–' if ratio != ratio else f'{ratio:.3f}'} | {group[0]['targets']} | "
+            f"{group[0]['fallback_targets']} | {_cell(group, 'tsode_mse', '.4f')} | "
+            f"{_cell(group, 'seconds', '.0f')} | {_cell(group, 'epochs', '.0f')} |"
+        )
+    for name, mse in PUBLISHED_RUBANOVA[kind].items():
+        lines.append(f"| {name} (published) | A+B | {mse:.3f} | | | | | | |")
+    return "\n".join(lines)
 
 
 def _run_subprocess(model: str, seed: int, argv: list[str]) -> subprocess.Popen:
@@ -479,6 +777,85 @@ def render_per_variable(rows: list[dict], models: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def shared_args(args: argparse.Namespace) -> list[str]:
+    """Worker arguments shared by every model run."""
+    shared = ["--protocol", args.protocol, "--epochs", str(args.epochs), "--patience",
+              str(args.patience), "--sets", *args.sets, "--root", str(args.root),
+              "--tracking-uri", args.tracking_uri, "--model-kwargs", args.model_kwargs]
+    if args.max_minutes is not None:
+        shared += ["--max-minutes", str(args.max_minutes)]
+    if args.max_series is not None:
+        shared += ["--max-series", str(args.max_series)]
+    return shared
+
+
+def run_models(args: argparse.Namespace, protocol: dict) -> tuple[list[dict], bool]:
+    """Every (model, seed) in its own worker subprocess, ``--jobs`` at once."""
+    tmp = Path(tempfile.mkdtemp(prefix="tsode-physionet-protocol-"))
+    protocol_file = tmp / "protocol.json"
+    protocol_file.write_text(json.dumps(protocol))
+    shared = shared_args(args) + ["--protocol-file", str(protocol_file)]
+    queue = [(m, s) for s in args.seeds for m in args.models]
+    running: list[tuple[str, int, subprocess.Popen]] = []
+    rows: list[dict] = []
+    failed = False
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            model, seed = queue.pop(0)
+            running.append((model, seed, _run_subprocess(model, seed, shared)))
+        model, seed, proc = running.pop(0)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            print(f"[physionet] {model} seed {seed} failed:\n{err[-3000:]}", file=sys.stderr)
+            failed = True
+            continue
+        row = json.loads(out.strip().splitlines()[-1])
+        rows.append(row)
+        brief = {k: v for k, v in row.items() if k != "per_variable"}
+        print(f"[physionet] {json.dumps(brief)}", flush=True)
+    return rows, failed
+
+
+def _main_rubanova(args: argparse.Namespace, start: float) -> int:
+    protocol = build_rubanova_protocol(args.root, args.sets, args.max_series, args.protocol,
+                                       args.quantization)
+    split = protocol["split"]
+    n_targets = len(protocol["targets"]["value"])
+    bounds = protocol["train_boundaries"]
+    extra = ""
+    if args.protocol == "extrap":
+        extra = (f"; boundary of the test batch {protocol['boundary']:g} h (training batches of "
+                 f"{RUBANOVA_BATCH} would get {min(bounds):g}-{max(bounds):g} h, median "
+                 f"{statistics.median(bounds):g})")
+    print(f"[physionet] {args.protocol}: {len(protocol['record_ids'])} records of sets "
+          f"{'+'.join(args.sets)} at {args.quantization:g} h; split train {len(split['train'])} "
+          f"/ val {len(split['val'])} / test {len(split['test'])}; {n_targets} test targets "
+          f"({protocol['dropped_targets']} dropped in zero-sum columns){extra} "
+          f"({time.perf_counter() - start:.1f} s)", flush=True)
+    rows, failed = run_models(args, protocol)
+    print()
+    print(f"PhysioNet 2012 {args.protocol} (latent ODE protocol, Rubanova et al. 2019) on sets "
+          f"{'+'.join(s.upper() for s in args.sets)}"
+          f"{f', first {args.max_series} records of each set' if args.max_series else ''}; "
+          f"MSE x 1e-3 in the reference's (x - min) / max units; seeds {args.seeds}. "
+          f"Published rows: the reference code path (sets A+B, all 8000 records).")
+    print(render_rubanova(rows, args.models, args.sets, args.protocol))
+    for row in rows:
+        if row["fallback_targets"]:
+            print(f"note: {row['model']} seed {row['seed']}: {row['fallback_targets']} targets of "
+                  f"{row['fallback_patients']} patients without a tsode context got the training "
+                  f"channel mean")
+    if args.per_variable:
+        print()
+        print(render_per_variable(rows, args.models))
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "protocol": {k: v for k, v in protocol.items() if k not in ("record_ids", "targets")},
+             "rows": rows}, indent=1))
+    return 1 if failed else 0
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -491,7 +868,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall-time budget per model run (minutes)")
     parser.add_argument("--sets", nargs="+", default=["a", "b"])
     parser.add_argument("--max-series", type=int, default=None,
-                        help="keep the first N records (the reference's -n), for smoke runs")
+                        help="the reference's -n, for smoke runs: forecast-24h keeps the first N "
+                        "records, interp/extrap the first N of each set")
+    parser.add_argument("--quantization", type=float, default=RUBANOVA_QUANTIZATION,
+                        help="interp/extrap: time grid in hours (the reference's --quantization)")
     parser.add_argument("--root", type=Path, default=default_physionet_dir())
     parser.add_argument("--jobs", type=int, default=1, help="model runs at once")
     parser.add_argument("--per-variable", action="store_true")
@@ -515,6 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; available: {sorted(MODELS)}")
     start = time.perf_counter()
+    if args.protocol in RUBANOVA_PROTOCOLS:
+        return _main_rubanova(args, start)
     protocol = build_protocol(args.root, args.sets, args.max_series)
     split = protocol["split"]
     print(f"[physionet] {len(protocol['record_ids'])} records of sets {'+'.join(args.sets)}; "
@@ -522,35 +904,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(split['test'])}; {sum(protocol['target_counts'].values())} test targets over "
           f"{len(protocol['target_counts'])} variables ({time.perf_counter() - start:.1f} s)",
           flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="tsode-physionet-protocol-"))
-    protocol_file = tmp / "protocol.json"
-    protocol_file.write_text(json.dumps(protocol))
-    shared = ["--protocol", args.protocol, "--epochs", str(args.epochs), "--patience",
-              str(args.patience), "--sets", *args.sets, "--root", str(args.root),
-              "--tracking-uri", args.tracking_uri, "--protocol-file", str(protocol_file)]
-    shared += ["--model-kwargs", args.model_kwargs]
-    if args.max_minutes is not None:
-        shared += ["--max-minutes", str(args.max_minutes)]
-    if args.max_series is not None:
-        shared += ["--max-series", str(args.max_series)]
-    queue = [(m, s) for s in args.seeds for m in args.models]
-    running: list[tuple[str, int, subprocess.Popen]] = []
-    rows: list[dict] = []
-    failed = False
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            model, seed = queue.pop(0)
-            running.append((model, seed, _run_subprocess(model, seed, shared)))
-        model, seed, proc = running.pop(0)
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            print(f"[physionet] {model} seed {seed} failed:\n{err[-3000:]}", file=sys.stderr)
-            failed = True
-            continue
-        row = json.loads(out.strip().splitlines()[-1])
-        rows.append(row)
-        brief = {k: v for k, v in row.items() if k != "per_variable"}
-        print(f"[physionet] {json.dumps(brief)}", flush=True)
+    rows, failed = run_models(args, protocol)
     expected = sum(protocol["target_counts"].values())
     print()
     print(f"PhysioNet 2012 forecast-24h (t-PatchGNN protocol) on sets "
