@@ -140,3 +140,81 @@ def test_split_column_errors_name_the_series_and_values() -> None:
         TableDataModule(frame, split_col="fold", splits=SPLITS)
     with pytest.raises(ValueError, match=r"unknown split names \['valid'\]"):
         TableDataModule(frame, splits={"train": ["s00"], "valid": ["s01"]})
+
+
+# ---------------------------------------------------------------- 3. forecasting from a time
+
+
+@pytest.fixture(scope="module")
+def fitted_wide(tmp_path_factory: pytest.TempPathFactory) -> Forecaster:
+    fc = tiny(work_dir=tmp_path_factory.mktemp("work"))
+    return fc.fit(wide_frame(), static_cols=["age", "unit"], label_col="died", cutoff=24.0,
+                  time_origin="absolute")  # cutoffs in hours of the time column
+
+
+def test_predict_from_a_cutoff_uses_only_earlier_observations(fitted_wide: Forecaster) -> None:
+    frame = wide_frame()
+    before = frame[frame["time"] <= 20.0]  # closed boundary (the default): t <= cutoff
+    out = fitted_wide.predict(frame, cutoff=20.0, horizon=4.0, step=2.0, progress=False)
+    cut_by_hand = fitted_wide.predict(before, horizon=4.0, step=2.0, progress=False)
+    # forecasts start at the cutoff (not at each series' last row) ...
+    assert sorted(out["time"].unique()) == [22.0, 24.0]
+    # ... and equal forecasts from the table cut by hand, shifted to the cutoff's grid
+    grid = before.groupby("series_id")["time"].max()
+    assert (grid < 20.0).any()  # so the grids differ and the test means something
+    forced = fitted_wide.predict(before, times=[22.0, 24.0], progress=False)
+    pd.testing.assert_frame_equal(out, forced)
+    assert len(cut_by_hand) == len(out)
+    # per series: a mapping series_id -> cutoff; series it does not name are skipped
+    per = fitted_wide.predict(frame, cutoff={"s00": 10.0, "s01": 30.0}, horizon=2.0, step=2.0,
+                              progress=False)
+    assert per.groupby("series_id")["time"].max().to_dict() == {"s00": 12.0, "s01": 32.0}
+    one = fitted_wide.predict(frame[frame["series_id"] == "s00"].query("time <= 10"),
+                              times=[12.0], progress=False)
+    np.testing.assert_array_equal(per[per["series_id"] == "s00"]["mean"], one["mean"])
+    with pytest.raises(ValueError, match=r"cutoff given for series 'nope' that are not in"):
+        fitted_wide.predict(frame, cutoff={"nope": 3.0}, horizon=2.0)
+    with pytest.raises(ValueError, match="cutoff must be finite"):
+        fitted_wide.predict(frame, cutoff=float("nan"), horizon=2.0)
+    with pytest.warns(UserWarning, match="without observations before their cutoff skipped"):
+        early = fitted_wide.predict(frame, cutoff=0.0, horizon=2.0, progress=False)
+    assert early.empty
+
+
+def test_predict_cutoff_boundary_is_the_training_context_boundary(tmp_path: Path) -> None:
+    frame = wide_frame(num_series=6)
+    at = frame.groupby("series_id")["time"].nth(3)  # an observation exactly at the cutoff
+    sid, t = frame.loc[at.index[0], "series_id"], float(at.iloc[0])
+    # default time_origin="series_start": a cutoff counts hours since the series' first time
+    relative = t - frame.loc[frame["series_id"] == sid, "time"].min()
+    for boundary, keep in (("closed", frame["time"] <= t), ("open", frame["time"] < t)):
+        fc = tiny(work_dir=tmp_path).fit(frame, value_cols=["hr", "map"], cutoff=24.0,
+                                         context_boundary=boundary, split_fractions=(0.5, 0.5, 0))
+        out = fc.predict(frame, cutoff=pd.Series({sid: relative}), horizon=1.0, step=1.0,
+                         progress=False)
+        assert out["time"].unique().tolist() == [t + 1.0]
+        mine = frame[(frame["series_id"] == sid) & keep]
+        by_hand = fc.predict(mine, times=[t + 1.0], progress=False)
+        np.testing.assert_array_equal(out["mean"], by_hand["mean"])
+
+
+def test_pyfunc_cutoff_params(fitted_wide: Forecaster, tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    from tsode.pyfunc import save_pyfunc_model
+
+    model = mlflow.pyfunc.load_model(str(save_pyfunc_model(fitted_wide, tmp_path / "model")))
+    frame = wide_frame()
+    params = {"horizon": 4.0, "step": 2.0}
+    out = model.predict(frame, params={**params, "cutoff": 20.0})
+    expected = fitted_wide.predict(frame, cutoff=20.0, horizon=4.0, step=2.0, progress=False)
+    pd.testing.assert_frame_equal(out, expected)
+    # per series: a column of cutoffs (one value per series; the column is no channel)
+    per = frame.assign(cut=frame["series_id"].map({"s00": 10.0, "s01": 30.0}))
+    out = model.predict(per, params={**params, "cutoff_col": "cut"})
+    expected = fitted_wide.predict(frame, cutoff={"s00": 10.0, "s01": 30.0}, horizon=4.0,
+                                   step=2.0, progress=False)
+    pd.testing.assert_frame_equal(out, expected)
+    per.loc[per.index[0], "cut"] = 11.0
+    with pytest.raises(Exception, match="series 's00' has different cutoffs in column 'cut'"):
+        model.predict(per, params={**params, "cutoff_col": "cut"})

@@ -25,6 +25,7 @@ import logging
 import math
 import pickle
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -647,6 +648,7 @@ class Forecaster:
         times: Any,
         step: float | None,
         max_points: int,
+        starts: np.ndarray | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Per-series query times in hours relative to each series' origin, and (for
         ``times=``) the requested times as given, in the same order, to report them exactly.
@@ -664,7 +666,7 @@ class Forecaster:
             count = math.floor(horizon / step + 1e-9)
             _check_points(count, max_points, f"horizon={horizon:g} h at step={step:g} h")
             offsets = step * np.arange(1, max(1, count) + 1)
-            last = table.times[table.offsets[indices + 1] - 1]
+            last = table.times[table.offsets[indices + 1] - 1] if starts is None else starts
             return [t + offsets for t in last], None
         if step is not None:
             raise ValueError("predict: step= applies to horizon=, not to times=")
@@ -725,6 +727,60 @@ class Forecaster:
                     "series' context: drop the earlier times or add observations before them"
                 )
         return hours_rows, given_rows
+
+    def _cut_table(
+        self, table: SeriesTable, cutoff: Any
+    ) -> tuple[SeriesTable, np.ndarray]:
+        """``table`` without the observations after each series' cutoff (boundary: the fitted
+        task's ``context_boundary``), and the cutoffs in hours since each series' origin.
+
+        Raises ``ValueError`` for a cutoff that is not a finite time, or that names series
+        not in the table.
+        """
+        n = table.num_series
+        if isinstance(cutoff, Mapping | pd.Series):
+            items = dict(cutoff.items())
+            unknown = [sid for sid in items if sid not in set(table.series_ids)]
+            if unknown:
+                raise ValueError(
+                    f"predict: cutoff given for series {', '.join(sorted(map(repr, unknown))[:5])} "
+                    "that are not in the observations table"
+                )
+            keep = [i for i, sid in enumerate(table.series_ids) if sid in items]
+            table = table.subset(keep)
+            values = [items[sid] for sid in table.series_ids]
+            numeric = [
+                isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values
+            ]
+            cuts = np.full(table.num_series, np.nan)
+            for i, (v, is_number) in enumerate(zip(values, numeric)):
+                if is_number:
+                    cuts[i] = float(v)
+            others = [i for i, is_number in enumerate(numeric) if not is_number]
+            if others:
+                _, hours = self._query_column(pd.Series([values[i] for i in others], dtype=object))
+                cuts[others] = hours - table.time_offset[others]
+            bad = np.flatnonzero(~np.isfinite(cuts))
+            if len(bad):
+                raise ValueError(
+                    f"predict: cutoff {values[bad[0]]!r} for series "
+                    f"{table.series_ids[bad[0]]!r} is not a finite time (hours since the "
+                    "series' origin, or a time in the input's representation)"
+                )
+        else:
+            value = finite_number("cutoff", cutoff, "predict", positive=False)
+            cuts = np.full(n, value)
+        closed = self._fitted().task.context_boundary != "open"
+        row_cut = cuts[table.row_series]
+        keep_rows = table.times <= row_cut if closed else table.times < row_cut
+        csum = np.concatenate([[0], np.cumsum(keep_rows, dtype=np.int64)])
+        counts = csum[table.offsets[1:]] - csum[table.offsets[:-1]]
+        offsets = np.zeros(table.num_series + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        cut = dataclasses.replace(
+            table, offsets=offsets, times=table.times[keep_rows], values=table.values[keep_rows]
+        )
+        return cut, cuts
 
     def _query_column(self, column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Requested times as given (object array, parsed to datetimes / timedeltas where the
@@ -794,14 +850,15 @@ class Forecaster:
         progress: bool = True,
         seed: int | None = 0,
         max_points_per_series: int | None = 100_000,
+        cutoff: float | Mapping[Any, Any] | pd.Series | None = None,
     ) -> pd.DataFrame:
         """Forecast every series of an observations table.
 
         Args:
             data: observed values (DataFrame or CSV/Parquet path), same columns as for ``fit``;
-                all of them are context.
-            horizon: hours past each series' last observation to forecast, on a grid of
-                ``step`` hours (default ``horizon / 24``).
+                all of them are context (up to ``cutoff`` when given).
+            horizon: hours past each series' last observation (or past its ``cutoff``) to
+                forecast, on a grid of ``step`` hours (default ``horizon / 24``).
             times: alternatively, query times in the input's time representation: a sequence
                 (same for every series) or a DataFrame with the id and time columns.
             quantiles: levels in (0, 1) to report as ``q<level>`` columns (needs a
@@ -812,6 +869,14 @@ class Forecaster:
                 None leaves the global random state alone.
             max_points_per_series: cap on forecast times per series (a request beyond it is
                 refused before any work; None: no cap).
+            cutoff: forecast from a time instead of from each series' last row: only the
+                observations up to the cutoff are context, and ``horizon`` counts from the
+                cutoff. A number is hours since each series' origin, for every series (as the
+                training ``cutoff``); a mapping or Series ``series_id -> cutoff`` sets it per
+                series (numbers in hours since the series' origin, or times in the input's
+                representation, e.g. timestamps); series it does not name are skipped. Boundary
+                as in training (the task's ``context_boundary``): ``"closed"`` (default) keeps
+                observations at or before the cutoff, ``"open"`` only those strictly before.
 
         Returns:
             DataFrame ``series_id, time, channel, mean[, q<level> ...]`` in original units,
@@ -846,10 +911,25 @@ class Forecaster:
                     f"horizon={horizon:g} h at step={step:g} h",
                 )
         table = fitted.table(data)
+        starts = None
+        if cutoff is not None:
+            table, starts = self._cut_table(table, cutoff)
         dataset = fitted.dataset(table, TaskConfig(kind="none"))
         if dataset.num_excluded:
-            log.warning("predict: %d series without observations skipped", dataset.num_excluded)
-        query, given = self._query_times(dataset, horizon, times, step, max_points_per_series)
+            skipped = [table.series_ids[i] for i in np.flatnonzero(table.lengths == 0)]
+            where = " before their cutoff" if cutoff is not None else ""
+            message = (
+                f"predict: {dataset.num_excluded} series without observations{where} skipped "
+                f"(e.g. {', '.join(map(repr, skipped[:5]))})"
+            )
+            log.warning(message)
+            if cutoff is not None:
+                warnings.warn(message, UserWarning, stacklevel=2)
+        if starts is not None:
+            starts = starts[dataset.indices]
+        query, given = self._query_times(
+            dataset, horizon, times, step, max_points_per_series, starts
+        )
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)

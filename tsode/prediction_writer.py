@@ -28,13 +28,42 @@ class ForecastWriter(BasePredictionWriter):
         output: ``.csv`` or ``.parquet`` path; None writes nothing.
         quantiles: levels to add as ``q<level>`` columns, from the model's predictive distribution
             (samples, a Gaussian std or quantiles; deterministic models: omitted).
+        cutoff: forecast from this many hours after each series' origin instead of the
+            recipe's task cutoff: only observations up to it are context (boundary: the data
+            module's ``context_boundary``), targets the observations after it.
+        horizon: hours after the cutoff to forecast (default: the recipe's task horizon).
     """
 
-    def __init__(self, output: str | None = None, quantiles: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        output: str | None = None,
+        quantiles: list[float] | None = None,
+        cutoff: float | None = None,
+        horizon: float | None = None,
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output = output
         self.quantiles = list(quantiles or [])
+        self.cutoff = cutoff
+        self.horizon = horizon
         self.frames: list[pd.DataFrame] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Apply ``cutoff`` / ``horizon`` to the data module's task before predicting."""
+        if stage != "predict" or (self.cutoff is None and self.horizon is None):
+            return
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "set_task"):
+            raise ValueError(
+                f"predictions.cutoff / predictions.horizon need a tsode data module, got "
+                f"{type(datamodule).__name__}"
+            )
+        changes = {"kind": "forecast"}
+        if self.cutoff is not None:
+            changes["cutoff"] = float(self.cutoff)
+        if self.horizon is not None:
+            changes["horizon"] = float(self.horizon)
+        datamodule.set_task(**changes)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.frames = []

@@ -5,8 +5,11 @@ was fitted with), every row an observation used as context. Output: the tidy for
 :meth:`tsode.api.Forecaster.predict` (``series_id, time, channel, mean[, q<level> ...]``).
 Inference parameters (MLflow ``params``): ``horizon`` (hours, default: the training task's),
 ``step`` (hours between forecast times; 0 = horizon / 24), ``quantiles`` (list of levels) and
-``max_points_per_series`` (cap on forecast times per series, default 100000). Values are
-validated by ``Forecaster.predict``: non-numeric, non-finite or non-positive ones are errors.
+``max_points_per_series`` (cap on forecast times per series, default 100000), ``cutoff``
+(forecast from this many hours after each series' origin, using only the observations up to
+it, as ``Forecaster.predict(cutoff=...)``) and ``cutoff_col`` (an input column holding each
+series' cutoff, one value per series; the column is not a channel). Values are validated by
+``Forecaster.predict``: non-numeric, non-finite or non-positive ones are errors.
 
 So ``mlflow models predict -m runs:/<run id>/model -i obs.csv -t csv --env-manager local`` and
 ``mlflow models serve`` work on any logged tsode run.
@@ -57,6 +60,12 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
             step = None  # 0: horizon / 24 (the signature's default)
         quantiles = list(params.get("quantiles") or [])
         max_points = params.get("max_points_per_series")
+        cutoff = params.get("cutoff")
+        cutoff_col = params.get("cutoff_col") or None
+        if cutoff_col is not None:
+            if cutoff is not None:
+                raise ValueError("pyfunc predict: give either the cutoff or the cutoff_col param")
+            model_input, cutoff = self._cutoffs_from_column(model_input, str(cutoff_col))
         # predict validates every value (numbers, finite, > 0, bounded points per series)
         return self.forecaster.predict(
             model_input,
@@ -65,7 +74,30 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
             quantiles=quantiles,
             progress=False,
             max_points_per_series=100_000 if max_points is None else int(max_points),
+            cutoff=cutoff,
         )
+
+    def _cutoffs_from_column(
+        self, model_input: pd.DataFrame, column: str
+    ) -> tuple[pd.DataFrame, dict[Any, Any]]:
+        """The input without ``column`` and its per-series cutoffs (one value per series, on
+        any of its rows; hours since the series' origin, or times like the time column)."""
+        id_col = self.forecaster.data.spec.id_col
+        if column not in model_input.columns:
+            raise ValueError(
+                f"pyfunc predict: cutoff_col {column!r} is not a column of the input; it has "
+                f"{list(model_input.columns)}"
+            )
+        given = model_input[[id_col, column]].dropna()
+        per_series = given.groupby(id_col, sort=False)[column].unique()
+        conflicting = per_series[per_series.map(len) > 1]
+        if len(conflicting):
+            sid = conflicting.index[0]
+            raise ValueError(
+                f"pyfunc predict: series {sid!r} has different cutoffs in column {column!r}: "
+                f"{list(conflicting.iloc[0])}; give one cutoff per series"
+            )
+        return model_input.drop(columns=[column]), {k: v[0] for k, v in per_series.items()}
 
 
 def signature(default_horizon: float) -> ModelSignature:
@@ -79,6 +111,8 @@ def signature(default_horizon: float) -> ModelSignature:
                 ParamSpec("step", "double", 0.0),
                 ParamSpec("quantiles", "double", [], shape=(-1,)),
                 ParamSpec("max_points_per_series", "long", 100_000),
+                ParamSpec("cutoff", "double", None),
+                ParamSpec("cutoff_col", "string", None),
             ]
         ),
     )

@@ -160,6 +160,24 @@ class IrregularDataModule(L.LightningDataModule):
         self._summary = DataSummary.from_table(table, counts)
         log.info("%s summary:\n%s", type(self).__name__, self._summary)
 
+    def set_task(self, **changes: Any) -> None:
+        """Re-derive every split's context and target under the task with ``changes`` (e.g.
+        ``cutoff=20.0, horizon=12.0`` at predict time); the table, split and normalizers stay.
+        ``cutoff`` replaces a ``cutoff_fraction`` and vice versa."""
+        import dataclasses
+
+        self._ensure_setup()
+        if changes.get("cutoff") is not None:
+            changes.setdefault("cutoff_fraction", None)
+        if changes.get("cutoff_fraction") is not None:
+            changes.setdefault("cutoff", None)
+        self.task = dataclasses.replace(self.task, **changes)  # validated by TaskConfig
+        for k, name in enumerate(SPLIT_NAMES):
+            part = self.table.subset(self.split_indices[name])
+            self.datasets[name] = SeriesDataset(
+                part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
+            )
+
     def dropped_series(self) -> dict[str, dict[str, int]]:
         """Series each split loses, by reason: ``too_few_time_points`` (dropped before the
         split; per split only with explicit ``splits``, else under ``"all"``),
