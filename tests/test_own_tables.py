@@ -218,3 +218,34 @@ def test_pyfunc_cutoff_params(fitted_wide: Forecaster, tmp_path: Path) -> None:
     per.loc[per.index[0], "cut"] = 11.0
     with pytest.raises(Exception, match="series 's00' has different cutoffs in column 'cut'"):
         model.predict(per, params={**params, "cutoff_col": "cut"})
+
+
+# ---------------------------------------------------------------- 5. output precision
+
+
+def test_outputs_carry_no_float32_noise(fitted_wide: Forecaster, tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    from tsode.prediction_writer import ForecastWriter
+
+    frame = wide_frame()
+    out = fitted_wide.predict(frame, horizon=2.0, step=1.0, progress=False)
+    assert out["mean"].dtype == np.float64
+    shortest = [float(str(np.float32(v))) for v in out["mean"]]
+    np.testing.assert_array_equal(out["mean"].to_numpy(), shortest)
+    # observations written by `tsode predict` (ForecastWriter) are the source's values
+    dm = TableDataModule(frame, static_cols=["age", "unit"], label_col="died", cutoff=24.0,
+                         time_origin="absolute", split_fractions=(0.5, 0.25, 0.25))
+    path = tmp_path / "forecasts.csv"
+    trainer = pl.Trainer(callbacks=[ForecastWriter(output=str(path))], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(fitted_wide.model, datamodule=dm)
+    written = pd.read_csv(path).dropna(subset=["observed"])
+    source = frame.melt(["series_id", "time"], ["hr", "map"], "channel", "source")
+    joined = written.merge(source, on=["series_id", "time", "channel"], how="left")
+    assert len(joined) > 10 and joined["source"].notna().all()
+    np.testing.assert_array_equal(joined["observed"], joined["source"])
+    # the observed points of forecast_split (plots) too
+    observed, _ = fitted_wide.forecast_split(dm, split="test", max_series=2)
+    joined = observed.merge(source, on=["series_id", "time", "channel"], how="left")
+    np.testing.assert_array_equal(joined["value"], joined["source"])

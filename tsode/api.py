@@ -1107,7 +1107,7 @@ class Forecaster:
             frame = values_to_frame(
                 batch.series_ids, part.times, part.values, part.mask, batch.channels,
                 time_offset=batch.time_offset, normalizer=fitted.normalizer,
-                time_axis=fitted.time_axis, table=dataset.table,
+                time_axis=fitted.time_axis, table=dataset.table, observed_columns=("value",),
             )
             frame["part"] = name
             observed.append(frame)

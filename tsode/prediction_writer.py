@@ -100,7 +100,8 @@ class ForecastWriter(BasePredictionWriter):
             time_axis=time_axis,
             extra=extra,
             std_columns=(),
-            table=getattr(datamodule, "table", None),  # observation times exactly as read
+            table=getattr(datamodule, "table", None),  # observations exactly as read
+            observed_columns=("observed",),
         ).rename(columns={"value": "mean"})
         columns = ["series_id", "time", "channel", "mean"]
         columns += [c for c in frame.columns if c.startswith("q")] + ["observed"]

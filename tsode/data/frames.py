@@ -28,6 +28,16 @@ def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
+def float32_repr(values: np.ndarray) -> np.ndarray:
+    """Float64 values of float32 model outputs, each the float32's shortest decimal repr
+    (``68.99999618530273`` -> ``69.0``): what the model computed, without float32 noise."""
+    values = np.asarray(values, dtype=np.float64)
+    if not values.size:
+        return values
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32).astype(str).astype(np.float64)
+
+
 def snap_to_table_times(
     hours: np.ndarray, rows: np.ndarray, series_ids: Sequence[Any], table: SeriesTable
 ) -> np.ndarray:
@@ -39,9 +49,17 @@ def snap_to_table_times(
     times come back exactly as they were read, e.g. ``12:45:00`` and not ``12:44:59.997``);
     other times (series not in the table, forecast query times) are returned unchanged.
     """
+    return _table_rows(hours, rows, series_ids, table)[0]
+
+
+def _table_rows(
+    hours: np.ndarray, rows: np.ndarray, series_ids: Sequence[Any], table: SeriesTable
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`snap_to_table_times` and the table row of every snapped time (-1: none)."""
     out = np.array(hours, dtype=np.float64, copy=True)
+    found = np.full(len(out), -1, dtype=np.int64)
     if len(out) == 0 or table.num_series == 0:
-        return out
+        return out, found
     position = {sid: i for i, sid in enumerate(table.series_ids)}
     order = np.argsort(rows, kind="stable")
     bounds = np.flatnonzero(np.diff(rows[order])) + 1
@@ -58,7 +76,8 @@ def snap_to_table_times(
         nearest = np.where(np.abs(known[left] - h) <= np.abs(known[right] - h), left, right)
         close = np.abs(known[nearest] - h) <= _SNAP_RELATIVE * np.maximum(1.0, np.abs(h))
         out[chunk[close]] = known[nearest[close]]
-    return out
+        found[chunk[close]] = table.offsets[s] + nearest[close]
+    return out, found
 
 
 def values_to_frame(
@@ -73,6 +92,7 @@ def values_to_frame(
     extra: Mapping[str, Tensor | np.ndarray] | None = None,
     std_columns: Sequence[str] = ("std",),
     table: SeriesTable | None = None,
+    observed_columns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Tidy frame of the entries selected by ``mask``.
 
@@ -88,6 +108,12 @@ def values_to_frame(
             by the channel std only (spreads), others inverse-normalized like values.
         table: the table the batch came from: times that are its observation times (to
             float32 precision) are reported exactly (see :func:`snap_to_table_times`).
+        observed_columns: columns (``"value"`` or names in ``extra``) holding observations:
+            with ``table``, entries observed there are reported as read (the table's value),
+            not as round-tripped through normalization in float32.
+
+    Values (model outputs in float32) are float64 columns holding each float32's shortest
+    decimal repr (:func:`float32_repr`): ``69.0``, not ``68.99999618530273``.
     """
     times_np = _np(times).astype(np.float64)
     vals = _np(values)
@@ -96,13 +122,28 @@ def values_to_frame(
         m = np.broadcast_to(m[:, :, None], vals.shape)
     b, t, c = np.nonzero(m)
     hours = times_np[b, t]
+    table_rows = np.full(len(hours), -1, dtype=np.int64)
     if table is not None:
-        hours = snap_to_table_times(hours, b, series_ids, table)
+        hours, table_rows = _table_rows(hours, b, series_ids, table)
     if time_offset is not None:
         hours = hours + _np(time_offset).astype(np.float64)[b]
+    def as_read(name: str, column: np.ndarray) -> np.ndarray:
+        column = float32_repr(column)
+        if name not in observed_columns or table is None or not (table_rows >= 0).any():
+            return column
+        position = {ch: j for j, ch in enumerate(table.channels)}
+        table_c = np.array([position.get(ch, -1) for ch in channels], dtype=np.int64)[c]
+        ok = (table_rows >= 0) & (table_c >= 0)
+        exact = np.full(len(column), np.nan)
+        exact[ok] = table.values[table_rows[ok], table_c[ok]]
+        ok &= ~np.isnan(exact) & ~np.isnan(column)
+        column[ok] = float32_repr(exact[ok])
+        return column
+
     out_vals = vals[b, t, c].astype(np.float64)
     if normalizer is not None:
         out_vals = normalizer.inverse(out_vals, c)
+    out_vals = as_read("value", out_vals)
     ids = np.empty(len(series_ids), dtype=object)
     ids[:] = list(series_ids)
     data: dict[str, Any] = {
@@ -118,7 +159,7 @@ def values_to_frame(
                 col = normalizer.inverse_std(col, c)
             else:
                 col = normalizer.inverse(col, c)
-        data[name] = col
+        data[name] = as_read(name, col)
     frame = pd.DataFrame(data)
     if isinstance(data["time"], pd.Series):
         frame["time"] = data["time"].to_numpy()
@@ -162,6 +203,7 @@ def batch_to_frame(
         time_axis=time_axis,
         extra=extra,
         table=table,
+        observed_columns=("value",) if values is None else (),
     )
 
 
