@@ -215,8 +215,9 @@ class _Recorder(pl.Callback):
 
 
 def test_defaults_early_stopping_progress_bar_and_summary(
-    frame: pd.DataFrame, tmp_path, capsys: pytest.CaptureFixture
+    frame: pd.DataFrame, tmp_path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("tsode.api.stdout_is_tty", lambda: True)  # the bar is for terminals
     default = Forecaster()
     assert default.model_name == "latent_ode" and default.patience == 10
     assert default._trainer_options()["max_epochs"] == 100

@@ -249,3 +249,37 @@ def test_outputs_carry_no_float32_noise(fitted_wide: Forecaster, tmp_path: Path)
     observed, _ = fitted_wide.forecast_split(dm, split="test", max_series=2)
     joined = observed.merge(source, on=["series_id", "time", "channel"], how="left")
     np.testing.assert_array_equal(joined["value"], joined["source"])
+
+
+# ---------------------------------------------------------------- 6. progress, 8. warnings
+
+NOISE = (
+    "dirpath has changed",
+    "configure_optimizers",
+    "is an empty generator",
+    "training_step` returned `None`",
+    "training_step returned None",
+    "smaller than the logging interval",
+)
+
+
+@pytest.mark.parametrize("model", ["gru_dt", "locf"])
+def test_fit_off_a_terminal_logs_a_line_per_epoch_and_no_noise(
+    model: str, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    frame = wide_frame()
+    trainer = {"max_epochs": 2, "enable_model_summary": False, "log_every_n_steps": 50}
+    fc = Forecaster(model, trainer_kwargs=trainer, tracking=False, verbose=False,
+                    work_dir=tmp_path, **({"hidden_dim": 4} if model == "gru_dt" else {}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fc.fit(frame, value_cols=["hr", "map"], cutoff=24.0, batch_size=4)
+    out = capfd.readouterr()  # stdout / stderr are pipes here, not terminals
+    assert "\r" not in out.out and "\r" not in out.err
+    lines = [line for line in out.out.splitlines() if line.startswith("epoch ")]
+    epochs = 2 if model == "gru_dt" else 1  # a parameter-free baseline runs one epoch
+    assert len(lines) == epochs, out.out
+    assert "train/loss" in lines[0] or model == "locf"
+    assert "val/mse" in lines[-1]
+    noise = [str(w.message) for w in caught if any(n in str(w.message) for n in NOISE)]
+    assert not noise

@@ -65,6 +65,13 @@ from tsode.errors import (
     explained,
     finite_number,
 )
+from tsode.progress import (
+    EpochLogger,
+    has_trainable_parameters,
+    logging_interval,
+    quiet_lightning_warnings,
+    stdout_is_tty,
+)
 from tsode.solvers import SolverError
 from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable
 
@@ -517,7 +524,7 @@ class Forecaster:
             "max_epochs": 100,
             "accelerator": "auto",
             "devices": 1,
-            "enable_progress_bar": True,
+            "enable_progress_bar": stdout_is_tty(),  # else EpochLogger: a line per epoch
             "enable_model_summary": True,
             "log_every_n_steps": 10,
             "gradient_clip_val": 1.0,
@@ -566,16 +573,21 @@ class Forecaster:
         module = self._build_module(self.data)
         self.module = module
 
-        trainable = any(p.requires_grad for p in module.parameters())
+        trainable = has_trainable_parameters(module)
         options = self._trainer_options()
         if not trainable:
             options["max_epochs"] = 1  # parameter-free baselines: one pass for the metrics
+        options["log_every_n_steps"] = logging_interval(
+            options["log_every_n_steps"], len(datamodule.train_dataloader())
+        )
         checkpoint = ModelCheckpoint(
             monitor=MONITOR, mode="min", save_top_k=1, filename="best-{epoch}",
             # with MLflow: <work_dir>/<experiment>/<run>/checkpoints; else a fresh folder
             dirpath=None if self.tracking else self.work_dir / "checkpoints" / uuid.uuid4().hex[:12],
         )
         callbacks: list[Callback] = [checkpoint, SolverFailureContext()]
+        if not options["enable_progress_bar"] and "enable_progress_bar" not in self.trainer_kwargs:
+            callbacks.append(EpochLogger())  # not a terminal: one line per epoch
         if self.patience is not None and trainable:
             callbacks.append(EarlyStopping(monitor=MONITOR, mode="min", patience=self.patience))
         logger: MLflowLogger | bool = False
@@ -597,7 +609,8 @@ class Forecaster:
             logger.log_config(self.config())
             self.run_id = logger.run_id
         try:
-            trainer.fit(module, datamodule=datamodule)
+            with quiet_lightning_warnings(trainable):
+                trainer.fit(module, datamodule=datamodule)
         except SolverError as err:
             found = explained(err)
             if found is None:
