@@ -375,6 +375,9 @@ class RubanovaScore:
             "per_variable": {  # mean over patients of the per-patient MSE (zeros included)
                 p: float(per[:, j].mean()) for j, p in enumerate(self.params) if has[:, j].any()
             },
+            "per_variable_counts": {
+                p: int(self.count[:, j].sum()) for j, p in enumerate(self.params) if has[:, j].any()
+            },
         }
 
 
@@ -667,7 +670,8 @@ def _finish_rubanova(model_name, seed, model, data, protocol, logger, start, epo
         **{k: score[k] for k in ("patients", "patients_with_targets", "targets",
                                  "fallback_targets", "fallback_patients",
                                  "copied_descriptor_targets")},
-        "per_variable": {k: {"mse": v} for k, v in score["per_variable"].items()},
+        "per_variable": {k: {"mse": v, "count": score["per_variable_counts"][k]}
+                         for k, v in score["per_variable"].items()},
         "run_id": logger.run_id,
     }
     for metric in TSODE_METRICS:
@@ -847,6 +851,8 @@ def _main_rubanova(args: argparse.Namespace, start: float) -> int:
                   f"channel mean")
     if args.per_variable:
         print()
+        print("per variable: mean over test patients of the patient's MSE on that variable "
+              "(0 for patients without it); the protocol MSE is the mean of these over all 41")
         print(render_per_variable(rows, args.models))
     if args.json:
         args.json.write_text(json.dumps(
