@@ -1,5 +1,8 @@
 """PhysioNet 2012 "forecast-24h": the t-PatchGNN benchmark protocol (Zhang et al., ICML 2024).
 
+``--protocol interp`` / ``extrap``: the latent ODE paper's PhysioNet protocols (Rubanova et
+al. 2019), see the "latent ODE protocols" section below and docs/benchmarks.md.
+
 Protocol (every rule and its source line in the reference code: docs/benchmarks.md):
 
 * records of the requested sets in order (set a, then b, ...; within a set by RecordID),
