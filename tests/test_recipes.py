@@ -54,6 +54,8 @@ def test_recipe_fast_dev_run(
         ]
     elif "SyntheticICU" in data_class:
         args += ["--data.init_args.num_series", "24", "--data.init_args.batch_size", "8"]
+    elif "TableDataModule" in data_class:  # a path relative to the repository root
+        args += ["--data.init_args.data", str(REPO / config["data"]["init_args"]["data"])]
     cli = run(args)
     trainer = cli.trainer
     assert trainer.state.finished

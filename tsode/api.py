@@ -24,6 +24,7 @@ import inspect
 import logging
 import math
 import pickle
+import re
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -471,6 +472,7 @@ class Forecaster:
         self.data: FittedData | None = None
         self.data_kwargs: dict[str, Any] = {}
         self.run_id: str | None = None
+        self.evaluation_run_id: str | None = None  # the last evaluate's child run (tracking)
         self.fit_summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
@@ -1043,7 +1045,34 @@ class Forecaster:
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return self._score(dataset, batch_size)
+            scores = self._score(dataset, batch_size)
+        if self.tracking and self.run_id and self.fit_summary.get("tracking_uri"):
+            self._log_evaluation(scores, task)
+        return scores
+
+    def _log_evaluation(self, scores: pd.DataFrame, task: TaskConfig) -> None:
+        """Log ``evaluate`` results as a child run of the fit's MLflow run: metrics
+        ``eval/<channel>/<mse|rmse|mae|n_obs>`` and the table ``evaluation/evaluation.csv``."""
+        import tempfile
+
+        from tsode.tracking import log_child_run
+
+        def key(channel: Any) -> str:  # MLflow metric names: letters, digits, _ - . / space
+            return re.sub(r"[^\w\-. /]", "_", str(channel))
+
+        metrics = {
+            f"eval/{key(channel)}/{column}": float(value)
+            for channel, row in scores.iterrows()
+            for column, value in row.items()
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "evaluation.csv"
+            scores.to_csv(path)
+            self.evaluation_run_id = log_child_run(
+                self.fit_summary["tracking_uri"], self.run_id, f"forecaster-{self.model_name}-evaluate",
+                metrics=metrics, artifacts={"evaluation": path},
+                tags={"tsode.task": task.describe()},
+            )
 
     def _score(self, dataset: SeriesDataset, batch_size: int) -> pd.DataFrame:
         fitted = self._fitted()

@@ -35,6 +35,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from tsode.errors import RecipeFileError, SolverFailureContext, TsodeError, explained
 from tsode.prediction_writer import ForecastWriter
+from tsode.progress import (
+    EpochLogger,
+    has_trainable_parameters,
+    logging_interval,
+    quiet_lightning_warnings,
+    stdout_is_tty,
+)
 from tsode.solvers import SolverError
 from tsode.tracking import MLflowArtifacts, find_mlflow_logger
 
@@ -426,6 +433,8 @@ class TsodeCLI(LightningCLI):
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={
                 "logger": {"class_path": "tsode.tracking.MLflowLogger"},
+                # progress bars on a terminal only; elsewhere EpochLogger (a line per epoch)
+                "enable_progress_bar": stdout_is_tty(),
             },
             args=list(args) if args is not None else None,
             **kwargs,
@@ -505,13 +514,23 @@ class TsodeCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """The recipe's trainer, plus :class:`SolverFailureContext` (solver failures name
         series ids, stage, epoch and batch)."""
-        return super()._instantiate_trainer(config, [*callbacks, SolverFailureContext()])
+        extra: list[Any] = [SolverFailureContext()]
+        if not config.get("enable_progress_bar", True) and self.subcommand == "fit":
+            extra.append(EpochLogger())
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def before_fit(self) -> None:
         """Refuse a fit with an empty validation split before any training (the checkpoint and
         early stopping monitor ``val/mse``)."""
         from tsode.api import check_validation_split
 
+        if self.datamodule is not None and hasattr(self.datamodule, "train_dataloader"):
+            try:
+                self.datamodule.setup("fit")
+                batches = len(self.datamodule.train_dataloader())
+            except (TypeError, NotImplementedError):  # no sized loader: leave the interval
+                batches = 0
+            self.trainer.log_every_n_steps = logging_interval(self.trainer.log_every_n_steps, batches)
         monitors = [getattr(cb, "monitor", None) for cb in self.trainer.callbacks]
         if self.datamodule is None or not any(isinstance(m, str) and m.startswith("val/") for m in monitors):
             return
@@ -537,12 +556,26 @@ class TsodeCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the subcommand; an ODE solver failure is re-raised naming the series ids."""
         try:
-            super()._run_subcommand(subcommand)
+            with quiet_lightning_warnings(has_trainable_parameters(self.model)):
+                super()._run_subcommand(subcommand)
         except SolverError as err:
             found = explained(err)
             if found is None:
                 raise
             raise found from err
+        if subcommand == "fit" and self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, TsodeArgumentParser.recipe_files), flush=True)
+
+    def _parent_run_tags(self, config: Any) -> dict[str, str]:
+        """Tags making a test / predict run a child of the fit run that wrote its checkpoint."""
+        ckpt = config.get("ckpt_path") if hasattr(config, "get") else None
+        if self.subcommand not in ("validate", "test", "predict") or not ckpt:
+            return {}
+        run_id = fit_run_id(ckpt)
+        if run_id is None:
+            return {}
+        return {"mlflow.parentRunId": run_id, "tsode.fit_run_id": run_id,
+                "tsode.checkpoint": str(ckpt), "tsode.subcommand": self.subcommand}
 
     def before_instantiate_classes(self) -> None:
         """Link ``num_static`` when the model takes it; name the MLflow run after the recipe
@@ -551,10 +584,61 @@ class TsodeCLI(LightningCLI):
         self._link_optional(config, OPTIONALLY_LINKED)
         logger = config.get("trainer", {}).get("logger")
         files = TsodeArgumentParser.recipe_files
-        if files and logger is not None and not isinstance(logger, bool):
+        if logger is not None and not isinstance(logger, bool):
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
-            if init_args is not None and init_args.get("run_name") is None:
-                init_args["run_name"] = Path(files[-1]).stem
+            if init_args is not None:
+                stem = Path(files[-1]).stem if files else None
+                tags = self._parent_run_tags(config)
+                if tags:  # a child run of the fit: `<recipe>-test`, `<recipe>-predict`
+                    init_args["tags"] = {**tags, **dict(init_args.get("tags") or {})}
+                    if init_args.get("run_name") is None and stem:
+                        init_args["run_name"] = f"{stem}-{self.subcommand}"
+                if init_args.get("run_name") is None and stem:
+                    init_args["run_name"] = stem
+
+
+def fit_run_id(ckpt: str | Path) -> str | None:
+    """The MLflow run id of the fit that wrote checkpoint ``ckpt``: the one saved in it by
+    :class:`tsode.tracking.MLflowArtifacts`, else the run folder of its path
+    (``<save_dir>/<experiment id>/<run id>/checkpoints/<file>``); None if neither."""
+    if str(ckpt) in SPECIAL_CKPT_PATHS or not Path(ckpt).is_file():
+        return None
+    from tsode.tracking import checkpoint_run_id
+
+    found = checkpoint_run_id(ckpt)
+    if found is not None:
+        return found
+    path = Path(ckpt).resolve()
+    if path.parent.name == "checkpoints" and re.fullmatch(r"[0-9a-f]{32}", path.parent.parent.name):
+        return path.parent.parent.name
+    return None
+
+
+def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
+    """What a finished ``tsode fit`` produced and what to run next: the MLflow run, the best
+    checkpoint, the best validation score (and the last epoch's validation metrics)."""
+    lines = [f"tsode: fit finished after {trainer.current_epoch} epoch(s)"]
+    logger = find_mlflow_logger(trainer)
+    if logger is not None and logger.initialized:
+        lines.append(f"  MLflow run:      {logger.run_id} (experiment "
+                     f"{logger.experiment_id}, {logger.tracking_uri})")
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") or ""
+    if best:
+        lines.append(f"  best checkpoint: {best}")
+    score = getattr(callback, "best_model_score", None)
+    if score is not None:
+        lines.append(f"  best {callback.monitor}: {float(score):.6g}")
+    val = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if val:
+        shown = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(val.items())[:8])
+        lines.append(f"  last epoch:      {shown}")
+    if best:
+        config = " ".join(f"--config {f}" for f in recipe_files) or "--config <recipe>"
+        lines.append(f"  next:            tsode test {config} --ckpt_path {best}")
+        lines.append(f"                   tsode predict {config} --ckpt_path {best} "
+                     "--predictions.output forecasts.csv")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- quickstart

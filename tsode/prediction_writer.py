@@ -118,3 +118,8 @@ class ForecastWriter(BasePredictionWriter):
             else:
                 table.to_csv(tmp, index=False)
         print(f"tsode: wrote {len(table)} forecast rows to {path}")
+        from tsode.tracking import find_mlflow_logger
+
+        logger = find_mlflow_logger(trainer)
+        if logger is not None:  # the predict run keeps its forecasts
+            logger.experiment.log_artifact(logger.run_id, str(path), "predictions")

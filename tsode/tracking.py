@@ -196,6 +196,66 @@ class MLflowLogger(MLFlowLogger):
         super().finalize(status)
 
 
+#: checkpoint key holding the MLflow run of the fit that wrote it
+CHECKPOINT_KEY = "tsode_mlflow"
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The MLflow run id saved in a checkpoint by :class:`MLflowArtifacts`, or None (read with
+    ``weights_only=True``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable checkpoints are reported by the checkpoint check
+        return None
+    info = state.get(CHECKPOINT_KEY) if isinstance(state, Mapping) else None
+    run_id = info.get("run_id") if isinstance(info, Mapping) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def log_child_run(
+    tracking_uri: str,
+    parent_run_id: str,
+    name: str,
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Mapping[str, str | Path] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a FINISHED child run of ``parent_run_id`` (same experiment, tag
+    ``mlflow.parentRunId``) holding ``metrics`` and ``artifacts`` (artifact dir -> local
+    file); returns its run id."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    run = client.create_run(
+        parent.info.experiment_id,
+        run_name=name,
+        tags={"mlflow.parentRunId": parent_run_id, "tsode.fit_run_id": parent_run_id,
+              **dict(tags or {})},
+    )
+    run_id = run.info.run_id
+    try:
+        import math
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, 0)
+            for key, value in (metrics or {}).items()
+            if value is not None and math.isfinite(float(value))
+        ]
+        for start in range(0, len(batch), 1000):
+            client.log_batch(run_id, metrics=batch[start : start + 1000])
+        for directory, file in (artifacts or {}).items():
+            client.log_artifact(run_id, str(file), directory)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def find_mlflow_logger(trainer: pl.Trainer) -> MLflowLogger | None:
     """The trainer's first tsode MLflowLogger, if any."""
     for logger in trainer.loggers:
@@ -285,6 +345,19 @@ class MLflowArtifacts(Callback):
         logger.experiment.set_tag(logger.run_id, "tsode.model", type(pl_module).__name__)
         if datamodule is not None:
             logger.experiment.set_tag(logger.run_id, "tsode.data", type(datamodule).__name__)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Record the MLflow run in the checkpoint, so ``tsode test`` / ``predict`` with it
+        log child runs of this fit (see :func:`checkpoint_run_id`)."""
+        logger = find_mlflow_logger(trainer)
+        if logger is not None and logger.initialized:
+            checkpoint[CHECKPOINT_KEY] = {
+                "run_id": logger.run_id,
+                "experiment_id": logger.experiment_id,
+                "tracking_uri": logger.tracking_uri,
+            }
 
     # ------------------------------------------------------------------ end of training
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
