@@ -330,6 +330,13 @@ def last_observation(part: SeriesPart, times: Tensor) -> tuple[Tensor, Tensor, T
     return torch.where(seen, values, zeros), torch.where(seen, age, zeros), seen
 
 
+#: initial gate bias: sigmoid(-4) = 0.018, so a new model starts as its own dynamics model and
+#: opens the gate only for channels whose last value keeps predicting (measured on the synthetic
+#: data: a half-open gate (bias 0) with a shrunk decoder kept ODE-RNN at the channel mean,
+#: test MSE 0.988 against 0.398 without persistence)
+CLOSED_GATE_BIAS = -4.0
+
+
 class Persistence(nn.Module):
     """A learned gate on each channel's last observation: ``gate * x_last``.
 
@@ -338,14 +345,14 @@ class Persistence(nn.Module):
     changing channels (labs) at their last value and let fast ones (vitals) go to what its
     decoder predicts. In normalized units the training mean is 0: a closed gate is GRU-D's
     decay to the mean. Channels never observed contribute 0. Forecasters add this term to
-    their decoder output (whose last layer starts small).
+    their decoder output; the gate starts nearly closed (:data:`CLOSED_GATE_BIAS`).
     """
 
     def __init__(self, num_channels: int, feature_dim: int) -> None:
         super().__init__()
         self.gate = nn.Linear(feature_dim + 2 * num_channels, num_channels)
         nn.init.normal_(self.gate.weight, std=0.01)
-        nn.init.zeros_(self.gate.bias)
+        nn.init.constant_(self.gate.bias, CLOSED_GATE_BIAS)
 
     def forward(self, part: SeriesPart, times: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
         """``(baseline (B, M, C), carried (B, M, 2C))`` at ``times (B, M)`` given the model's
@@ -393,24 +400,14 @@ def initial_state(
     return encoder(static.to(device=like.device, dtype=like.dtype))
 
 
-def shrink_last_layer_(net: nn.Module, scale: float = 0.1) -> None:
-    """Scale down the last Linear of ``net`` and zero its bias: a residual decoder that starts
-    near 0 (not at exactly 0, so every parameter gets a gradient from the first step)."""
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if linears:
-        with torch.no_grad():
-            linears[-1].weight.mul_(scale)
-        nn.init.zeros_(linears[-1].bias)
-
-
 UNCERTAINTY_MODES = ("gaussian", "none")
 
 
 def forecast_heads(
     decoder: nn.Module, feature_dim: int, num_channels: int, persistence: bool, uncertainty: str
 ) -> tuple[Persistence | None, nn.Module | None]:
-    """The optional heads of a forecaster's readout: a :class:`Persistence` term (the decoder's
-    last layer is shrunk so the model starts near the decayed last value) and a Gaussian std head
+    """The optional heads of a forecaster's readout: a :class:`Persistence` term (its gate starts
+    nearly closed, so the model starts as its own dynamics model) and a Gaussian std head
     over ``[features, seen, log1p(age)]`` (``feature_dim + 2C`` inputs with persistence)."""
     from tsode.models.predictive import GaussianHead
 
@@ -419,7 +416,6 @@ def forecast_heads(
     carried = None
     if persistence:
         carried = Persistence(num_channels, feature_dim)
-        shrink_last_layer_(decoder)
     std_head = None
     if uncertainty == "gaussian":
         std_head = GaussianHead(feature_dim + (2 * num_channels if persistence else 0), num_channels)
