@@ -23,7 +23,7 @@ from tsode.data.sampler import LengthBucketSampler
 from tsode.data.series import DataValidationError, SeriesTable, show
 from tsode.data.splits import SPLIT_NAMES, split_series
 from tsode.data.summary import DataSummary
-from tsode.data.tasks import TaskConfig
+from tsode.data.tasks import TaskConfig, class_labels, num_classes_of
 from tsode.data.timeaxis import TimeAxis
 
 log = logging.getLogger("tsode.data")
@@ -33,8 +33,10 @@ class IrregularDataModule(L.LightningDataModule):
     """Common DataModule logic (see module docstring).
 
     Args:
-        task: ``"forecast"``, ``"extrapolation"``, ``"interpolation"`` (see ``tsode.data.tasks``).
-        cutoff: forecast: hours since series origin observed (e.g. 24.0).
+        task: ``"forecast"``, ``"extrapolation"``, ``"interpolation"`` or ``"classification"``
+            (series-level labels; see ``tsode.data.tasks`` and :attr:`num_classes`).
+        cutoff: forecast: hours since series origin observed (e.g. 24.0); classification: the
+            context ends there (e.g. the first 48 h; None: every observation).
         cutoff_fraction: forecast: fraction of each series' span observed (alternative to cutoff).
         horizon: forecast: hours after the cutoff to predict (None: to the end).
         holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
@@ -104,6 +106,7 @@ class IrregularDataModule(L.LightningDataModule):
         self._summary: DataSummary | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._dropped: dict[str, dict[str, int]] = {}
+        self._num_classes = 0
 
     # ------------------------------------------------------------------ to implement
     def load_table(self) -> SeriesTable:
@@ -137,6 +140,7 @@ class IrregularDataModule(L.LightningDataModule):
         else:
             self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
         train = table.subset(self.split_indices["train"])
+        self._setup_classes(table)
         if self._loaded_state is not None:
             self._normalizer = Normalizer.from_state_dict(self._loaded_state["normalizer"])
             sn = self._loaded_state.get("static_normalizer")
@@ -172,17 +176,41 @@ class IrregularDataModule(L.LightningDataModule):
         if changes.get("cutoff_fraction") is not None:
             changes.setdefault("cutoff", None)
         self.task = dataclasses.replace(self.task, **changes)  # validated by TaskConfig
+        self._setup_classes(self.table)
         for k, name in enumerate(SPLIT_NAMES):
             part = self.table.subset(self.split_indices[name])
             self.datasets[name] = SeriesDataset(
                 part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
             )
 
+    def _setup_classes(self, table: SeriesTable) -> None:
+        """Classification: check the labels (integers 0..K-1, see
+        :func:`tsode.data.tasks.class_labels`) and set :attr:`num_classes` from the training
+        split's labels (at least 2); other tasks: ``num_classes`` is 0."""
+        if self.task.kind != "classification":
+            self._num_classes = 0
+            return
+        where = f"{type(self).__name__}(task='classification')"
+        labels = class_labels(table, where)
+        if self._loaded_state is not None and self._loaded_state.get("num_classes"):
+            self._num_classes = int(self._loaded_state["num_classes"])
+        else:
+            self._num_classes = num_classes_of(labels[self.split_indices["train"]])
+        beyond = np.flatnonzero(labels >= self._num_classes)
+        if len(beyond):
+            shown = ", ".join(f"{show(table.series_ids[i])} ({labels[i]})" for i in beyond[:10])
+            raise DataValidationError(
+                f"{where}: the training split has classes 0..{self._num_classes - 1}, but series "
+                f"{shown} (outside the training split) have a larger label; every class must "
+                f"occur in the training split"
+            )
+
     def dropped_series(self) -> dict[str, dict[str, int]]:
         """Series each split loses, by reason: ``too_few_time_points`` (dropped before the
         split; per split only with explicit ``splits``, else under ``"all"``),
-        ``no_context`` (nothing observed up to the cutoff) and ``no_target`` (nothing to
-        predict after it). Zero counts are left out."""
+        ``no_context`` (nothing observed up to the cutoff), ``no_target`` (nothing to
+        predict after it) and, for classification, ``no_label`` (label unknown). Zero counts
+        are left out."""
         self._ensure_setup()
         return dict(self._dropped)
 
@@ -208,10 +236,19 @@ class IrregularDataModule(L.LightningDataModule):
             has_context = (csum[offsets[1:]] - csum[offsets[:-1]]) > 0
             excluded = ~a.usable
             part = dropped.setdefault(name, {})
-            for reason, flags in (
-                ("no_context", excluded & ~has_context),
-                ("no_target", excluded & has_context & (a.target_lengths == 0)),
-            ):
+            if self.task.kind == "classification":
+                labels = dataset.table.labels
+                unknown = np.ones(len(excluded), bool) if labels is None else np.isnan(labels)
+                reasons = (
+                    ("no_context", excluded & ~has_context),
+                    ("no_label", excluded & has_context & unknown),
+                )
+            else:
+                reasons = (
+                    ("no_context", excluded & ~has_context),
+                    ("no_target", excluded & has_context & (a.target_lengths == 0)),
+                )
+            for reason, flags in reasons:
                 if flags.sum():
                     part[reason] = part.get(reason, 0) + int(flags.sum())
         self._dropped = dropped
@@ -221,6 +258,7 @@ class IrregularDataModule(L.LightningDataModule):
             "too_few_time_points": f"fewer than min_time_points={self.min_time_points} time points",
             "no_context": f"no observation in the context ({self.task.describe()})",
             "no_target": f"nothing to predict after the cutoff ({self.task.describe()})",
+            "no_label": "an unknown (NaN) label",
         }
         parts = []
         for name, reasons in dropped.items():
@@ -232,6 +270,8 @@ class IrregularDataModule(L.LightningDataModule):
             f"{'; '.join(parts)}. "
             "Lower min_time_points, move the cutoff (cutoff / cutoff_fraction) or the horizon, "
             "or drop these series from the table"
+            + (" (series without a label take no part in classification)"
+               if any("no_label" in reasons for reasons in dropped.values()) else "")
         )
         log.warning(message)
         warnings.warn(message, UserWarning, stacklevel=3)
@@ -301,6 +341,11 @@ class IrregularDataModule(L.LightningDataModule):
         has = table.lengths > 0
         starts, ends = table.offsets[:-1][has], table.offsets[1:][has] - 1
         spans = table.times[ends] - table.times[starts] if has.any() else np.zeros(1)
+        if sum(usable.values()) == 0 and self.task.kind == "classification":
+            raise DataValidationError(
+                f"{type(self).__name__}: task {self.task.describe()} leaves no series with both "
+                f"an observation in the context and a known label ({table.num_series} series)"
+            )
         if sum(usable.values()) == 0:
             raise DataValidationError(
                 f"{type(self).__name__}: task {self.task.describe()} leaves no series with both "
@@ -327,6 +372,15 @@ class IrregularDataModule(L.LightningDataModule):
     @property
     def num_channels(self) -> int:
         return len(self.channels)
+
+    @property
+    def num_classes(self) -> int:
+        """K classes of a ``task="classification"`` module (2 for binary labels), from the
+        training labels; 0 for the other tasks (the model then only forecasts)."""
+        if self.task.kind != "classification":
+            return 0
+        self._ensure_setup()
+        return self._num_classes
 
     @property
     def static_names(self) -> list[str]:
@@ -452,6 +506,7 @@ class IrregularDataModule(L.LightningDataModule):
             ),
             "time_axis": self.table.time_axis.state_dict(),
             "task": self.task.state_dict(),
+            "num_classes": self.num_classes,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -15,10 +15,16 @@ Tasks (all times are hours since each series' time origin, see ``SeriesTable``):
   from the context and must be reconstructed. The context keeps *all* time points of the
   series (a time point whose entries were all held out stays with an all-False mask), so
   target times are always among context times.
+* ``classification``: series-level labels (``SeriesTable.labels``, e.g. in-hospital death).
+  The context is every observation, or with ``cutoff`` (hours) / ``cutoff_fraction`` those
+  at or before it (``context_boundary="open"``: before it), e.g. the first 48 h; there is no
+  target part (as for ``none``). Series whose label is unknown (NaN) are excluded and counted.
+  Labels must be integers ``0..K-1`` (binary: 0/1), see :func:`class_labels`.
 * ``none``: everything is context, no target (prediction on new data).
 
-Series left with an empty context, or (except for ``none``) an empty target, cannot be used
-for training or evaluation: they are excluded from that split and counted.
+Series left with an empty context, or (except for ``none`` and ``classification``) an empty
+target, cannot be used for training or evaluation: they are excluded from that split and
+counted.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from tsode.data.series import SeriesTable
 
-TASK_KINDS = ("forecast", "extrapolation", "interpolation", "none")
+TASK_KINDS = ("forecast", "extrapolation", "interpolation", "classification", "none")
 CONTEXT_BOUNDARIES = ("closed", "open")
 
 
@@ -85,6 +91,12 @@ class TaskConfig:
             return f"forecast ({where})"
         if self.kind == "interpolation":
             return f"interpolation (holdout_fraction {self.holdout_fraction:g})"
+        if self.kind == "classification":
+            if self.cutoff is not None:
+                return f"classification (context t {'<' if self.context_boundary == 'open' else '<='} {self.cutoff:g} h)"
+            if self.cutoff_fraction is not None:
+                return f"classification (cutoff_fraction {self.cutoff_fraction:g})"
+            return "classification (every observation)"
         return self.kind
 
 
@@ -97,7 +109,8 @@ class TaskAssignment:
         context_entries: (N, C) bool, entries visible in the context.
         target_rows: (N,) bool, time points in the target part.
         target_entries: (N, C) bool, entries to predict.
-        usable: (S,) bool, series with non-empty context (and target, unless kind is none).
+        usable: (S,) bool, series with non-empty context (and target, unless kind is none or
+            classification; classification also needs a known label).
         context_lengths / target_lengths: (S,) int time points per series in each part.
     """
 
@@ -155,6 +168,23 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
         context_entries = keep
         target_entries = held
         target_rows = held.any(1)
+    elif task.kind == "classification":
+        if task.cutoff is None and task.cutoff_fraction is None:
+            context_rows = np.ones(n, dtype=bool)
+        else:
+            if task.cutoff is not None:
+                cutoff = np.full(table.num_series, float(task.cutoff))
+            else:
+                last = np.zeros(table.num_series)
+                has = lengths > 0
+                last[has] = table.times[table.offsets[1:][has] - 1]
+                cutoff = task.cutoff_fraction * last
+            row_cut = cutoff[row_series]
+            open_ = task.context_boundary == "open"
+            context_rows = table.times < row_cut if open_ else table.times <= row_cut
+        context_entries = observed & context_rows[:, None]
+        target_rows = np.zeros(n, dtype=bool)
+        target_entries = np.zeros_like(observed)
     else:  # none
         context_rows = np.ones(n, dtype=bool)
         context_entries = observed.copy()
@@ -163,7 +193,13 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
     ctx_len = _per_series_sum(context_rows, table.offsets)
     tgt_len = _per_series_sum(target_rows, table.offsets)
     has_ctx_obs = _per_series_sum(context_entries.any(1), table.offsets) > 0
-    usable = has_ctx_obs if task.kind == "none" else has_ctx_obs & (tgt_len > 0)
+    if task.kind == "none":
+        usable = has_ctx_obs
+    elif task.kind == "classification":
+        known = np.zeros(table.num_series, bool) if table.labels is None else ~np.isnan(table.labels)
+        usable = has_ctx_obs & known
+    else:
+        usable = has_ctx_obs & (tgt_len > 0)
     return TaskAssignment(
         context_rows=context_rows,
         context_entries=context_entries,
@@ -173,3 +209,36 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
         context_lengths=ctx_len,
         target_lengths=tgt_len,
     )
+
+
+def class_labels(table: SeriesTable, where: str = "classification") -> np.ndarray:
+    """The known labels of ``table`` as class indices: ``(S,)`` int64, -1 where unknown (NaN).
+
+    Raises:
+        DataValidationError: the table has no labels (no ``label_col``), or a known label is
+            not an integer >= 0 (the message names the series).
+    """
+    from tsode.data.series import DataValidationError, show
+
+    if table.labels is None:
+        raise DataValidationError(
+            f"{where}: task='classification' needs one label per series (label_col=..., or a "
+            f"data module that provides labels); {table.source} has none"
+        )
+    labels = np.asarray(table.labels, dtype=np.float64)
+    known = ~np.isnan(labels)
+    bad = np.flatnonzero(known & ((labels < 0) | (labels != np.round(labels)) | ~np.isfinite(labels)))
+    if len(bad):
+        shown = ", ".join(f"{show(table.series_ids[i])} ({labels[i]:g})" for i in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataValidationError(
+            f"{where}: class labels must be integers 0..K-1 (binary: 0/1); series {shown}{more} "
+            f"have other labels in {table.source}. Map the labels to class indices first"
+        )
+    return np.where(known, labels, -1).astype(np.int64)
+
+
+def num_classes_of(labels: np.ndarray) -> int:
+    """K from class indices (``-1`` unknown): largest index + 1, at least 2 (binary)."""
+    known = labels[labels >= 0]
+    return max(2, int(known.max()) + 1) if len(known) else 2
