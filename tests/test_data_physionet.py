@@ -139,7 +139,7 @@ def test_cache_hit_and_invalidation(tmp_path: Path) -> None:
         ),
         (
             "Time,Parameter,Value\n00:00,RecordID,1\n00:10,HR,70\n00:20,Mood,3\n",
-            r"1\.txt, line 4, column 'Parameter': unknown or missing variable.*'Mood'",
+            r"1\.txt, line 4, column 'Parameter': unknown variable\(s\) \['Mood'\]; a record",
         ),
         (
             "Time,Parameter,Value\n00:00,RecordID,1\n00:10,HR,seventy\n",
@@ -318,3 +318,62 @@ def test_parsing_shows_a_progress_bar_on_a_terminal(
     assert "parsing" not in terminal.text  # progress=False: silent
     load_physionet2012(root, cache_dir=tmp_path / "cache2", progress=True)
     assert "parsing set-a" in terminal.text and "3" in terminal.text and "rec" in terminal.text
+
+
+# a record with two lines whose parameter name is empty (as in public copies of the data)
+_EMPTY_NAME_RECORD = RECORDS[132541] + "10:45,,1.9\n11:00,HR,102\n11:30,,2.0\n"
+
+
+def test_empty_parameter_lines_are_skipped_counted_and_warned(tmp_path: Path) -> None:
+    root = tmp_path / "pn"
+    _write_tarball(root, {**RECORDS, 132541: _EMPTY_NAME_RECORD})
+    cache = tmp_path / "cache"
+    member = f"{root / 'set-a.tar.gz'}:set-a/132541.txt"
+    expected = (
+        "PhysioNet 2012: skipped 2 line(s) with an empty parameter name (e.g. '10:45,,1.9') "
+        f"in 1 record(s) of {root / 'set-a.tar.gz'}: {member}, line 10; {member}, line 12; "
+        "pass strict=True to make this an error"
+    )
+    with pytest.warns(UserWarning) as record:
+        table = load_physionet2012(root, cache_dir=cache, progress=False)
+    assert [str(w.message) for w in record] == [expected]
+    assert table.info["empty_parameter_lines_skipped"] == 2
+    hr = table.channels.index("HR")
+    t, v = table.series(2)  # the other lines of the record are kept
+    np.testing.assert_allclose(t, [10 / 60, 1.0, 11.0])
+    np.testing.assert_allclose(v[:, hr], [100, 101, 102])
+    with pytest.warns(UserWarning, match=r"skipped 2 line\(s\) .*132541\.txt, line 10.*cached"):
+        again = load_physionet2012(root, cache_dir=cache, progress=False)
+    assert again.info["cache"] == "hit" and again.info["empty_parameter_lines_skipped"] == 2
+    dm = PhysioNet2012DataModule(
+        root=str(root), cache_dir=str(cache), progress=False, split_fractions=(0.34, 0.33, 0.33)
+    )
+    with pytest.warns(UserWarning, match="empty parameter name"):
+        dm.setup()
+    assert dm.summary.counts["empty_parameter_lines_skipped"] == 2
+
+
+def test_empty_parameter_lines_raise_in_strict_mode(tmp_path: Path) -> None:
+    root = tmp_path / "pn"
+    _write_tarball(root, {**RECORDS, 132541: _EMPTY_NAME_RECORD})
+    cache = tmp_path / "cache"
+    member = f"{root / 'set-a.tar.gz'}:set-a/132541.txt"
+    expected = (
+        f"{member}, line 10, column 'Parameter': empty parameter name; 2 line(s) with an empty "
+        f"parameter name (e.g. '10:45,,1.9') in 1 record(s) of {root / 'set-a.tar.gz'}: "
+        f"{member}, line 10; {member}, line 12. Remove these lines, or load with strict=False "
+        "to skip them"
+    )
+    with pytest.raises(DataValidationError) as err:
+        load_physionet2012(root, cache_dir=cache, progress=False, strict=True)
+    assert str(err.value) == expected
+    with pytest.warns(UserWarning):
+        load_physionet2012(root, cache_dir=cache, progress=False)  # writes a cache that skipped
+    with pytest.raises(DataValidationError) as err:  # a cached lenient parse does not hide them
+        PhysioNet2012DataModule(
+            root=str(root), cache_dir=str(cache), progress=False, strict=True
+        ).setup()
+    assert str(err.value) == expected
+    clean = tmp_path / "clean"
+    _write_tarball(clean)
+    assert load_physionet2012(clean, use_cache=False, progress=False, strict=True).num_series == 3

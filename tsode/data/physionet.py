@@ -14,7 +14,10 @@ Conversion to tsode:
   repeated (time, variable) entries are averaged (counted);
 * static covariates = Age, Gender, Height, Weight (descriptor, ``-1`` -> NaN) and ICUType
   one-hot (ICUType_1..4);
-* label = ``In-hospital_death`` from ``Outcomes-<set>.txt`` (NaN when the file is absent).
+* label = ``In-hospital_death`` from ``Outcomes-<set>.txt`` (NaN when the file is absent);
+* lines with an empty parameter name (``10:45,,1.9``, found in public copies of the data) are
+  skipped with a warning naming the record and line, and counted
+  (``info["empty_parameter_lines_skipped"]``); ``strict=True`` makes them an error.
 
 Parsing the 4000 records of a set takes a few seconds and happens once: the parsed table is
 cached as Parquet files keyed by the source files (name, size, mtime) and parser version.
@@ -33,6 +36,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -49,7 +53,7 @@ from tsode.data.timeaxis import TimeAxis
 
 log = logging.getLogger("tsode.data")
 
-PARSER_VERSION = 1
+PARSER_VERSION = 2  # 2: lines with an empty parameter name are skipped and counted
 PHYSIONET_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 PHYSIONET_PAGE = "https://physionet.org/content/challenge-2012/1.0.0/"
 PHYSIONET_CHANNELS = (
@@ -65,6 +69,8 @@ STATIC_NAMES = (
 )  # fmt: skip
 LABEL_COLUMN = "In-hospital_death"
 HEADER = b"Time,Parameter,Value"
+EMPTY_PARAMETER_KEY = "empty_parameter_lines_skipped"
+_EMPTY_PARAMETER_AT = "empty_parameter_lines_at"
 
 
 def default_root() -> Path:
@@ -140,15 +146,19 @@ def _iter_records(source: Path, progress: bool) -> Iterator[tuple[str, bytes]]:
 
 # ---------------------------------------------------------------------- parsing
 def parse_records(
-    source: Path, outcomes: Path | None = None, progress: bool = True
+    source: Path, outcomes: Path | None = None, progress: bool = True, strict: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse every record of ``source`` (tarball or directory) in one vectorized pass.
+
+    Lines with an empty parameter name (``10:45,,1.9``) are skipped with a ``UserWarning``
+    naming the record files and lines, and counted per record (``series`` column
+    ``empty_parameter_lines``); with ``strict=True`` they are a ``DataValidationError``.
 
     Returns:
         observations: long frame (record_id int64, time float64 hours, channel str,
             value float64) of time-series rows (descriptors excluded).
         series: one row per record: record_id, the static descriptors (NaN = unknown),
-            label, file name.
+            label, file name, empty_parameter_lines (skipped lines).
 
     Raises:
         DataValidationError: naming the record file and line of malformed content.
@@ -177,9 +187,12 @@ def parse_records(
     starts = np.concatenate([[0], np.cumsum(counts)])
     blob = b"".join(bodies).replace(b":", b",")
 
+    line_rows = np.arange(starts[-1])  # body line of each parsed row (rows may be skipped)
+
     def where(row: int) -> str:
-        rec = int(np.searchsorted(starts, row, side="right") - 1)
-        return f"{names[rec]}, line {row - starts[rec] + 2}"
+        line = int(line_rows[row])
+        rec = int(np.searchsorted(starts, line, side="right") - 1)
+        return f"{names[rec]}, line {line - starts[rec] + 2}"
 
     try:
         frame = pd.read_csv(
@@ -194,6 +207,29 @@ def parse_records(
         raise DataValidationError(f"{source}: malformed record line ({err})") from err
     if len(frame) != starts[-1]:
         raise DataValidationError(f"{source}: could not align parsed rows with record lines")
+    record = np.repeat(np.arange(len(names)), counts)
+    # lines with an empty (or blank) parameter name: skipped and counted, or an error if strict
+    blank = [c for c in frame["parameter"].cat.categories if not str(c).strip()]
+    empty = frame["parameter"].isna().to_numpy() | frame["parameter"].isin(blank).to_numpy()
+    empty_per_record = np.bincount(record[empty], minlength=len(names))
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        shown = "; ".join(where(int(r)) for r in rows[:5]) + ("; ..." if len(rows) > 5 else "")
+        what = (
+            f"{len(rows)} line(s) with an empty parameter name (e.g. '10:45,,1.9') in "
+            f"{int((empty_per_record > 0).sum())} record(s) of {source}: {shown}"
+        )
+        if strict:
+            raise DataValidationError(
+                f"{where(int(rows[0]))}, column 'Parameter': empty parameter name; {what}. "
+                "Remove these lines, or load with strict=False to skip them"
+            )
+        _warn_empty_parameters(what)
+        kept = np.flatnonzero(~empty)
+        frame = frame.iloc[kept].reset_index(drop=True)
+        frame["parameter"] = frame["parameter"].cat.remove_unused_categories()
+        record = record[kept]
+        line_rows = line_rows[kept]
     hh = pd.to_numeric(frame["hh"], errors="coerce").to_numpy(dtype=np.float64)
     mm = pd.to_numeric(frame["mm"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(hh) | ~np.isfinite(mm) | (mm < 0) | (mm >= 60) | (hh < 0)
@@ -212,17 +248,15 @@ def parse_records(
         )
     cats = frame["parameter"].cat
     hours = hh + mm / 60.0
-    record = np.repeat(np.arange(len(names)), counts)
     # vocabulary: the 37 channels, then the descriptors other than Weight
     vocab = list(PHYSIONET_CHANNELS) + [d for d in DESCRIPTORS if d != "Weight"]
     lookup = {name: k for k, name in enumerate(vocab)}
     unknown = [c for c in cats.categories if c not in lookup]
-    missing = cats.codes.to_numpy() < 0
-    if unknown or missing.any():
-        bad = missing | frame["parameter"].isin(unknown).to_numpy()
-        row = int(np.flatnonzero(bad)[0])
+    if unknown:
+        row = int(np.flatnonzero(frame["parameter"].isin(unknown).to_numpy())[0])
         raise DataValidationError(
-            f"{where(row)}, column 'Parameter': unknown or missing variable(s) {unknown}"
+            f"{where(row)}, column 'Parameter': unknown variable(s) {unknown}; a record holds "
+            f"the descriptors {list(DESCRIPTORS)} and the 37 variables of PHYSIONET_CHANNELS"
         )
     lut = np.array([lookup[c] for c in cats.categories], dtype=np.int64)
     pid = lut[cats.codes.to_numpy()]
@@ -262,6 +296,8 @@ def parse_records(
         k = int(np.flatnonzero(dup.to_numpy())[0])
         raise DataValidationError(f"{names[k]}: duplicate RecordID {rid[k]}")
     series = pd.DataFrame({"record_id": rid, "file": names})
+    series["empty_parameter_lines"] = empty_per_record
+    series.attrs[_EMPTY_PARAMETER_AT] = shown if empty.any() else ""
     for d in DESCRIPTORS[1:]:
         v = descr[d]
         series[d] = np.where(v == -1, np.nan, v)
@@ -283,6 +319,12 @@ def parse_records(
         }
     )
     return observations, series
+
+
+def _warn_empty_parameters(what: str) -> None:
+    message = f"PhysioNet 2012: skipped {what}; pass strict=True to make this an error"
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:
@@ -405,8 +447,15 @@ def load_physionet2012(
     use_cache: bool = True,
     quantization_minutes: float | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> SeriesTable:
-    """Parse (or load from cache) PhysioNet 2012 sets into one ``SeriesTable``."""
+    """Parse (or load from cache) PhysioNet 2012 sets into one ``SeriesTable``.
+
+    Lines with an empty parameter name are skipped with a warning naming record and line, and
+    counted in ``info["empty_parameter_lines_skipped"]`` (so in the data summary); with
+    ``strict=True`` they raise a ``DataValidationError`` naming them (a cached parse that
+    skipped lines is parsed again to name them).
+    """
     root = Path(root) if root is not None else default_root()
     tables = []
     for set_name in sets:
@@ -414,8 +463,16 @@ def load_physionet2012(
         key = _source_key([records, outcomes], f"{set_name}|q={quantization_minutes}")
         cache = Path(cache_dir or default_cache_dir()) / "physionet2012" / f"set-{set_name}-{key}"
         table = _load_cache(cache) if use_cache else None
+        skipped = 0 if table is None else int(table.info.get(EMPTY_PARAMETER_KEY, 0))
+        if table is not None and skipped and strict:
+            table = None  # parse again: the strict parse raises naming every skipped line
+        elif table is not None and skipped:
+            _warn_empty_parameters(
+                f"{skipped} line(s) with an empty parameter name (e.g. '10:45,,1.9') of "
+                f"{records}: {table.info.get(_EMPTY_PARAMETER_AT, '')} (cached parse {cache})"
+            )
         if table is None:
-            obs, series = parse_records(records, outcomes, progress=progress)
+            obs, series = parse_records(records, outcomes, progress=progress, strict=strict)
             table = build_table(obs, series, quantization_minutes)
             table.info.update(
                 {
@@ -423,8 +480,11 @@ def load_physionet2012(
                     "records": table.num_series,
                     "outcomes_file": outcomes is not None,
                     "descriptor_unknown_-1_as_nan": True,
+                    EMPTY_PARAMETER_KEY: int(series["empty_parameter_lines"].sum()),
                 }
             )
+            if series.attrs.get(_EMPTY_PARAMETER_AT):
+                table.info[_EMPTY_PARAMETER_AT] = series.attrs[_EMPTY_PARAMETER_AT]
             if use_cache:
                 try:
                     _save_cache(table, cache)
@@ -445,6 +505,11 @@ def _concat_tables(tables: Sequence[SeriesTable]) -> SeriesTable:
         base += t.offsets[-1]
     info = {k: v for t in tables for k, v in t.info.items()}
     info["records"] = sum(t.num_series for t in tables)
+    info[EMPTY_PARAMETER_KEY] = sum(int(t.info.get(EMPTY_PARAMETER_KEY, 0)) for t in tables)
+    at = "; ".join(t.info[_EMPTY_PARAMETER_AT] for t in tables if t.info.get(_EMPTY_PARAMETER_AT))
+    info.pop(_EMPTY_PARAMETER_AT, None)
+    if at:
+        info[_EMPTY_PARAMETER_AT] = at
     return SeriesTable(
         series_ids=[i for t in tables for i in t.series_ids],
         offsets=np.concatenate(offsets),
@@ -545,6 +610,8 @@ class PhysioNet2012DataModule(IrregularDataModule):
             ``~/.cache/tsode``); ``use_cache=False`` always re-parses.
         quantization_minutes: round times to this grid (e.g. 6 or 60 as in the latent ODE
             paper; repeated entries are then averaged). None keeps minute resolution.
+        strict: raise on record lines with an empty parameter name instead of skipping them
+            (with a warning naming record and line; counted in the data summary).
         task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`; default
             forecast from the first 24 h.
     """
@@ -574,6 +641,7 @@ class PhysioNet2012DataModule(IrregularDataModule):
         num_workers: int = 0,
         context_boundary: str = "closed",
         splits: dict[str, list] | None = None,
+        strict: bool = False,
     ):
         if task != "forecast" or cutoff_fraction is not None:
             cutoff = None if cutoff == 24.0 else cutoff
@@ -602,6 +670,7 @@ class PhysioNet2012DataModule(IrregularDataModule):
         self.use_cache = use_cache
         self.quantization_minutes = quantization_minutes
         self.progress = progress
+        self.strict = strict
 
     @property
     def channels(self) -> list[str]:
@@ -640,6 +709,7 @@ class PhysioNet2012DataModule(IrregularDataModule):
             use_cache=self.use_cache,
             quantization_minutes=self.quantization_minutes,
             progress=self.progress,
+            strict=self.strict,
         )
 
     def load_table(self) -> SeriesTable:
