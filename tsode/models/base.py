@@ -15,6 +15,13 @@ What a subclass may override
     target entries. Probabilistic models (latent ODE) return their own loss (negative ELBO), the
     target-time prediction used for metrics, and extra scalars to log (``logs``).
 
+``series_summary(batch) -> Tensor (B, F)`` (encoders only)
+    The vector a series-level classification head reads (e.g. the final hidden state after
+    the context). A model built with ``num_classes > 0`` calls :meth:`IrregularModel.init_classifier`
+    at the end of its constructor; :meth:`IrregularModel.classify` then gives class logits
+    ``(B, K)`` and the step adds the cross-entropy on ``batch.labels`` to the loss (see
+    :meth:`IrregularModel.classification_step`).
+
 NFE: vector fields whose evaluations should be counted subclass
 :class:`tsode.models.blocks.NFECounter` (e.g. :class:`~tsode.models.blocks.ODEFunc`); the base
 finds them among the submodules automatically. ODE solves go through ``tsode.solvers`` with a
@@ -30,7 +37,10 @@ Logged per stage (``train`` / ``val`` / ``test``): ``{stage}/loss``, ``{stage}/m
 and ``train/nfe_backward`` (vector-field calls during backward: 0 for backprop through the solver,
 > 0 for the adjoint). At test end, per-channel ``test/mse/<channel>`` and ``test/mae/<channel>``
 (``test/mse_orig/<channel>`` ... in original units when ``channel_stds`` is given).
-Probabilistic models (forecasts with ``std`` or ``samples``) also log ``{stage}/coverage80``,
+Classifiers (``num_classes > 0``) log ``{stage}/ce`` and, for ``val`` / ``test``,
+``{stage}/auroc``, ``{stage}/auprc`` (average precision) and ``{stage}/accuracy`` (torchmetrics;
+binary or multi-class); without a target part (``task="classification"``) there are no forecast
+metrics. Probabilistic models (forecasts with ``std`` or ``samples``) also log ``{stage}/coverage80``,
 ``{stage}/coverage90`` (fraction of observed targets inside the central 80 % / 90 % interval)
 and ``{stage}/crps`` (``crps_orig`` in original units) for ``val`` and ``test``.
 """
@@ -41,11 +51,12 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
 from tsode.data.batch import IrregularBatch
-from tsode.models.blocks import NFECounter
+from tsode.models.blocks import ClassifierHead, NFECounter
 from tsode.models.predictive import (
     GaussianHead,
     ProbabilisticMetrics,
@@ -73,6 +84,37 @@ class StepResult:
     prediction: Tensor | None
     logs: dict[str, Tensor] = field(default_factory=dict)
     predictive: dict[str, Tensor] | None = None
+    classification: tuple[Tensor, Tensor] | None = None  # (logits (N, K), labels (N,)), known labels
+
+
+def classification_metrics(num_classes: int) -> torch.nn.ModuleDict:
+    """torchmetrics AUROC, AUPRC (average precision) and accuracy: the ``Binary*`` versions for
+    ``num_classes=2`` (scored on class 1's probability), else the ``Multiclass*`` ones."""
+    from torchmetrics.classification import (
+        BinaryAccuracy,
+        BinaryAUROC,
+        BinaryAveragePrecision,
+        MulticlassAccuracy,
+        MulticlassAUROC,
+        MulticlassAveragePrecision,
+    )
+
+    if num_classes == 2:
+        return torch.nn.ModuleDict(
+            {"auroc": BinaryAUROC(), "auprc": BinaryAveragePrecision(), "accuracy": BinaryAccuracy()}
+        )
+    return torch.nn.ModuleDict(
+        {
+            "auroc": MulticlassAUROC(num_classes),
+            "auprc": MulticlassAveragePrecision(num_classes),
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+        }
+    )
+
+
+def has_target(batch: IrregularBatch) -> bool:
+    """Whether the batch has anything in its target part (``task="classification"`` has not)."""
+    return bool(batch.target.lengths.any())
 
 
 class MaskedChannelError(Metric):
@@ -193,6 +235,8 @@ class IrregularModel(L.LightningModule):
             {stage: ProbabilisticMetrics(scale) for stage in ("val", "test")}
         )
         self._channel_names: list[str] | None = None
+        self.num_classes = 0
+        self.classifier: ClassifierHead | None = None
         self._nfe_forward = 0
         self.last_nfe_forward = 0
         self.last_nfe_backward = 0
@@ -217,6 +261,80 @@ class IrregularModel(L.LightningModule):
             loss = loss + nll
         return StepResult(loss, pred, logs, out if is_probabilistic(out) else None)
 
+    # ------------------------------------------------------------------ classification
+    def init_classifier(self, num_classes: int, summary_dim: int) -> None:
+        """Add a :class:`~tsode.models.blocks.ClassifierHead` on the ``summary_dim``-wide
+        :meth:`series_summary` when ``num_classes > 0`` (0: forecasting only, nothing is added).
+        Subclasses call it last in their constructor, so the other weights are initialised as
+        without a head."""
+        if num_classes < 0 or num_classes == 1:
+            raise ValueError(f"num_classes must be 0 (no classifier) or >= 2 (binary: 2), got {num_classes}")
+        self.num_classes = int(num_classes)
+        if num_classes == 0:
+            return
+        self.classifier = ClassifierHead(summary_dim, num_classes)
+        self.classification_metrics = torch.nn.ModuleDict(
+            {stage: classification_metrics(num_classes) for stage in ("val", "test")}
+        )
+
+    def series_summary(self, batch: IrregularBatch) -> Tensor:
+        """``(B, F)`` summary of each series' context that the classification head reads."""
+        raise NotImplementedError(f"{type(self).__name__} has no series summary (no classifier)")
+
+    def classify(self, batch: IrregularBatch) -> Tensor:
+        """Class logits ``(B, K)`` from ``batch.context`` (binary: ``K = 2``; probabilities are
+        their softmax, class 1's is ``softmax(logits)[:, 1]``)."""
+        if self.classifier is None:
+            raise RuntimeError(f"{type(self).__name__} was built with num_classes=0: no classifier")
+        return self.classifier(self.series_summary(batch))
+
+    def predict_proba(self, batch: IrregularBatch) -> Tensor:
+        """Class probabilities ``(B, K)``."""
+        return torch.softmax(self.classify(batch), dim=-1)
+
+    def add_classification(
+        self, result: StepResult, batch: IrregularBatch, logits: Tensor, weight: float = 1.0
+    ) -> StepResult:
+        """``result`` with ``weight`` x the cross-entropy of ``logits (B, K)`` on the batch's
+        known labels added to its loss (or as the loss, when it has none) and logged as ``ce``."""
+        if batch.labels is None:
+            return result
+        known = ~torch.isnan(batch.labels)
+        if not bool(known.any()):
+            return result
+        labels = batch.labels[known].long()
+        ce = F.cross_entropy(logits[known], labels)
+        term = weight * ce
+        result.loss = term if result.loss is None else result.loss + term
+        result.logs["ce"] = ce
+        result.classification = (logits[known].detach(), labels)
+        return result
+
+    def classification_step(self, batch: IrregularBatch) -> StepResult:
+        """Objective of a classifier: the cross-entropy on the known labels, plus the forecasting
+        loss of :meth:`compute_loss` when the batch has a target part (multi-task); with
+        ``task="classification"`` (no target) the cross-entropy alone."""
+        result = self.compute_loss(batch) if has_target(batch) else StepResult(None, None)
+        return self.add_classification(result, batch, self.classify(batch))
+
+    def step_result(self, batch: IrregularBatch) -> StepResult:
+        """The loss and what is scored for one batch: :meth:`compute_loss`, or with a
+        classifier :meth:`classification_step`."""
+        if self.classifier is None:
+            return self.compute_loss(batch)
+        return self.classification_step(batch)
+
+    def _update_classification(self, stage: str, result: StepResult, bs: int) -> None:
+        if result.classification is None or stage not in getattr(self, "classification_metrics", {}):
+            return
+        logits, labels = result.classification
+        probs = torch.softmax(logits.float(), dim=-1)
+        scores = probs[:, 1] if self.num_classes == 2 else probs
+        for name, metric in self.classification_metrics[stage].items():
+            metric.update(scores, labels)
+            self.log(f"{stage}/{name}", metric, batch_size=bs, on_step=False, on_epoch=True,
+                     prog_bar=name == "auroc" and stage == "val")
+
     # ------------------------------------------------------------------ NFE bookkeeping
     def nfe_modules(self) -> list[NFECounter]:
         """Every vector field (``NFECounter``) inside this model."""
@@ -233,7 +351,7 @@ class IrregularModel(L.LightningModule):
     def _shared_step(self, batch: IrregularBatch, stage: str) -> Tensor | None:
         self._channel_names = list(batch.channels) if batch.channels else self._channel_names
         self.reset_nfe()
-        result = self.compute_loss(batch)
+        result = self.step_result(batch)
         self._nfe_forward = self.total_nfe()
         self.last_nfe_forward = self._nfe_forward
         bs = batch.batch_size
@@ -260,6 +378,7 @@ class IrregularModel(L.LightningModule):
                 self.test_channel_mae.update(result.prediction, target.values, target.mask)
         if result.predictive is not None and stage in self.predictive_metrics:
             self.predictive_metrics[stage].update(result.predictive, batch.target.values, batch.target.mask)
+        self._update_classification(stage, result, bs)
         return result.loss
 
     def _log_predictive(self, stage: str) -> None:
@@ -300,8 +419,14 @@ class IrregularModel(L.LightningModule):
     def predict_step(self, batch: IrregularBatch, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
         """Forecast at ``batch.target.times``: the ``forecast`` dict plus ``"times"``, ``"mask"``
         (target time mask, (B, Lt)), ``"series_ids"`` and, when ``channel_means``/``channel_stds``
-        are known, ``"mean_original"`` (B, Lt, C) in original units."""
+        are known, ``"mean_original"`` (B, Lt, C) in original units. A classifier adds
+        ``"probabilities"`` (B, K); without a target part it returns only those and
+        ``"series_ids"``."""
+        if self.classifier is not None and not has_target(batch):
+            return {"probabilities": self.predict_proba(batch), "series_ids": list(batch.series_ids)}
         out = dict(self.forecast(batch, batch.target.times))
+        if self.classifier is not None:
+            out["probabilities"] = self.predict_proba(batch)
         out["times"] = batch.target.times
         out["mask"] = batch.target.time_mask
         out["series_ids"] = list(batch.series_ids)

@@ -134,6 +134,8 @@ class GRUDelta(IrregularModel):
             toward the mean, from the state and the observation's age) to the prediction.
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
         num_static: S static covariates per series; they set ``h_0`` (0 = none).
+        num_classes: K > 0 adds a series-level classification head (on the GRU state after the last context observation); 0 (default)
+            forecasts only. See :meth:`~tsode.models.base.IrregularModel.classify`.
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
     """
 
@@ -146,6 +148,7 @@ class GRUDelta(IrregularModel):
         persistence: bool = True,
         uncertainty: str = "gaussian",
         num_static: int = 0,
+        num_classes: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -174,6 +177,14 @@ class GRUDelta(IrregularModel):
         self.persistence, self.std_head = forecast_heads(
             self.decoder, hidden_dim + 2, num_channels, persistence, uncertainty
         )
+        self.init_classifier(num_classes, hidden_dim)
+
+    def series_summary(self, batch: IrregularBatch) -> Tensor:
+        """The GRU state ``(B, H)`` after the last context observation."""
+        ctx = batch.context
+        h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.hidden_dim, ctx.times)
+        states = self.encode(ctx, h0)
+        return states[:, -1] if states.shape[1] else h0
 
     def encode(self, part: SeriesPart, h0: Tensor | None = None) -> Tensor:
         """States after each update: ``(B, L, H)`` (padded steps repeat the last state), from

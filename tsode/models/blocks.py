@@ -14,6 +14,8 @@
   its age at query times, and the learned gate on it that every forecaster adds to its
   decoder output (so "carry the last value forward" is one step away, not something the
   decoder must rebuild from its state).
+* :class:`ClassifierHead` -- the series-level classification head every encoder shares
+  (series summary -> class logits, see :meth:`tsode.models.base.IrregularModel.classify`).
 """
 
 from __future__ import annotations
@@ -442,3 +444,21 @@ def forecast_readout(
     if std_head is not None:  # detached: the std's NLL never reshapes the model's states
         out["std"] = std_head(features.detach())
     return out
+
+
+class ClassifierHead(nn.Module):
+    """Series summary ``(B, F)`` to class logits ``(B, K)``: ``Linear -> ReLU -> Linear``.
+
+    Always ``K >= 2`` logits (binary labels: 2, class 1's probability is ``softmax[:, 1]``),
+    trained with cross-entropy.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, hidden_dim: int = 64) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (binary: 2), got {num_classes}")
+        self.num_classes = num_classes
+        self.net = mlp(in_dim, num_classes, hidden_dim, 1, "relu")
+
+    def forward(self, summary: Tensor) -> Tensor:
+        return self.net(summary)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsode.data.batch import IrregularBatch, SeriesPart
-from tsode.models.base import IrregularModel, StepResult
+from tsode.models.base import IrregularModel, StepResult, has_target
 from tsode.models.blocks import (
     GRID_MODES,
     MLPDecoder,
@@ -130,12 +130,20 @@ class LatentODE(IrregularModel):
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         num_static: S static covariates per series; they set the recognition ODE-RNN's
             initial state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
+        num_classes: K > 0 adds a series-level classification head on the posterior mean of
+            ``z`` (at the anchor time), as in Rubanova et al.; 0 (default) forecasts only.
+        classification_weight: weight of the cross-entropy in the joint loss (100, as in the
+            reference code's ``-elbo + 100 * ce``).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
     Loss: negative bound divided by the number of observed entries in the batch's likelihood
     (a per-batch constant; the optimum is that of the bound). Logged: ``elbo`` (per series),
     ``recon_loglik`` (per observed entry), ``kl`` (per series), ``kl_weight`` and, with
     ``poisson``, ``obs_time_loglik`` (per series).
+
+    With a classifier the loss is that bound term (over the context, and the target when the
+    batch has one) plus ``classification_weight`` x the cross-entropy on the known labels
+    (logged as ``ce``); the classifier and the bound share one posterior.
     """
 
     def __init__(
@@ -165,6 +173,8 @@ class LatentODE(IrregularModel):
         encoder_solver: SolverConfig | None = None,
         grid: str = "per_sample",
         num_static: int = 0,
+        num_classes: int = 0,
+        classification_weight: float = 100.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -231,6 +241,10 @@ class LatentODE(IrregularModel):
             )
         else:
             self.augmented_func = None
+        if classification_weight < 0:
+            raise ValueError(f"classification_weight must be >= 0, got {classification_weight}")
+        self.classification_weight = float(classification_weight)
+        self.init_classifier(num_classes, latent_dim)
 
     # ------------------------------------------------------------------ pieces
     def nfe_modules(self) -> list[NFECounter]:
@@ -378,8 +392,23 @@ class LatentODE(IrregularModel):
             out["obs_time"] = poisson_loglik(log_lam, mask, window)
         return out
 
-    def compute_loss(self, batch: IrregularBatch) -> StepResult:
-        mu, std, t0 = self.posterior(batch)
+    def series_summary(self, batch: IrregularBatch) -> Tensor:
+        """The posterior mean of ``z`` ``(B, D)`` at the anchor time."""
+        return self.posterior(batch)[0]
+
+    def classification_step(self, batch: IrregularBatch) -> StepResult:
+        """Joint objective: the bound term of :meth:`compute_loss` (negative ELBO per observed
+        entry, over the context and any target) plus ``classification_weight`` x the
+        cross-entropy of the head on the posterior mean."""
+        posterior = self.posterior(batch)
+        result = self.compute_loss(batch, posterior)
+        logits = self.classifier(posterior[0])
+        return self.add_classification(result, batch, logits, self.classification_weight)
+
+    def compute_loss(
+        self, batch: IrregularBatch, posterior: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> StepResult:
+        mu, std, t0 = self.posterior(batch) if posterior is None else posterior
         k = self.num_samples
         z0 = mu + std * self.sample_eps((k, *mu.shape), mu)  # (K, B, D)
         terms = self.likelihood_terms(batch, z0, t0)
@@ -404,7 +433,9 @@ class LatentODE(IrregularModel):
         n_ctx = batch.context.times.shape[1] if self.reconstruct_context else 0
         prediction = terms["x_hat"][:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
         predictive = None
-        if not self.training:  # evaluation: score the predictive distribution users get
+        if self.classifier is not None and not has_target(batch):  # task="classification"
+            prediction = None
+        elif not self.training:  # evaluation: score the predictive distribution users get
             predictive = self.forecast(batch, batch.target.times)
             prediction = predictive["mean"]
         logs.update(

@@ -210,6 +210,8 @@ class NeuralCDE(IrregularModel):
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
         num_static: S static covariates per series; a :class:`~tsode.models.blocks.StaticEncoder`
             of them is added to the initial state ``h(t0)`` (0 = none).
+        num_classes: K > 0 adds a series-level classification head (on the CDE state at the last context time); 0 (default)
+            forecasts only. See :meth:`~tsode.models.base.IrregularModel.classify`.
         solver: method / tolerances / adjoint for both the CDE and the decoder ODE
             (default: :func:`default_solver`, RK4 with steps of at most 1 h ending on every
             knot).
@@ -233,6 +235,7 @@ class NeuralCDE(IrregularModel):
         persistence: bool = True,
         uncertainty: str = "gaussian",
         num_static: int = 0,
+        num_classes: int = 0,
         solver: SolverConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -276,6 +279,12 @@ class NeuralCDE(IrregularModel):
         self.persistence, self.std_head = forecast_heads(
             self.readout, hidden_dim, num_channels, persistence, uncertainty
         )
+        self.init_classifier(num_classes, hidden_dim)
+
+    def series_summary(self, batch: IrregularBatch) -> Tensor:
+        """The CDE state ``h(T)`` ``(B, H)`` at each series' last context time."""
+        path = self.make_path(batch.context)
+        return self.encode(path, path.grid_points, batch.static)[:, -1]
 
     # ------------------------------------------------------------------ building blocks
     def make_path(self, context: SeriesPart) -> InterpolatedPath:

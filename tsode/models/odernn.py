@@ -246,10 +246,13 @@ class ODERNN(IrregularModel):
         grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         num_static: S static covariates per series (``batch.static``); they set the initial
             hidden state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
+        num_classes: K > 0 adds a series-level classification head (on the final hidden state after the context); 0 (default)
+            forecasts only. See :meth:`~tsode.models.base.IrregularModel.classify`.
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
     Loss: masked MSE on the observed target entries (normalized units), plus the std head's
-    Gaussian NLL with ``uncertainty="gaussian"``.
+    Gaussian NLL with ``uncertainty="gaussian"``; with a classifier, plus the cross-entropy on
+    the labels (alone when the batch has no target part, ``task="classification"``).
     """
 
     def __init__(
@@ -266,6 +269,7 @@ class ODERNN(IrregularModel):
         solver: SolverConfig | None = None,
         grid: str = "per_sample",
         num_static: int = 0,
+        num_classes: int = 0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -299,6 +303,13 @@ class ODERNN(IrregularModel):
         self.persistence, self.std_head = forecast_heads(
             self.decoder, hidden_dim, num_channels, persistence, uncertainty
         )
+        self.init_classifier(num_classes, hidden_dim)
+
+    def series_summary(self, batch: IrregularBatch) -> Tensor:
+        """The hidden state ``(B, H)`` after the last context observation."""
+        ctx = batch.context
+        h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.encoder.hidden_dim, ctx.times)
+        return self.encoder.encode(ctx, backwards=False, grid=self.grid, h0=h0).h
 
     def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
         """Predict at ``times (B, M)``: ``mean (B, M, C)`` and, with ``uncertainty="gaussian"``,
