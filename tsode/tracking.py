@@ -100,7 +100,8 @@ class MLflowLogger(MLFlowLogger):
         tags: extra run tags.
         save_dir: local directory for checkpoints (``<save_dir>/<experiment id>/<run id>/checkpoints``).
         artifact_location: artifact root for a newly created experiment (server default if None).
-        run_id: resume logging into an existing run.
+        run_id: resume logging into an existing run (a resumed fit): the run is set back to
+            RUNNING and tagged ``tsode.resumed``; :meth:`log_config` then adds only new params.
     """
 
     def __init__(
@@ -124,6 +125,17 @@ class MLflowLogger(MLFlowLogger):
             run_id=run_id,
         )
         self._local_dir = save_dir
+        self._resumed = run_id is not None
+
+    @property
+    def experiment(self) -> Any:
+        """The MLflow client (creates the run, or reopens a resumed one, on first use)."""
+        first = not self._initialized
+        client = super().experiment
+        if first and self._resumed and self._initialized:
+            client.update_run(self._run_id, status="RUNNING")
+            client.set_tag(self._run_id, "tsode.resumed", "true")
+        return client
 
     @property
     def tracking_uri(self) -> str:
@@ -158,6 +170,10 @@ class MLflowLogger(MLFlowLogger):
             Param(key=key, value=str(value)[:MAX_PARAM_LENGTH])
             for key, value in flatten_config(plain, prefix=prefix).items()
         ]
+        if self._resumed:  # MLflow params are immutable: keep the first fit's, add new ones
+            logged = self.experiment.get_run(self.run_id).data.params
+            params = [p for p in params if p.key not in logged]
+            artifact_file = artifact_file.replace(".yaml", "-resumed.yaml")
         for start in range(0, len(params), 100):  # MLflow accepts 100 params per batch
             self.experiment.log_batch(run_id=self.run_id, params=params[start : start + 100])
         self.experiment.log_text(
@@ -353,10 +369,15 @@ class MLflowArtifacts(Callback):
         log child runs of this fit (see :func:`checkpoint_run_id`)."""
         logger = find_mlflow_logger(trainer)
         if logger is not None and logger.initialized:
+            import socket
+
             checkpoint[CHECKPOINT_KEY] = {
                 "run_id": logger.run_id,
                 "experiment_id": logger.experiment_id,
                 "tracking_uri": logger.tracking_uri,
+                # the writing process: a later fit closes the run if it died (tsode.resume)
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
             }
 
     # ------------------------------------------------------------------ end of training
