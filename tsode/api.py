@@ -82,8 +82,10 @@ FORMAT_VERSION = 1
 SAVE_FILE = "forecaster.pt"
 CONFIG_FILE = "config.yaml"
 MONITOR = "val/mse"
+#: What a ``task="classification"`` fit monitors (early stopping, best checkpoint).
+CLASSIFICATION_MONITOR = "val/ce"
 #: Constructor arguments a model may take from the data (filled in automatically when accepted).
-DATA_DERIVED_ARGS = ("num_channels", "num_static", "channel_means", "channel_stds")
+DATA_DERIVED_ARGS = ("num_channels", "num_static", "num_classes", "channel_means", "channel_stds")
 
 
 # ---------------------------------------------------------------------- fitted data state
@@ -102,6 +104,7 @@ class FittedData:
         time_axis: maps the table's time column to hours and back.
         task: the training task (used by ``evaluate``).
         default_horizon: hours forecast by default (e.g. by the MLflow pyfunc model).
+        num_classes: K classes of a ``task="classification"`` fit (0: forecasting).
     """
 
     spec: TableSpec
@@ -112,6 +115,7 @@ class FittedData:
     time_axis: TimeAxis
     task: TaskConfig
     default_horizon: float
+    num_classes: int = 0
 
     @classmethod
     def from_datamodule(cls, datamodule: Any) -> FittedData:
@@ -137,6 +141,7 @@ class FittedData:
             time_axis=TimeAxis.from_state_dict(state["time_axis"]),
             task=task,
             default_horizon=_default_horizon(task, span),
+            num_classes=int(getattr(datamodule, "num_classes", 0) or 0),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -151,6 +156,7 @@ class FittedData:
             "time_axis": self.time_axis.state_dict(),
             "task": self.task.state_dict(),
             "default_horizon": self.default_horizon,
+            "num_classes": self.num_classes,
         }
 
     @classmethod
@@ -168,6 +174,7 @@ class FittedData:
             time_axis=TimeAxis.from_state_dict(state["time_axis"]),
             task=TaskConfig(**state["task"]),
             default_horizon=float(state["default_horizon"]),
+            num_classes=int(state.get("num_classes", 0)),
         )
 
     def table(self, source: Any) -> SeriesTable:
@@ -204,15 +211,18 @@ class FittedData:
             table.static_names = list(self.static_names)
         return table
 
-    def dataset(self, table: SeriesTable, task: TaskConfig) -> SeriesDataset:
-        """Series of ``table`` under ``task`` (``kind="none"``: everything is context)."""
+    def dataset(
+        self, table: SeriesTable, task: TaskConfig, keep_unusable: bool | None = None
+    ) -> SeriesDataset:
+        """Series of ``table`` under ``task`` (``kind="none"``: everything is context);
+        ``keep_unusable`` (default: for ``"none"``) keeps series without a target or label."""
         return SeriesDataset(
             table.with_channels(self.channels),
             task,
             self.normalizer,
             self.static_normalizer,
             seed_offset=3,
-            keep_unusable=task.kind == "none",
+            keep_unusable=task.kind == "none" if keep_unusable is None else keep_unusable,
         )
 
 
@@ -277,13 +287,21 @@ def _accepted_args(cls: type) -> set[str]:
 
 
 def _data_derived_kwargs(cls: type, data: FittedData) -> dict[str, Any]:
-    """num_channels / num_static / channel_means / channel_stds, where ``cls`` accepts them."""
+    """num_channels / num_static / channel_means / channel_stds (and num_classes for a
+    classification fit), where ``cls`` accepts them."""
     values = {
         "num_channels": len(data.channels),
         "num_static": len(data.static_names),
         "channel_means": [float(x) for x in data.normalizer.mean],
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
+    if data.num_classes:
+        if "num_classes" not in _accepted_args(cls):
+            raise TypeError(
+                f"{cls.__name__} has no classification head (no num_classes argument): "
+                "task='classification' needs latent_ode, odernn, ncde or gru_dt"
+            )
+        values["num_classes"] = int(data.num_classes)
     accepted = _accepted_args(cls)
     return {k: v for k, v in values.items() if k in accepted}
 
@@ -516,11 +534,18 @@ class Forecaster:
                     **({"fitted": self.data.state_dict()} if self.data is not None else {}),
                 },
                 "trainer": self._trainer_options(),
-                "fit": {"patience": self.patience, "seed": self.seed, "monitor": MONITOR},
+                "fit": {"patience": self.patience, "seed": self.seed, "monitor": self._monitor()},
             }
         )
 
     # ------------------------------------------------------------------ fit
+    def _monitor(self) -> str:
+        """``val/mse``, or ``val/ce`` for a classification fit."""
+        classifying = self.data_kwargs.get("task") == "classification" or (
+            self.data is not None and self.data.num_classes > 0
+        )
+        return CLASSIFICATION_MONITOR if classifying else MONITOR
+
     def _trainer_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_epochs": 100,
@@ -556,7 +581,9 @@ class Forecaster:
             **data_kwargs: :class:`tsode.data.TableDataModule` options: column names
                 (``id_col``, ``time_col``, ``channel_col``, ``value_col``, ``value_cols``,
                 ``static_cols``), ``time_unit``, ``task`` (``"forecast"``, ``"extrapolation"``,
-                ``"interpolation"``), ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours),
+                ``"interpolation"``, or ``"classification"`` with ``label_col``: a series-level
+                classifier, monitored on ``val/ce``, see :meth:`predict_proba`),
+                ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours),
                 ``split_fractions`` (default ``(0.8, 0.2, 0.0)``), or explicit splits:
                 ``splits={"train": ids, "val": ids, "test": ids}`` or ``split_col`` (a column
                 naming each series' split), ``batch_size``, ...
@@ -582,8 +609,9 @@ class Forecaster:
         options["log_every_n_steps"] = logging_interval(
             options["log_every_n_steps"], len(datamodule.train_dataloader())
         )
+        monitor = self._monitor()
         checkpoint = ModelCheckpoint(
-            monitor=MONITOR, mode="min", save_top_k=1, filename="best-{epoch}",
+            monitor=monitor, mode="min", save_top_k=1, filename="best-{epoch}",
             # with MLflow: <work_dir>/<experiment>/<run>/checkpoints; else a fresh folder
             dirpath=None if self.tracking else self.work_dir / "checkpoints" / uuid.uuid4().hex[:12],
         )
@@ -591,7 +619,7 @@ class Forecaster:
         if not options["enable_progress_bar"] and "enable_progress_bar" not in self.trainer_kwargs:
             callbacks.append(EpochLogger())  # not a terminal: one line per epoch
         if self.patience is not None and trainable:
-            callbacks.append(EarlyStopping(monitor=MONITOR, mode="min", patience=self.patience))
+            callbacks.append(EarlyStopping(monitor=monitor, mode="min", patience=self.patience))
         logger: MLflowLogger | bool = False
         if self.tracking:
             logger = MLflowLogger(
@@ -628,7 +656,9 @@ class Forecaster:
             "model": self.model_name,
             "num_series": self.data_summary(datamodule),
             "epochs": trainer.current_epoch,
-            "best_val_mse": None if score is None else float(score),
+            "best_val_mse": None if score is None or monitor != MONITOR else float(score),
+            "monitor": monitor,
+            "best_score": None if score is None else float(score),
             "best_checkpoint": best or None,
             "mlflow_run_id": self.run_id,
             "tracking_uri": logger.tracking_uri if isinstance(logger, MLflowLogger) else None,
@@ -651,6 +681,8 @@ class Forecaster:
         ]
         if s["best_val_mse"] is not None:
             lines.append(f"       best val/mse (normalized units): {s['best_val_mse']:.4g}")
+        elif s.get("best_score") is not None:
+            lines.append(f"       best {s['monitor']}: {s['best_score']:.4g}")
         if s["mlflow_run_id"]:
             lines.append(f"       MLflow run {s['mlflow_run_id']} in {s['tracking_uri']}")
         return "\n".join(lines)
@@ -954,6 +986,62 @@ class Forecaster:
             return pd.DataFrame(columns=columns)
         result = pd.concat(frames, ignore_index=True).rename(columns={"value": "mean"})
         return result[columns]
+
+    def predict_proba(
+        self,
+        data: Any,
+        *,
+        cutoff: float | None = None,
+        batch_size: int = 64,
+    ) -> pd.DataFrame:
+        """Class probabilities per series of a classifier (``fit(..., task="classification")``).
+
+        Args:
+            data: observations (DataFrame or CSV/Parquet path), same columns as for ``fit``
+                (a label column is not needed).
+            cutoff: the context ends at this many hours since each series' origin (default:
+                the training cutoff, e.g. the first 48 h; None there: every observation).
+            batch_size: series per forward pass.
+
+        Returns:
+            DataFrame ``series_id, class, probability``: one row per (series, class), classes
+            ``0..K-1`` (binary: 0 and 1). Series without observations in the context are
+            skipped.
+        """
+        fitted = self._fitted()
+        module = self.model
+        if getattr(module, "classifier", None) is None:
+            raise ValueError(
+                f"predict_proba: {type(module).__name__} has no classification head; fit with "
+                "task='classification' and label_col=... (or build the model with num_classes)"
+            )
+        if cutoff is None:
+            cutoff = fitted.task.cutoff if fitted.task.kind == "classification" else None
+        task = TaskConfig(
+            kind="classification",
+            cutoff=cutoff,
+            cutoff_fraction=fitted.task.cutoff_fraction if cutoff is None else None,
+            context_boundary=fitted.task.context_boundary,
+        )
+        dataset = fitted.dataset(fitted.table(data), task, keep_unusable=True)
+        frames = []
+        with torch.no_grad():
+            for start in range(0, len(dataset), batch_size):
+                batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
+                probs = module.predict_proba(batch).double().numpy()
+                k = probs.shape[1]
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "series_id": np.repeat(np.asarray(batch.series_ids, dtype=object), k),
+                            "class": np.tile(np.arange(k), len(batch.series_ids)),
+                            "probability": probs.reshape(-1),
+                        }
+                    )
+                )
+        if not frames:
+            return pd.DataFrame(columns=["series_id", "class", "probability"])
+        return pd.concat(frames, ignore_index=True)
 
     def _predict_batches(
         self,

@@ -50,9 +50,10 @@ MONITOR = "val/mse"
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Values every model may take from the data module (linked only where the model accepts them).
-LINKED_FROM_DATA = ("num_channels", "num_static", "channel_means", "channel_stds")
-#: Of those, the ones no shipped model takes yet: linked only when the chosen model does.
-OPTIONALLY_LINKED = ("num_static",)
+LINKED_FROM_DATA = ("num_channels", "num_static", "num_classes", "channel_means", "channel_stds")
+#: Of those, the ones not every model takes: linked only when the chosen model (and, for
+#: ``num_classes``, the data module: 0 unless ``task: classification``) has them.
+OPTIONALLY_LINKED = ("num_static", "num_classes")
 
 
 USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key value ...]
@@ -488,9 +489,12 @@ class TsodeCLI(LightningCLI):
             return  # reported by instantiation
         parser = self._parser(self.subcommand)
         init_args = getattr(model, "init_args", None)
+        data_class = _config_class(config.get("data") if hasattr(config, "get") else None)
         for name in names:
             if name not in accepted:
                 continue
+            if data_class is not None and not hasattr(data_class, name):
+                continue  # a data module without it (e.g. a user's own): nothing to link
             given = getattr(init_args, name, None) if init_args is not None else None
             if given is None or given == accepted[name].default:  # not set by the recipe
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
@@ -595,6 +599,19 @@ class TsodeCLI(LightningCLI):
                         init_args["run_name"] = f"{stem}-{self.subcommand}"
                 if init_args.get("run_name") is None and stem:
                     init_args["run_name"] = stem
+
+
+def _config_class(node: Any) -> type | None:
+    """The class a ``class_path`` config node names (None if it has none or cannot be imported)."""
+    class_path = getattr(node, "class_path", None)
+    if not isinstance(class_path, str):
+        return None
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return cls if isinstance(cls, type) else None
 
 
 def fit_run_id(ckpt: str | Path) -> str | None:
