@@ -23,6 +23,8 @@ def test_recipes_exist() -> None:
     for task in ("forecast", "interpolation", "extrapolation"):
         for model in ("latent_ode", "latent_ode_poisson", "odernn", "ncde", "gru_dt", "locf", "mean"):
             assert f"physionet_{task}_{model}" in names
+    for model in ("latent_ode", "latent_ode_poisson", "odernn", "gru_dt"):
+        assert f"physionet_classification_{model}" in names
 
 
 @pytest.fixture(scope="module")
@@ -60,5 +62,9 @@ def test_recipe_fast_dev_run(
     trainer = cli.trainer
     assert trainer.state.finished
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1  # one train batch ran
-    val_mse = trainer.callback_metrics["val/mse"]  # and one validation batch was scored
-    assert math.isfinite(float(val_mse))
+    if config["data"]["init_args"].get("task") == "classification":
+        assert cli.model.num_classes == 2  # linked from the data module
+        score = trainer.callback_metrics["val/ce"]  # and one validation batch was scored
+    else:
+        score = trainer.callback_metrics["val/mse"]  # and one validation batch was scored
+    assert math.isfinite(float(score))
