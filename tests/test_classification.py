@@ -284,3 +284,29 @@ def test_cli_links_num_classes(tmp_path, monkeypatch):
     ])
     assert cli.model.num_classes == 2
     assert "val/ce" in cli.trainer.callback_metrics
+
+
+def test_cli_fit_then_predict_writes_probabilities(tmp_path, monkeypatch):
+    from tsode.cli import run
+
+    path = tmp_path / "table.csv"
+    frame(24).to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    common = [
+        "--model", "tsode.models.baselines.GRUDelta", "--model.init_args.hidden_dim", "8",
+        "--data", "tsode.data.TableDataModule", "--data.init_args.data", str(path),
+        "--data.init_args.value_cols", "[a, b]", "--data.init_args.label_col", "y",
+        "--data.init_args.task", "classification", "--data.init_args.batch_size", "8",
+        "--data.init_args.split_fractions", "[0.5, 0.25, 0.25]",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]
+    run(["fit", *common, "--trainer.max_epochs", "1", "--checkpoint.monitor", "val/auroc",
+         "--checkpoint.mode", "max", "--checkpoint.dirpath", str(tmp_path / "ckpt")])
+    ckpt = next((tmp_path / "ckpt").glob("*.ckpt"))
+    output = tmp_path / "probs.csv"
+    run(["predict", *common, "--ckpt_path", str(ckpt), "--predictions.output", str(output)])
+    probs = pd.read_csv(output)
+    assert list(probs.columns) == ["series_id", "class", "probability", "label"]
+    assert len(probs) == 2 * probs["series_id"].nunique() > 0
+    assert np.allclose(probs.groupby("series_id")["probability"].sum(), 1.0, atol=1e-6)

@@ -4,6 +4,10 @@ Columns: ``series_id, time, channel, mean[, q<level> ...], observed`` — one ro
 target time, channel) of the data module's prediction split, ``observed`` being the held-out
 value where there is one (NaN elsewhere), so forecasts and truth sit side by side. The file is written atomically (temporary file +
 rename): an error never leaves a truncated table.
+
+A classifier under ``task: classification`` (no target part) writes ``series_id, class,
+probability, label`` instead: one row per (series, class), ``label`` the series' known class
+(NaN where unknown).
 """
 
 from __future__ import annotations
@@ -58,10 +62,12 @@ class ForecastWriter(BasePredictionWriter):
                 f"predictions.cutoff / predictions.horizon need a tsode data module, got "
                 f"{type(datamodule).__name__}"
             )
-        changes = {"kind": "forecast"}
+        task = getattr(datamodule, "task", None)
+        classifying = getattr(task, "kind", None) == "classification"
+        changes = {} if classifying else {"kind": "forecast"}  # classification: the context ends at the cutoff
         if self.cutoff is not None:
             changes["cutoff"] = float(self.cutoff)
-        if self.horizon is not None:
+        if self.horizon is not None and not classifying:
             changes["horizon"] = float(self.horizon)
         datamodule.set_task(**changes)
 
@@ -79,6 +85,9 @@ class ForecastWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         if self.output is None or not trainer.is_global_zero:
+            return
+        if isinstance(prediction, dict) and "mean" not in prediction and "probabilities" in prediction:
+            self.frames.append(_probability_frame(prediction, batch))
             return
         datamodule = trainer.datamodule
         normalizer = getattr(datamodule, "normalizer", None)
@@ -117,9 +126,29 @@ class ForecastWriter(BasePredictionWriter):
                 table.to_parquet(tmp, index=False)
             else:
                 table.to_csv(tmp, index=False)
-        print(f"tsode: wrote {len(table)} forecast rows to {path}")
+        kind = "probability" if "probability" in table.columns else "forecast"
+        print(f"tsode: wrote {len(table)} {kind} rows to {path}")
         from tsode.tracking import find_mlflow_logger
 
         logger = find_mlflow_logger(trainer)
         if logger is not None:  # the predict run keeps its forecasts
             logger.experiment.log_artifact(logger.run_id, str(path), "predictions")
+
+
+def _probability_frame(prediction: dict, batch: IrregularBatch) -> pd.DataFrame:
+    """``series_id, class, probability, label`` rows of a classifier's batch."""
+    import numpy as np
+
+    probs = prediction["probabilities"].detach().cpu().double().numpy()
+    bsz, k = probs.shape
+    labels = (
+        np.full(bsz, np.nan) if batch.labels is None else batch.labels.detach().cpu().double().numpy()
+    )
+    return pd.DataFrame(
+        {
+            "series_id": np.repeat(np.asarray(list(prediction["series_ids"]), dtype=object), k),
+            "class": np.tile(np.arange(k), bsz),
+            "probability": probs.reshape(-1),
+            "label": np.repeat(labels, k),
+        }
+    )
