@@ -73,8 +73,16 @@ from tsode.progress import (
     quiet_lightning_warnings,
     stdout_is_tty,
 )
+from tsode.resume import (
+    EpochSeed,
+    ResumeCheckpoint,
+    checkpoint_mlflow_run,
+    close_orphaned_run,
+    last_checkpoint,
+    resume_dir,
+)
 from tsode.solvers import SolverError
-from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable
+from tsode.tracking import MLflowArtifacts, MLflowLogger, _jsonable, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +380,21 @@ def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
     return weights
 
 
+def _best_checkpoint_dir(path: str | Path) -> Path | None:
+    """The directory of the best-``val/mse`` checkpoints of the fit that wrote ``path``
+    (from its ModelCheckpoint state), if it still exists."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: Lightning reports it when resuming
+        return None
+    for key, value in (state.get("callbacks") or {}).items():
+        monitored = any(m in str(key) for m in (MONITOR, CLASSIFICATION_MONITOR, "val/auroc"))
+        if str(key).startswith("ModelCheckpoint") and monitored and "dirpath" in value:
+            directory = Path(value["dirpath"])
+            return directory if directory.is_dir() else None
+    return None
+
+
 def check_validation_split(datamodule: Any, split_fractions: Any = None, where: str = "fit") -> None:
     """Refuse a fit whose validation split is empty (it drives early stopping and the choice
     of the best checkpoint on ``val/mse``), giving the series per split and the fixes."""
@@ -572,12 +595,22 @@ class Forecaster:
         kwargs = {**_data_derived_kwargs(self.model_class, data), **self.model_kwargs}
         return self.model_class(**kwargs)
 
-    def fit(self, data: Any, **data_kwargs: Any) -> Forecaster:
+    def resume_dir(self) -> Path:
+        """Where :meth:`fit` keeps ``last.ckpt`` (every epoch) for ``fit(..., resume=True)``:
+        ``<work_dir>/resume/<experiment_name>/forecaster-<model name>``."""
+        return resume_dir(self.work_dir, self.experiment_name, f"forecaster-{self.model_name}")
+
+    def fit(self, data: Any, *, resume: bool = False, **data_kwargs: Any) -> Forecaster:
         """Train on a table: a DataFrame or CSV/Parquet path, long or wide format.
 
         Args:
             data: the training table (split by series into train/val; val drives early stopping
                 and checkpoint selection on ``val/mse``).
+            resume: continue from ``last.ckpt`` in :meth:`resume_dir` (written at the end of
+                every epoch, e.g. by a fit that was killed or stopped at ``max_epochs``): the
+                weights, optimizer, epoch, early-stopping and per-epoch random state are
+                restored, and the checkpoint's MLflow run is continued. Pass the same data
+                and options. Without a last checkpoint: a warning, and training from scratch.
             **data_kwargs: :class:`tsode.data.TableDataModule` options: column names
                 (``id_col``, ``time_col``, ``channel_col``, ``value_col``, ``value_cols``,
                 ``static_cols``), ``time_unit``, ``task`` (``"forecast"``, ``"extrapolation"``,
@@ -592,6 +625,17 @@ class Forecaster:
             self, with the best-validation weights loaded.
         """
         pl.seed_everything(self.seed, verbose=False)
+        last_dir = self.resume_dir()
+        resume_from = last_checkpoint(last_dir) if resume else None
+        if resume and resume_from is None:
+            warnings.warn(
+                f"Forecaster.fit(resume=True): no last checkpoint in {last_dir}; training from "
+                "scratch", UserWarning, stacklevel=2,
+            )
+        elif resume_from is not None:
+            load_checkpoint_weights(resume_from)  # readable, weights only, finite (or an error)
+        elif not resume and last_checkpoint(last_dir) is not None:
+            close_orphaned_run(last_checkpoint(last_dir))  # a killed fit's run: KILLED
         options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
         datamodule = TableDataModule(data, **options)
         datamodule.setup("fit")
@@ -609,13 +653,22 @@ class Forecaster:
         options["log_every_n_steps"] = logging_interval(
             options["log_every_n_steps"], len(datamodule.train_dataloader())
         )
+        run_id = None
+        if resume_from is not None and self.tracking and "logger" not in self.trainer_kwargs:
+            run_id = checkpoint_mlflow_run(resume_from, resolve_tracking_uri(self.tracking_uri))
+        best_dir: Path | None = None
+        if not self.tracking:  # a fresh folder (the resumed fit's own, to keep its best model)
+            best_dir = _best_checkpoint_dir(resume_from) if resume_from is not None else None
+            best_dir = best_dir or self.work_dir / "checkpoints" / uuid.uuid4().hex[:12]
         monitor = self._monitor()
         checkpoint = ModelCheckpoint(
             monitor=monitor, mode="min", save_top_k=1, filename="best-{epoch}",
             # with MLflow: <work_dir>/<experiment>/<run>/checkpoints; else a fresh folder
-            dirpath=None if self.tracking else self.work_dir / "checkpoints" / uuid.uuid4().hex[:12],
+            dirpath=best_dir,
         )
-        callbacks: list[Callback] = [checkpoint, SolverFailureContext()]
+        callbacks: list[Callback] = [
+            checkpoint, ResumeCheckpoint(last_dir), EpochSeed(self.seed), SolverFailureContext()
+        ]
         if not options["enable_progress_bar"] and "enable_progress_bar" not in self.trainer_kwargs:
             callbacks.append(EpochLogger())  # not a terminal: one line per epoch
         if self.patience is not None and trainable:
@@ -627,6 +680,7 @@ class Forecaster:
                 tracking_uri=self.tracking_uri,
                 save_dir=str(self.work_dir),
                 run_name=f"forecaster-{self.model_name}",
+                run_id=run_id,
             )
             callbacks.append(MLflowArtifacts())
         callbacks.extend(self.trainer_kwargs.get("callbacks", []))
@@ -639,8 +693,13 @@ class Forecaster:
             logger.log_config(self.config())
             self.run_id = logger.run_id
         try:
-            with quiet_lightning_warnings(trainable):
-                trainer.fit(module, datamodule=datamodule)
+            with quiet_lightning_warnings(trainable), warnings.catch_warnings():
+                if resume_from is not None:  # the resumed fit's own checkpoint directory
+                    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+                trainer.fit(
+                    module, datamodule=datamodule,
+                    ckpt_path=None if resume_from is None else str(resume_from),
+                )
         except SolverError as err:
             found = explained(err)
             if found is None:

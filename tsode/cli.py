@@ -33,7 +33,13 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from tsode.errors import RecipeFileError, SolverFailureContext, TsodeError, explained
+from tsode.errors import (
+    RecipeFileError,
+    SolverFailureContext,
+    TrackingStoreError,
+    TsodeError,
+    explained,
+)
 from tsode.prediction_writer import ForecastWriter
 from tsode.progress import (
     EpochLogger,
@@ -41,6 +47,14 @@ from tsode.progress import (
     logging_interval,
     quiet_lightning_warnings,
     stdout_is_tty,
+)
+from tsode.resume import (
+    EpochSeed,
+    ResumeCheckpoint,
+    checkpoint_mlflow_run,
+    close_orphaned_run,
+    last_checkpoint,
+    resume_dir,
 )
 from tsode.solvers import SolverError
 from tsode.tracking import MLflowArtifacts, find_mlflow_logger
@@ -368,6 +382,18 @@ def traceback_names(error: BaseException) -> list[str]:
     return names
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``error`` itself, or the first exception of type ``kind`` in its cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _data_error(error: BaseException) -> BaseException | None:
     """The :class:`tsode.data.DataValidationError` behind ``error`` (itself, or its cause or
     context, e.g. when jsonargparse wraps it), if any."""
@@ -419,6 +445,9 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
 
 class TsodeCLI(LightningCLI):
     """LightningCLI in subclass mode over ``LightningModule`` / ``LightningDataModule``."""
+
+    #: where ``tsode fit`` keeps ``last.ckpt`` (see :func:`tsode.resume.resume_dir`)
+    resume_dir: Path | None = None
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
         import tsode.data  # noqa: F401  (registers the data modules as subclasses)
@@ -507,6 +536,9 @@ class TsodeCLI(LightningCLI):
         except (RecipeError, KeyboardInterrupt):
             raise
         except Exception as error:
+            store_error = _caused_by(error, TrackingStoreError)
+            if store_error is not None:  # the tracking store, not the recipe's trainer.logger
+                raise store_error from error
             data_error = _data_error(error)
             if data_error is not None:  # the data is wrong, not the recipe
                 sys.stderr.write(f"tsode: invalid data: {data_error}\n")
@@ -521,6 +553,9 @@ class TsodeCLI(LightningCLI):
         extra: list[Any] = [SolverFailureContext()]
         if not config.get("enable_progress_bar", True) and self.subcommand == "fit":
             extra.append(EpochLogger())
+        if self.subcommand == "fit" and getattr(self, "resume_dir", None) is not None:
+            # last.ckpt where the next `tsode fit ... --ckpt_path last` finds it; per-epoch seeds
+            extra.extend([ResumeCheckpoint(self.resume_dir), EpochSeed()])
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def before_fit(self) -> None:
@@ -599,6 +634,57 @@ class TsodeCLI(LightningCLI):
                         init_args["run_name"] = f"{stem}-{self.subcommand}"
                 if init_args.get("run_name") is None and stem:
                     init_args["run_name"] = stem
+        if self.subcommand == "fit":
+            self._resolve_resume(config, logger)
+
+    def _resolve_resume(self, config: Any, logger: Any) -> None:
+        """Set :attr:`resume_dir` (where this fit keeps ``last.ckpt``) and turn ``--ckpt_path
+        last`` into that file, continuing the MLflow run stored in it."""
+        from tsode.tracking import MLflowLogger, resolve_tracking_uri
+
+        files = TsodeArgumentParser.recipe_files
+        stem = Path(files[-1]).stem if files else None
+        init_args = None
+        class_path = getattr(logger, "class_path", None) if logger is not None else None
+        if isinstance(class_path, str) and _is_subclass(class_path, MLflowLogger):
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is not None:
+            self.resume_dir = resume_dir(
+                init_args.get("save_dir") or "outputs",
+                init_args.get("experiment_name") or "tsode",
+                init_args.get("run_name") or stem,
+            )
+        else:
+            root = config.get("trainer", {}).get("default_root_dir") or "."
+            self.resume_dir = resume_dir(Path(root) / "outputs", None, stem)
+        found = last_checkpoint(self.resume_dir)
+        if str(config.get("ckpt_path")) != "last":
+            if found is not None:
+                close_orphaned_run(found)  # a killed fit's run is not left RUNNING
+            return
+        if found is None:
+            sys.stderr.write(
+                f"tsode: fit --ckpt_path last: no last checkpoint in {self.resume_dir}; "
+                "training from scratch\n"
+            )
+            config["ckpt_path"] = None
+            return
+        check_checkpoint(str(found))
+        config["ckpt_path"] = str(found)
+        sys.stderr.write(f"tsode: resuming from {found}\n")
+        if init_args is not None and init_args.get("run_id") is None:
+            uri = resolve_tracking_uri(init_args.get("tracking_uri"))
+            init_args["run_id"] = checkpoint_mlflow_run(found, uri)
+
+
+def _is_subclass(class_path: str, base: type) -> bool:
+    """Whether ``class_path`` names a subclass of ``base`` (False if it cannot be imported)."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, base)
 
 
 def _config_class(node: Any) -> type | None:

@@ -43,6 +43,10 @@ class CheckpointFileError(TsodeError, ValueError):
     """A checkpoint or saved forecaster is missing, unreadable, tampered with or non-finite."""
 
 
+class TrackingStoreError(TsodeError, RuntimeError):
+    """The MLflow tracking store (the ``tracking_uri``) cannot be created, opened or used."""
+
+
 class SeriesSolverError(TsodeError, SolverError):
     """An ODE solve failed; the message names the series ids, the stage, epoch and batch.
 

@@ -24,6 +24,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +37,8 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from tsode.errors import TrackingStoreError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,69 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     if from_env:
         return from_env
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB_FILE}"
+
+
+#: seconds a process waits for another one creating / migrating the same SQLite store
+STORE_LOCK_TIMEOUT = 300.0
+_READY_STORES: set[str] = set()
+_READY_LOCK = threading.Lock()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` URI (None: not a file-backed SQLite URI)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _store_error(uri: str, what: str, err: BaseException | None = None) -> TrackingStoreError:
+    detail = "" if err is None else f" ({type(err).__name__}: {str(err).strip().splitlines()[0]})"
+    return TrackingStoreError(
+        f"MLflow tracking store {uri}: {what}{detail}; fix the store, or choose another with "
+        "tracking_uri= / trainer.logger.init_args.tracking_uri / MLFLOW_TRACKING_URI"
+    )
+
+
+def ensure_tracking_store(uri: str, attempts: int = 6) -> str:
+    """Create (or migrate) a local SQLite tracking store once, before MLflow opens it.
+
+    Concurrent processes (three ``tsode fit`` in a fresh directory, DDP ranks) would otherwise
+    race in MLflow's schema creation and fail. The creation runs under a file lock
+    (``<database>.lock``) and is retried with backoff on ``database is locked``. Other URIs
+    are returned unchanged. Returns ``uri``.
+
+    Raises:
+        TrackingStoreError: naming the URI, when the store cannot be created or opened.
+    """
+    path = _sqlite_path(uri)
+    if path is None or uri in _READY_STORES:
+        return uri
+    if not path.parent.is_dir():
+        raise _store_error(uri, f"directory {path.parent} does not exist")
+    from filelock import FileLock, Timeout
+    from mlflow.tracking import MlflowClient
+
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            with FileLock(f"{path}.lock", timeout=STORE_LOCK_TIMEOUT):
+                MlflowClient(uri).search_experiments(max_results=1)  # creates / migrates
+            break
+        except Timeout as err:
+            raise _store_error(
+                uri, f"waited {STORE_LOCK_TIMEOUT:.0f} s for the lock {path}.lock held by "
+                "another process creating the store", err,
+            ) from err
+        except Exception as err:
+            if "database is locked" in str(err) and attempt < attempts - 1:
+                time.sleep(delay)
+                delay *= 2
+                continue
+            raise _store_error(uri, "could not be created or opened", err) from err
+    with _READY_LOCK:
+        _READY_STORES.add(uri)
+    return uri
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -117,7 +184,7 @@ class MLflowLogger(MLFlowLogger):
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
-            tracking_uri=resolve_tracking_uri(tracking_uri),
+            tracking_uri=ensure_tracking_store(resolve_tracking_uri(tracking_uri)),
             tags=tags,
             save_dir=save_dir,
             log_model=False,  # MLflowArtifacts logs the best checkpoint under checkpoints/
@@ -131,7 +198,12 @@ class MLflowLogger(MLFlowLogger):
     def experiment(self) -> Any:
         """The MLflow client (creates the run, or reopens a resumed one, on first use)."""
         first = not self._initialized
-        client = super().experiment
+        try:
+            client = super().experiment
+        except TrackingStoreError:
+            raise
+        except Exception as err:  # a store that is unreachable or broken, not a tsode bug
+            raise _store_error(self._tracking_uri, "could not create or open the run", err) from err
         if first and self._resumed and self._initialized:
             client.update_run(self._run_id, status="RUNNING")
             client.set_tag(self._run_id, "tsode.resumed", "true")
