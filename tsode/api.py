@@ -54,7 +54,7 @@ from tsode.data import (
     table_from_frame,
     values_to_frame,
 )
-from tsode.data.atomic import atomic_path, atomic_write_text
+from tsode.data.atomic import atomic_directory
 from tsode.data.series import DataValidationError
 from tsode.errors import (
     CheckpointFileError,
@@ -1320,11 +1320,31 @@ class Forecaster:
     def save(self, path: str | Path) -> Path:
         """Save model weights, its arguments, the fitted data state and the resolved config.
 
-        Writes ``<path>/forecaster.pt`` (what ``load`` reads) and ``<path>/config.yaml``.
+        Writes ``<path>/forecaster.pt`` (what ``load`` reads) and ``<path>/config.yaml`` as
+        one unit: into a temporary sibling directory that then replaces ``<path>`` whole, so
+        concurrent saves to one path leave one complete model, never files of two, and an
+        error leaves the previous model intact. ``<path>`` must be new, empty or a saved
+        forecaster (its other files would be replaced too).
+
+        Raises:
+            FileExistsError: ``<path>`` holds files other than a saved forecaster's.
         """
         module = self.model
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            foreign = sorted(
+                p.name for p in path.iterdir()
+                if p.name not in (SAVE_FILE, CONFIG_FILE)
+                and not p.name.startswith((f".{SAVE_FILE}.", f".{CONFIG_FILE}."))
+            )
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise FileExistsError(
+                    f"Forecaster.save: {path} holds other files ({shown}); a saved forecaster "
+                    "replaces its whole directory, so save into a new or empty directory"
+                )
+        elif path.exists():
+            raise FileExistsError(f"Forecaster.save: {path} is a file; give a directory path")
         trainer_kwargs = {}
         for key, value in self.trainer_kwargs.items():
             if key in ("callbacks", "logger"):
@@ -1348,11 +1368,11 @@ class Forecaster:
             },
             "fit_summary": self.fit_summary,
         }
-        # each file is written atomically (temporary file + rename), the one ``load`` reads
-        # last: an error while saving never leaves a truncated model behind
-        atomic_write_text(path / CONFIG_FILE, yaml.safe_dump(self.config(), sort_keys=False))
-        with atomic_path(path / SAVE_FILE) as tmp:
-            torch.save(payload, tmp)
+        # both files into a temporary directory that replaces ``path`` as a whole (atomic
+        # exchange on Linux): no truncated model, no pair of files from two saves
+        with atomic_directory(path) as tmp:
+            (tmp / CONFIG_FILE).write_text(yaml.safe_dump(self.config(), sort_keys=False))
+            torch.save(payload, tmp / SAVE_FILE)
         return path
 
     @classmethod
