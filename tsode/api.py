@@ -380,6 +380,17 @@ def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
     return weights
 
 
+def process_rank() -> int:
+    """This process's rank under distributed training (DDP): the ``torch.distributed`` rank
+    when a process group is initialized, else the rank the launcher's environment gives
+    (``RANK``, ``LOCAL_RANK``, ... as read by Lightning); 0 in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def _best_checkpoint_dir(path: str | Path) -> Path | None:
     """The directory of the best-``val/mse`` checkpoints of the fit that wrote ``path``
     (from its ModelCheckpoint state), if it still exists."""
@@ -988,6 +999,10 @@ class Forecaster:
             DataFrame ``series_id, time, channel, mean[, q<level> ...]`` in original units,
             one row per (series, query time, channel). Times given with ``times=`` come back
             exactly as given (as parsed on the fitted time axis).
+
+        Under DDP every rank that calls ``predict`` gets the same full result (it writes
+        nothing, and returning part of the series on some ranks would be a silently
+        incomplete forecast); write it from rank 0 only, or call it on rank 0 only.
         """
         fitted = self._fitted()
         for q in quantiles:
@@ -1194,7 +1209,8 @@ class Forecaster:
             torch.manual_seed(self.seed)
             scores = self._score(dataset, batch_size)
         if self.tracking and self.run_id and self.fit_summary.get("tracking_uri"):
-            self._log_evaluation(scores, task)
+            if process_rank() == 0:  # under DDP, one child run (rank 0's), not one per rank
+                self._log_evaluation(scores, task)
         return scores
 
     def _log_evaluation(self, scores: pd.DataFrame, task: TaskConfig) -> None:
@@ -1326,11 +1342,18 @@ class Forecaster:
         error leaves the previous model intact. ``<path>`` must be new, empty or a saved
         forecaster (its other files would be replaced too).
 
+        Under DDP (several processes, see :func:`process_rank`) only rank 0 writes; other
+        ranks return ``path`` without writing (load it there after your own barrier).
+
         Raises:
             FileExistsError: ``<path>`` holds files other than a saved forecaster's.
         """
         module = self.model
         path = Path(path)
+        rank = process_rank()
+        if rank != 0:  # under DDP every rank holds the same model: rank 0 writes it
+            log.info("save: process rank %d does not write %s (rank 0 saves)", rank, path)
+            return path
         if path.is_dir():
             foreign = sorted(
                 p.name for p in path.iterdir()
