@@ -346,7 +346,7 @@ def log_child_run(
 
 def find_mlflow_logger(trainer: pl.Trainer) -> MLflowLogger | None:
     """The trainer's first tsode MLflowLogger, if any."""
-    for logger in trainer.loggers:
+    for logger in getattr(trainer, "loggers", None) or []:  # stand-ins and loggerless trainers
         if isinstance(logger, MLflowLogger):
             return logger
     return None
