@@ -259,7 +259,7 @@ def test_overflow_after_normalization_names_series_channel_and_value() -> None:
 
 # ---------------------------------------------------------------- 5. unobserved channels
 def _wide_for_module(empty: bool) -> pd.DataFrame:
-    rows = [(s, t, float(s + t), np.nan if empty else 1.0) for s in range(10) for t in range(4)]
+    rows = [(s, t, float(s + t), np.nan if empty else float(t % 2)) for s in range(10) for t in range(4)]
     return pd.DataFrame(rows, columns=["series_id", "time", "a", "b"])
 
 
