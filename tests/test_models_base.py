@@ -176,3 +176,25 @@ def test_trainer_logs_metrics_and_nfe(adjoint, tmp_path):
     assert metrics["val/mse_orig"] > metrics["val/mse"]  # stds > 1
     test = trainer.test(model, loader, verbose=False)[0]
     assert "test/mse_orig/c0" in test and "test/mae_orig/c1" in test
+
+
+def test_channel_weighted_mse_is_the_mean_of_per_channel_mses():
+    """loss_weighting="channel": a rarely observed channel counts as much as a frequent one;
+    channels with no entry are left out of the mean."""
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 50, 3), torch.randn(2, 50, 3)
+    mask = torch.zeros(2, 50, 3, dtype=torch.bool)
+    mask[:, :, 0] = True  # 100 entries
+    mask[0, :3, 1] = True  # 3 entries
+    # channel 2 never observed
+    per_channel = [((pred - target)[..., c][mask[..., c]]).square().mean() for c in (0, 1)]
+    expected = torch.stack(per_channel).mean()
+    torch.testing.assert_close(masked_mse(pred, target, mask, "channel"), expected)
+    pooled = ((pred - target)[mask]).square().mean()
+    torch.testing.assert_close(masked_mse(pred, target, mask), pooled)
+    assert not torch.isclose(expected, pooled)
+
+
+def test_loss_weighting_is_validated():
+    with pytest.raises(ValueError, match="loss_weighting"):
+        ODERNN(num_channels=2, loss_weighting="variable")

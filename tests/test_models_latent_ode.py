@@ -125,7 +125,7 @@ def test_forecast_samples_are_predictive_draws_with_observation_noise(forecast_b
     trajectory's decoded mean plus N(0, obs_std^2) noise, independent of the trajectory."""
     torch.manual_seed(0)
     model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3, obs_std=0.5,
-                      num_predict_samples=4000)
+                      num_predict_samples=4000, uncertainty="none")
     model.eval()
     times = forecast_batch.target.times
     with torch.no_grad():
@@ -136,3 +136,45 @@ def test_forecast_samples_are_predictive_draws_with_observation_noise(forecast_b
     torch.testing.assert_close(out["mean"], out["trajectory_means"].mean(0))
     width = out["quantiles"][-1] - out["quantiles"][0]  # 0.05..0.95 by default
     assert bool((width > 2 * 1.64 * 0.5 * 0.9).all())  # at least the noise's own interval
+
+
+def test_std_head_sets_the_predictive_noise_and_trains_only_itself(forecast_batch):
+    """With the default Gaussian std head, each sample's noise has the head's std (init 1.0),
+    and the head's mixture NLL sends no gradient into the ELBO's model."""
+    from tsode.models.latent_ode import mixture_nll
+
+    torch.manual_seed(0)
+    model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3, num_predict_samples=4000)
+    assert model.std_head is not None
+    model.eval()
+    with torch.no_grad():
+        out = model.forecast(forecast_batch, forecast_batch.target.times)
+    noise = out["samples"] - out["trajectory_means"]
+    torch.testing.assert_close(noise.std(dim=0).mean(), torch.tensor(1.0), atol=0.02, rtol=0)
+
+    model.train()
+    mu, std, t0 = model.posterior(forecast_batch)
+    z, _ = model.solve_at(mu.unsqueeze(0).repeat(2, 1, 1), t0, forecast_batch.target.times)
+    means, noise_std = model.decode(z, forecast_batch.context, forecast_batch.target.times)
+    tgt = forecast_batch.target
+    mixture_nll(means, noise_std, tgt.values, tgt.mask).backward()
+    head = {id(p) for p in model.std_head.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in head:
+            assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
+        else:
+            assert p.grad is None or bool((p.grad == 0).all()), name
+
+
+def test_mixture_nll_is_minimised_by_the_errors_scale():
+    """One component: the NLL's minimiser over a constant std is the RMS of the errors."""
+    from tsode.models.latent_ode import mixture_nll
+
+    torch.manual_seed(0)
+    target = torch.randn(1, 4000, 1) * 0.7
+    means = torch.zeros(1, 1, 4000, 1)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    stds = torch.linspace(0.3, 1.2, 91)
+    losses = torch.stack([mixture_nll(means, torch.full_like(means, s), target, mask) for s in stds])
+    best = float(stds[losses.argmin()])
+    assert abs(best - float(target.square().mean().sqrt())) < 0.011

@@ -156,13 +156,33 @@ class MaskedChannelError(Metric):
         return out.to(torch.float32)
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+LOSS_WEIGHTINGS = ("entry", "channel")
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, weighting: str = "entry") -> Tensor:
     """Mean squared error over entries where ``mask`` is True (0 if there are none).
 
+    ``weighting="entry"``: every observed entry counts equally (pooled MSE);
+    ``"channel"``: the mean of the per-channel MSEs over the channels observed in the batch
+    (each channel counts equally however often it is measured, as in per-variable metrics).
     Masked-out entries contribute exactly nothing (also no NaN/inf leaks from ``target``).
     """
     diff = torch.where(mask, pred - target, torch.zeros_like(pred))
-    return diff.square().sum() / mask.sum().clamp_min(1)
+    if weighting == "entry":
+        return diff.square().sum() / mask.sum().clamp_min(1)
+    weights = channel_weights(mask)
+    return (diff.square() * weights).sum() / mask.sum().clamp_min(1)
+
+
+def channel_weights(mask: Tensor) -> Tensor:
+    """``(C,)`` per-entry weights that make each observed channel count equally in a sum over
+    the observed entries of ``mask (..., C)`` divided by their number: ``N / (C_obs * n_c)``
+    (0 for channels with no entry). Their weighted count is still ``N``."""
+    counts = mask.reshape(-1, mask.shape[-1]).sum(0).to(torch.float32)
+    observed = counts > 0
+    total = counts.sum()
+    num_observed = observed.sum().clamp_min(1)
+    return torch.where(observed, total / (num_observed * counts.clamp_min(1)), torch.zeros_like(counts))
 
 
 class IrregularModel(L.LightningModule):
@@ -181,6 +201,10 @@ class IrregularModel(L.LightningModule):
         channel_means: per-channel normalizer means (plain list) -- enables original units in
             ``predict_step`` (``"mean_original"``).
         channel_stds: per-channel normalizer stds (plain list) -- enables ``*_orig`` metrics.
+        loss_weighting: ``"entry"`` (default; every observed target entry counts equally) or
+            ``"channel"`` (each channel's mean error in the batch counts equally, whatever its
+            sampling rate: the training counterpart of per-variable metrics such as
+            forecast-24h's, where a lab measured twice a day weighs as much as heart rate).
     """
 
     def __init__(
@@ -194,8 +218,12 @@ class IrregularModel(L.LightningModule):
         scheduler_step_size: int = 10,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
+        loss_weighting: str = "entry",
     ) -> None:
         super().__init__()
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        self.loss_weighting = loss_weighting
         if num_channels < 1:
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
         if optimizer not in ("adam", "adamw", "sgd"):
@@ -253,7 +281,7 @@ class IrregularModel(L.LightningModule):
         target = batch.target
         out = self.forecast(batch, target.times)
         pred = out["mean"]
-        loss = masked_mse(pred, target.values, target.mask)
+        loss = masked_mse(pred, target.values, target.mask, self.loss_weighting)
         logs: dict[str, Tensor] = {}
         if "std" in out:
             nll = gaussian_nll(pred, out["std"], target.values, target.mask)

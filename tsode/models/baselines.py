@@ -157,6 +157,7 @@ class GRUDelta(IrregularModel):
         scheduler_step_size: int = 10,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
+        loss_weighting: str = "entry",
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -168,6 +169,7 @@ class GRUDelta(IrregularModel):
             scheduler_step_size=scheduler_step_size,
             channel_means=channel_means,
             channel_stds=channel_stds,
+            loss_weighting=loss_weighting,
         )
         self.save_hyperparameters()
         self.hidden_dim = hidden_dim

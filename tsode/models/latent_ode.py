@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsode.data.batch import IrregularBatch, SeriesPart
-from tsode.models.base import IrregularModel, StepResult, has_target
+from tsode.models.base import IrregularModel, StepResult, channel_weights, has_target
 from tsode.models.blocks import (
     GRID_MODES,
     MLPDecoder,
@@ -69,14 +69,19 @@ class AugmentedLatentField(NFECounter):
         return torch.cat([self.latent_func(t, z), F.softplus(self.intensity_net(z))], dim=-1)
 
 
-def gaussian_loglik(x: Tensor, mean: Tensor, log_std: Tensor, mask: Tensor) -> Tensor:
-    """Sum over observed entries of ``log N(x; mean, exp(log_std)^2)``.
+def gaussian_loglik(
+    x: Tensor, mean: Tensor, log_std: Tensor, mask: Tensor, weights: Tensor | None = None
+) -> Tensor:
+    """Sum over observed entries of ``log N(x; mean, exp(log_std)^2)`` (times ``weights (C,)``
+    per channel when given).
 
     Shapes: ``x``/``mask`` ``(B, N, C)``, ``mean`` ``(..., B, N, C)``, ``log_std`` ``(C,)``;
     returns ``(..., B)``. Masked entries contribute exactly 0.
     """
     z = (x - mean) * torch.exp(-log_std)
     ll = -0.5 * (z.square() + _LOG_2PI) - log_std
+    if weights is not None:
+        ll = ll * weights
     return torch.where(mask, ll, torch.zeros_like(ll)).sum(dim=(-1, -2))
 
 
@@ -93,6 +98,19 @@ def poisson_loglik(log_intensity: Tensor, mask: Tensor, integral: Tensor) -> Ten
     """
     events = torch.where(mask, log_intensity, torch.zeros_like(log_intensity)).sum(dim=(-1, -2))
     return events - integral.sum(dim=-1)
+
+
+def mixture_nll(means: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean over observed entries of ``-log (1/K) sum_k N(target; means_k.detach(), std_k^2)``.
+
+    ``means``/``std`` ``(K, B, N, C)``, ``target``/``mask`` ``(B, N, C)``. The predictive
+    distribution of a sampled forecast is this mixture, so the std that minimises it is the one
+    whose sampled intervals are calibrated; the means are detached (this trains the std only).
+    """
+    z = (target.unsqueeze(0) - means.detach()) / std
+    log_prob = -0.5 * (z.square() + _LOG_2PI) - torch.log(std)
+    mix = torch.logsumexp(log_prob, dim=0) - math.log(means.shape[0])
+    return -torch.where(mask, mix, torch.zeros_like(mix)).sum() / mask.sum().clamp_min(1)
 
 
 class LatentODE(IrregularModel):
@@ -124,6 +142,12 @@ class LatentODE(IrregularModel):
             time.
         persistence: add each channel's last context observation strictly before a point,
             times a learned gate (from ``z`` and the observation's age), to the decoded mean.
+        uncertainty: ``"gaussian"`` (default) -- the predictive noise of a forecast comes from
+            a std head on the detached ``z(t)`` (and, with ``persistence``, each channel's
+            ``seen`` flag and ``log1p(age)``), trained by the log-likelihood of the target
+            entries under the mixture of the K sampled trajectories (detached); so the noise
+            can grow with the horizon and never reshapes the ELBO's model. ``"none"`` -- the
+            predictive noise is the ELBO's observation std ``obs_std``.
         solver: solver for the latent ODE (and the recognition ODE unless ``encoder_solver``).
         encoder_solver: solver for the recognition ODE-RNN (e.g. fixed-step Euler, as in the
             reference implementation); None uses ``solver``.
@@ -169,6 +193,7 @@ class LatentODE(IrregularModel):
         reconstruct_context: bool = True,
         anchor: str = "last",
         persistence: bool = True,
+        uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         encoder_solver: SolverConfig | None = None,
         grid: str = "per_sample",
@@ -183,6 +208,7 @@ class LatentODE(IrregularModel):
         scheduler_step_size: int = 10,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
+        loss_weighting: str = "entry",
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -194,6 +220,7 @@ class LatentODE(IrregularModel):
             scheduler_step_size=scheduler_step_size,
             channel_means=channel_means,
             channel_stds=channel_stds,
+            loss_weighting=loss_weighting,
         )
         self.save_hyperparameters()
         if grid not in GRID_MODES:
@@ -228,7 +255,9 @@ class LatentODE(IrregularModel):
         self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
         self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
         self.decoder = MLPDecoder(latent_dim, num_channels, decoder_hidden_dim, decoder_layers)
-        self.persistence, _ = forecast_heads(self.decoder, latent_dim, num_channels, persistence, "none")
+        self.persistence, self.std_head = forecast_heads(
+            self.decoder, latent_dim, num_channels, persistence, uncertainty
+        )
         log_std = torch.full((num_channels,), math.log(obs_std))
         if learn_obs_std:
             self.log_obs_std = nn.Parameter(log_std)
@@ -332,14 +361,27 @@ class LatentODE(IrregularModel):
         """Observation means ``(K, B, N, C)`` from latent states ``z (K, B, N, D)`` at ``times
         (B, N)``: the decoder, plus with ``persistence`` each channel's decayed last context
         observation strictly before the time."""
+        return self.decode(z, context, times)[0]
+
+    def decode(self, z: Tensor, context: SeriesPart, times: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`decoded_mean` and, with a std head, the predictive noise std ``(K, B, N, C)``
+        from the detached ``z`` (and the persistence features); else None."""
         x_hat = self.decoder(z)
+        features = z
         if self.persistence is not None:
             k = z.shape[0]
-            baseline, _ = self.persistence(
+            baseline, carried = self.persistence(
                 _repeat_part(context, k), times.repeat(k, 1), z.reshape(-1, *z.shape[2:])
             )
             x_hat = x_hat + baseline.reshape(x_hat.shape)
-        return x_hat
+            features = torch.cat([z, carried.reshape(*z.shape[:-1], -1)], dim=-1)
+        std = None if self.std_head is None else self.std_head(features.detach())
+        return x_hat, std
+
+    def noise_std(self, std: Tensor | None, like: Tensor) -> Tensor:
+        """The predictive noise std: the std head's ``std`` when there is one, else the ELBO's
+        ``obs_std`` ``(C,)`` broadcast like ``like``."""
+        return std if std is not None else self.log_obs_std.detach().exp().expand_as(like)
 
     def _check_times(self, times: Tensor, t0: Tensor, what: str) -> None:
         early = (times < t0.unsqueeze(1)).any(dim=1)
@@ -379,13 +421,17 @@ class LatentODE(IrregularModel):
         mask = torch.cat([p.mask & p.time_mask.unsqueeze(-1) for p in parts], dim=1)
         if self.anchor == "first":
             self._check_times(times, t0, "compute_loss")
+        # loss_weighting="channel": each channel's entries weigh N / (C_obs n_c) in the batch
+        weights = channel_weights(mask) if self.loss_weighting == "channel" else None
         z, window = self.solve_at(z0, t0, times)  # z (K, B, N, D) in concatenation order
-        x_hat = self.decoded_mean(z, batch.context, times)  # (K, B, N, C)
+        x_hat, std = self.decode(z, batch.context, times)  # (K, B, N, C)
         out = {
-            "recon": gaussian_loglik(values, x_hat, self.log_obs_std, mask),
+            "recon": gaussian_loglik(values, x_hat, self.log_obs_std, mask, weights),
             "x_hat": x_hat,
             "num_observed": mask.sum(),
         }
+        if std is not None:
+            out["std"] = std
         if self.poisson:
             assert window is not None
             log_lam = torch.log(F.softplus(self.intensity_net(z)) + 1e-8)  # (K, B, N, C)
@@ -431,6 +477,12 @@ class LatentODE(IrregularModel):
         loss = -bound.sum() / n_obs
 
         n_ctx = batch.context.times.shape[1] if self.reconstruct_context else 0
+        if "std" in terms and has_target(batch):
+            tgt = batch.target
+            nll = mixture_nll(terms["x_hat"][:, :, n_ctx:], terms["std"][:, :, n_ctx:],
+                              tgt.values, tgt.mask & tgt.time_mask.unsqueeze(-1))
+            logs["std_nll"] = nll
+            loss = loss + nll
         prediction = terms["x_hat"][:, :, n_ctx:].mean(0)  # (B, Lt, C) at target times
         predictive = None
         if self.classifier is not None and not has_target(batch):  # task="classification"
@@ -452,7 +504,8 @@ class LatentODE(IrregularModel):
         self, batch: IrregularBatch, times: Tensor, num_samples: int | None = None
     ) -> dict[str, Tensor]:
         """Decoded trajectories for ``num_samples`` draws of ``z0 ~ q``: ``samples (K, B, M, C)``
-        and, with ``poisson``, ``intensity (K, B, M, C)`` (observations per hour)."""
+        (decoded means), ``noise_std (K, B, M, C)`` (the predictive noise around each) and, with
+        ``poisson``, ``intensity (K, B, M, C)`` (observations per hour)."""
         check_query_times(times, batch.batch_size)
         mu, std, t0 = self.posterior(batch)
         if self.anchor == "first":
@@ -460,7 +513,8 @@ class LatentODE(IrregularModel):
         k = num_samples or self.num_predict_samples
         z0 = mu + std * self.sample_eps((k, *mu.shape), mu)
         z, _ = self.solve_at(z0, t0, times)
-        out = {"samples": self.decoded_mean(z, batch.context, times)}
+        means, std = self.decode(z, batch.context, times)
+        out = {"samples": means, "noise_std": self.noise_std(std, means)}
         if self.poisson:
             out["intensity"] = F.softplus(self.intensity_net(z))
         return out
@@ -470,15 +524,15 @@ class LatentODE(IrregularModel):
 
         Returns ``mean (B, M, C)`` (mean of the sampled trajectories' decoded means),
         ``samples (K, B, M, C)`` (draws from the predictive distribution: each trajectory's
-        decoded mean plus Gaussian observation noise ``obs_std``, so quantiles are predictive
-        intervals for new observations), ``trajectory_means (K, B, M, C)`` (without the noise),
-        ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``, ``obs_std (C,)`` and, with
-        ``poisson``, ``intensity (B, M, C)`` (mean over samples).
+        decoded mean plus Gaussian noise -- from the std head, or ``obs_std`` without one -- so
+        quantiles are predictive intervals for new observations), ``trajectory_means (K, B, M,
+        C)`` (without the noise), ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``,
+        ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
         """
         out = self.sample_trajectories(batch, times)
         means = out["samples"]
         obs_std = self.log_obs_std.detach().exp()
-        samples = means + obs_std * self.sample_eps(means.shape, means)
+        samples = means + out["noise_std"] * self.sample_eps(means.shape, means)
         levels = torch.tensor(self.quantile_levels, dtype=samples.dtype, device=samples.device)
         result = {
             "mean": means.mean(0),

@@ -245,6 +245,7 @@ class NeuralCDE(IrregularModel):
         scheduler_step_size: int = 10,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
+        loss_weighting: str = "entry",
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -256,6 +257,7 @@ class NeuralCDE(IrregularModel):
             scheduler_step_size=scheduler_step_size,
             channel_means=channel_means,
             channel_stds=channel_stds,
+            loss_weighting=loss_weighting,
         )
         if interpolation not in PATH_METHODS:
             raise ValueError(f"interpolation must be one of {PATH_METHODS}, got {interpolation!r}")
