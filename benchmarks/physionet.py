@@ -24,7 +24,11 @@ boundary (context ``t < 24``, targets ``t >= 24``); inputs are tsode's (37 chann
 with training statistics, the descriptors as static covariates). Each model trains with its
 library defaults plus the data-derived sizes: Adam at the model's default learning rate,
 batch 32, gradient clipping 1.0, at most ``--epochs`` epochs with early stopping (patience
-``--patience``) on ``val/mse``, tested at the best validation epoch. The protocol's metric is
+``--patience``) on ``--monitor`` (forecast-24h: ``val/mse_channel``, the per-variable MSE,
+as the protocol validates with its own metric), tested at the best validation epoch. With
+``--loss protocol`` (default) forecast-24h trains on the protocol's metric: per-variable MSE
+in min-max units (``loss_weighting="channel"`` with ``loss_channel_weights``, see
+:func:`protocol_loss`), as the reference code trains every baseline. The protocol's metric is
 computed here from the forecasts in original units, min-max scaled with the protocol's
 statistics. Each model runs in its own single-threaded subprocess; runs are logged to MLflow.
 
@@ -279,6 +283,20 @@ class ProtocolScore:
             "variables": int(has.sum()),
             "targets": int(self.count.sum()),
         }
+
+
+def protocol_loss(data, protocol: dict) -> dict:  # noqa: ANN001
+    """Model arguments that make the training loss the protocol's: the mean over variables of
+    each variable's MSE in min-max units (as the reference trains every model). The model sees
+    z-scores, so variable c's squared errors are weighted by ``(std_c / range_c)^2``; a
+    zero-range variable (scored in original units) by ``std_c^2``."""
+    pos = {p: k for k, p in enumerate(protocol["params"])}
+    weights = []
+    for channel, std in zip(data.channels, data.normalizer.std):
+        span = protocol["max"][pos[channel]] - protocol["min"][pos[channel]]
+        factor = float(std) / span if math.isfinite(span) and span > 0 else float(std)
+        weights.append(factor * factor)
+    return {"loss_weighting": "channel", "loss_channel_weights": weights}
 
 
 def score_model(model, data, protocol: dict) -> ProtocolScore:  # noqa: ANN001
@@ -588,6 +606,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "channel_means": [float(x) for x in data.normalizer.mean],
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
+    if not rubanova and args.loss == "protocol":
+        derived.update(protocol_loss(data, protocol))
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in derived.items() if k in accepted}
     model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
@@ -605,7 +625,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "batch_size": RUBANOVA_BATCH if rubanova else 32, "gradient_clip_val": 1.0,
         "context_boundary": "open", "max_minutes": args.max_minutes,
         "cutoff_hours": protocol.get("boundary") if rubanova else HISTORY_HOURS,
-        "model_kwargs": args.model_kwargs,
+        "model_kwargs": args.model_kwargs, "monitor": monitor_metric(args), "loss": args.loss,
         **{f"split_{k}": len(v) for k, v in protocol["split"].items()},
     })
     common = dict(logger=logger, enable_progress_bar=False, enable_model_summary=False,
@@ -613,12 +633,13 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     start = time.perf_counter()
     best_epoch = None
     if trainable:
-        checkpoint = ModelCheckpoint(dirpath=workdir, monitor="val/mse", mode="min")
+        monitor = monitor_metric(args)
+        checkpoint = ModelCheckpoint(dirpath=workdir, monitor=monitor, mode="min")
         max_time = (datetime.timedelta(minutes=args.max_minutes)
                     if args.max_minutes is not None else None)
         trainer = pl.Trainer(
             max_epochs=args.epochs, gradient_clip_val=1.0, max_time=max_time,
-            callbacks=[EarlyStopping("val/mse", patience=args.patience), checkpoint], **common,
+            callbacks=[EarlyStopping(monitor, patience=args.patience), checkpoint], **common,
         )
         trainer.fit(model, datamodule=data)
         epochs = trainer.current_epoch
@@ -784,11 +805,19 @@ def render_per_variable(rows: list[dict], models: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def monitor_metric(args: argparse.Namespace) -> str:
+    """The validation metric that early-stops and picks the tested checkpoint."""
+    if args.monitor:
+        return args.monitor
+    return "val/mse" if args.protocol in RUBANOVA_PROTOCOLS else "val/mse_channel"
+
+
 def shared_args(args: argparse.Namespace) -> list[str]:
     """Worker arguments shared by every model run."""
     shared = ["--protocol", args.protocol, "--epochs", str(args.epochs), "--patience",
               str(args.patience), "--sets", *args.sets, "--root", str(args.root),
-              "--tracking-uri", args.tracking_uri, "--model-kwargs", args.model_kwargs]
+              "--tracking-uri", args.tracking_uri, "--model-kwargs", args.model_kwargs,
+              "--monitor", monitor_metric(args), "--loss", args.loss]
     if args.max_minutes is not None:
         shared += ["--max-minutes", str(args.max_minutes)]
     if args.max_series is not None:
@@ -884,6 +913,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default_physionet_dir())
     parser.add_argument("--jobs", type=int, default=1, help="model runs at once")
     parser.add_argument("--per-variable", action="store_true")
+    parser.add_argument("--loss", choices=("protocol", "library"), default="protocol",
+                        help="forecast-24h: 'protocol' trains on the protocol's metric (per-variable "
+                        "MSE in min-max units, as the reference trains every model); 'library' "
+                        "keeps each model's default loss (pooled MSE of z-scores)")
+    parser.add_argument("--monitor", default=None,
+                        help="validation metric for early stopping and the best checkpoint "
+                        "(default: val/mse_channel, the per-variable MSE, for forecast-24h as its "
+                        "protocol scores per variable; val/mse for interp/extrap)")
     parser.add_argument("--model-kwargs", default="{}",
                         help="JSON arguments for every model (variants; default: library defaults)")
     parser.add_argument("--json", type=Path, default=None)

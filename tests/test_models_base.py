@@ -168,7 +168,7 @@ def test_trainer_logs_metrics_and_nfe(adjoint, tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, loader, loader)
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/nfe_forward", "train/nfe_backward", "val/mse", "val/mae",
+    for key in ("train/loss", "train/nfe_forward", "train/nfe_backward", "val/mse", "val/mae", "val/mse_channel",
                 "val/mse_orig", "val/mae_orig"):
         assert key in metrics, key
     assert metrics["train/nfe_forward"] > 0
@@ -198,3 +198,36 @@ def test_channel_weighted_mse_is_the_mean_of_per_channel_mses():
 def test_loss_weighting_is_validated():
     with pytest.raises(ValueError, match="loss_weighting"):
         ODERNN(num_channels=2, loss_weighting="variable")
+
+
+def test_channel_reduction_metric_averages_per_channel_errors():
+    """MaskedChannelError(reduction="channel") is the per-variable metric: the mean over the
+    observed channels of each channel's own MSE (logged as ``<stage>/mse_channel``)."""
+    metric = MaskedChannelError(3, "mse", reduction="channel")
+    pred = torch.zeros(1, 4, 3)
+    target = torch.tensor([[[1.0, 2.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
+    mask = torch.zeros(1, 4, 3, dtype=torch.bool)
+    mask[..., 0] = True
+    mask[0, 0, 1] = True
+    metric.update(pred, target, mask)
+    torch.testing.assert_close(metric.compute(), torch.tensor((1.0 + 4.0) / 2))
+    pooled = MaskedChannelError(3, "mse")
+    pooled.update(pred, target, mask)
+    torch.testing.assert_close(pooled.compute(), torch.tensor(8.0 / 5))
+
+
+def test_loss_channel_weights_scale_each_channels_loss_and_metric():
+    """loss_channel_weights w multiply each channel's squared errors, in the loss and in
+    <stage>/mse_channel: with w = (std/range)^2 both are the per-variable MSE in min-max units."""
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 30, 2), torch.randn(2, 30, 2)
+    mask = torch.rand(2, 30, 2) < 0.6
+    w = torch.tensor([0.25, 4.0])
+    per_channel = [((pred - target)[..., c][mask[..., c]]).square().mean() * w[c] for c in (0, 1)]
+    torch.testing.assert_close(masked_mse(pred, target, mask, "channel", w), torch.stack(per_channel).mean())
+    model = ODERNN(num_channels=2, loss_channel_weights=[0.25, 4.0])
+    metric = model.metrics["val_mse_channel"]
+    metric.update(pred, target, mask)
+    torch.testing.assert_close(metric.compute(), torch.stack(per_channel).mean())
+    with pytest.raises(ValueError, match="loss_channel_weights"):
+        ODERNN(num_channels=2, loss_channel_weights=[1.0, -1.0])

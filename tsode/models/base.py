@@ -47,6 +47,7 @@ and ``{stage}/crps`` (``crps_orig`` in original units) for ``val`` and ``test``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -120,18 +121,25 @@ def has_target(batch: IrregularBatch) -> bool:
 class MaskedChannelError(Metric):
     """Mean squared (``kind="mse"``) or absolute (``kind="mae"``) error over observed entries.
 
-    Accumulates per-channel error sums and counts, so the overall value weights every observed
-    entry equally and ``per_channel()`` gives the channel breakdown. ``scale`` (C,) multiplies the
-    normalized error per channel (pass the normalizer stds to get original units).
+    Accumulates per-channel error sums and counts, so ``per_channel()`` gives the channel
+    breakdown. The overall value weights every observed entry equally (``reduction="entry"``)
+    or is the mean of the per-channel errors over the channels observed (``"channel"``, the
+    per-variable metric). ``scale`` (C,) multiplies the normalized error per channel (pass the
+    normalizer stds to get original units).
     """
 
     full_state_update = False
 
-    def __init__(self, num_channels: int, kind: str = "mse", scale: list[float] | None = None):
+    def __init__(
+        self, num_channels: int, kind: str = "mse", scale: list[float] | None = None, reduction: str = "entry"
+    ):
         super().__init__()
         if kind not in ("mse", "mae"):
             raise ValueError(f"kind must be 'mse' or 'mae', got {kind!r}")
+        if reduction not in ("entry", "channel"):
+            raise ValueError(f"reduction must be 'entry' or 'channel', got {reduction!r}")
         self.kind = kind
+        self.reduction = reduction
         scale_t = torch.ones(num_channels) if scale is None else torch.as_tensor(scale, dtype=torch.float64)
         if scale_t.shape != (num_channels,):
             raise ValueError(f"scale must have {num_channels} entries, got {tuple(scale_t.shape)}")
@@ -148,6 +156,10 @@ class MaskedChannelError(Metric):
         self.count += m.sum(dim=dims)
 
     def compute(self) -> Tensor:
+        if self.reduction == "channel":
+            seen = self.count > 0
+            per_channel = self.err_sum[seen] / self.count[seen]
+            return (per_channel.mean() if bool(seen.any()) else self.err_sum.sum()).to(torch.float32)
         return (self.err_sum.sum() / self.count.sum().clamp_min(1.0)).to(torch.float32)
 
     def per_channel(self) -> Tensor:
@@ -159,19 +171,25 @@ class MaskedChannelError(Metric):
 LOSS_WEIGHTINGS = ("entry", "channel")
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, weighting: str = "entry") -> Tensor:
+def masked_mse(
+    pred: Tensor, target: Tensor, mask: Tensor, weighting: str = "entry", scale: Tensor | None = None
+) -> Tensor:
     """Mean squared error over entries where ``mask`` is True (0 if there are none).
 
     ``weighting="entry"``: every observed entry counts equally (pooled MSE);
     ``"channel"``: the mean of the per-channel MSEs over the channels observed in the batch
     (each channel counts equally however often it is measured, as in per-variable metrics).
-    Masked-out entries contribute exactly nothing (also no NaN/inf leaks from ``target``).
+    ``scale`` ``(C,)`` multiplies each channel's squared errors (e.g. to score in another
+    unit per channel). Masked-out entries contribute exactly nothing (also no NaN/inf leaks
+    from ``target``).
     """
     diff = torch.where(mask, pred - target, torch.zeros_like(pred))
-    if weighting == "entry":
-        return diff.square().sum() / mask.sum().clamp_min(1)
-    weights = channel_weights(mask)
-    return (diff.square() * weights).sum() / mask.sum().clamp_min(1)
+    squared = diff.square()
+    if scale is not None:
+        squared = squared * scale.to(squared)
+    if weighting == "channel":
+        squared = squared * channel_weights(mask).to(squared)
+    return squared.sum() / mask.sum().clamp_min(1)
 
 
 def channel_weights(mask: Tensor) -> Tensor:
@@ -205,6 +223,10 @@ class IrregularModel(L.LightningModule):
             ``"channel"`` (each channel's mean error in the batch counts equally, whatever its
             sampling rate: the training counterpart of per-variable metrics such as
             forecast-24h's, where a lab measured twice a day weighs as much as heart rate).
+        loss_channel_weights: ``(C,)`` non-negative weight of each channel's squared errors in
+            the loss and in ``{stage}/mse_channel`` (None: all 1). A per-variable metric in
+            other units than the model's (e.g. min-max scaled while the model sees z-scores)
+            is matched by ``(std_c / range_c)^2``.
     """
 
     def __init__(
@@ -219,11 +241,21 @@ class IrregularModel(L.LightningModule):
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
+        loss_channel_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
+        if loss_channel_weights is not None:
+            w = [float(x) for x in loss_channel_weights]
+            if len(w) != num_channels or not all(math.isfinite(x) and x >= 0 for x in w):
+                raise ValueError(
+                    f"loss_channel_weights must be {num_channels} finite values >= 0, got {loss_channel_weights}"
+                )
+            self.register_buffer("loss_scale", torch.tensor(w), persistent=False)
+        else:
+            self.loss_scale = None
         if num_channels < 1:
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
         if optimizer not in ("adam", "adamw", "sgd"):
@@ -247,9 +279,14 @@ class IrregularModel(L.LightningModule):
         self.channel_means = None if channel_means is None else [float(x) for x in channel_means]
         self.channel_stds = None if channel_stds is None else [float(x) for x in channel_stds]
         metrics: dict[str, Metric] = {}
+        # MaskedChannelError scales errors, not squared errors: sqrt of the loss weights
+        metric_scale = None if loss_channel_weights is None else [math.sqrt(float(x)) for x in loss_channel_weights]
         for stage in _STAGES:
             metrics[f"{stage}_mse"] = MaskedChannelError(num_channels, "mse")
             metrics[f"{stage}_mae"] = MaskedChannelError(num_channels, "mae")
+            metrics[f"{stage}_mse_channel"] = MaskedChannelError(
+                num_channels, "mse", metric_scale, reduction="channel"
+            )
             if self.channel_stds is not None:
                 metrics[f"{stage}_mse_orig"] = MaskedChannelError(num_channels, "mse", self.channel_stds)
                 metrics[f"{stage}_mae_orig"] = MaskedChannelError(num_channels, "mae", self.channel_stds)
@@ -281,7 +318,7 @@ class IrregularModel(L.LightningModule):
         target = batch.target
         out = self.forecast(batch, target.times)
         pred = out["mean"]
-        loss = masked_mse(pred, target.values, target.mask, self.loss_weighting)
+        loss = masked_mse(pred, target.values, target.mask, self.loss_weighting, self.loss_scale)
         logs: dict[str, Tensor] = {}
         if "std" in out:
             nll = gaussian_nll(pred, out["std"], target.values, target.mask)
@@ -394,7 +431,7 @@ class IrregularModel(L.LightningModule):
                      on_step=on_step, on_epoch=True)
         if result.prediction is not None:
             target = batch.target
-            for suffix in ("mse", "mae", "mse_orig", "mae_orig"):
+            for suffix in ("mse", "mae", "mse_channel", "mse_orig", "mae_orig"):
                 key = f"{stage}_{suffix}"
                 if key in self.metrics:
                     metric = self.metrics[key]

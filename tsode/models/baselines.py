@@ -158,6 +158,7 @@ class GRUDelta(IrregularModel):
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
+        loss_channel_weights: list[float] | None = None,
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -170,6 +171,7 @@ class GRUDelta(IrregularModel):
             channel_means=channel_means,
             channel_stds=channel_stds,
             loss_weighting=loss_weighting,
+            loss_channel_weights=loss_channel_weights,
         )
         self.save_hyperparameters()
         self.hidden_dim = hidden_dim

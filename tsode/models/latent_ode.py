@@ -209,6 +209,7 @@ class LatentODE(IrregularModel):
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
+        loss_channel_weights: list[float] | None = None,
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -221,6 +222,7 @@ class LatentODE(IrregularModel):
             channel_means=channel_means,
             channel_stds=channel_stds,
             loss_weighting=loss_weighting,
+            loss_channel_weights=loss_channel_weights,
         )
         self.save_hyperparameters()
         if grid not in GRID_MODES:
@@ -421,8 +423,11 @@ class LatentODE(IrregularModel):
         mask = torch.cat([p.mask & p.time_mask.unsqueeze(-1) for p in parts], dim=1)
         if self.anchor == "first":
             self._check_times(times, t0, "compute_loss")
-        # loss_weighting="channel": each channel's entries weigh N / (C_obs n_c) in the batch
+        # loss_weighting="channel": each channel's entries weigh N / (C_obs n_c) in the batch;
+        # loss_channel_weights multiply each channel's term
         weights = channel_weights(mask) if self.loss_weighting == "channel" else None
+        if self.loss_scale is not None:
+            weights = self.loss_scale if weights is None else weights * self.loss_scale
         z, window = self.solve_at(z0, t0, times)  # z (K, B, N, D) in concatenation order
         x_hat, std = self.decode(z, batch.context, times)  # (K, B, N, C)
         out = {

@@ -246,6 +246,7 @@ class NeuralCDE(IrregularModel):
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
+        loss_channel_weights: list[float] | None = None,
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -258,6 +259,7 @@ class NeuralCDE(IrregularModel):
             channel_means=channel_means,
             channel_stds=channel_stds,
             loss_weighting=loss_weighting,
+            loss_channel_weights=loss_channel_weights,
         )
         if interpolation not in PATH_METHODS:
             raise ValueError(f"interpolation must be one of {PATH_METHODS}, got {interpolation!r}")

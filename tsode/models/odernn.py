@@ -279,6 +279,7 @@ class ODERNN(IrregularModel):
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
+        loss_channel_weights: list[float] | None = None,
     ) -> None:
         super().__init__(
             num_channels=num_channels,
@@ -291,6 +292,7 @@ class ODERNN(IrregularModel):
             channel_means=channel_means,
             channel_stds=channel_stds,
             loss_weighting=loss_weighting,
+            loss_channel_weights=loss_channel_weights,
         )
         self.save_hyperparameters()
         if grid not in GRID_MODES:
