@@ -225,6 +225,40 @@ def test_non_integer_labels_and_missing_labels_are_clear_errors():
         dm.setup()
 
 
+def test_per_time_point_label_error_says_labels_are_per_series(tmp_path):
+    """An hourly flag given as label_col (0 then 1 within a stay) is refused by Forecaster.fit
+    with how to reduce it to one label per series; the suggested reductions are accepted."""
+    from tsode import Forecaster
+
+    df = frame(8)
+    df["sepsis"] = 0.0
+    late = (df.series_id == "s2") & (df.time > 30.0)  # s2 turns positive after 30 h
+    df.loc[late, "sepsis"] = 1.0
+    fc = Forecaster("gru_dt", tracking=False, verbose=False, work_dir=tmp_path, hidden_dim=4,
+                    trainer_kwargs={"max_epochs": 1, "enable_progress_bar": False,
+                                    "enable_model_summary": False})
+    with pytest.raises(DataValidationError) as caught:
+        fc.fit(df, value_cols=["a", "b"], label_col="sepsis", task="classification")
+    message = str(caught.value)
+    assert "series 's2' has conflicting values 0 and 1 in per-series column 'sepsis'" in message
+    assert "Labels are per series" in message
+    assert "df.groupby('series_id')['sepsis'].transform('max')" in message  # ever positive
+    assert "transform('last')" in message and "sort_values(['series_id', 'time'])" in message
+    # the reductions the message (and docs/data.md) suggest give one label per series
+    ever = df.assign(sepsis=df.groupby("series_id")["sepsis"].transform("max"))
+    ordered = df.sort_values(["series_id", "time"])
+    last = ordered.assign(sepsis=ordered.groupby("series_id")["sepsis"].transform("last"))
+    for reduced in (ever, last):
+        dm = TableDataModule(reduced, value_cols=["a", "b"], label_col="sepsis",
+                             task="classification", split_fractions=(0.5, 0.5, 0.0))
+        dm.load_table()  # reads the labels: no conflict left
+    # a static covariate that changes within a series keeps the plain message
+    df["age"] = df["time"]
+    with pytest.raises(DataValidationError, match="per-series column 'age'") as caught:
+        fc.fit(df, value_cols=["a", "b"], static_cols=["age"])
+    assert "Labels are per series" not in str(caught.value)
+
+
 def test_lightning_fit_logs_classification_metrics(tmp_path):
     dm = TableDataModule(frame(32), value_cols=["a", "b"], label_col="y", task="classification",
                          batch_size=8, split_fractions=(0.5, 0.25, 0.25))

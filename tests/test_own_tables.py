@@ -210,15 +210,18 @@ def test_pyfunc_cutoff_params(fitted_wide: Forecaster, tmp_path: Path) -> None:
     out = model.predict(frame, params={**params, "cutoff": 20.0})
     expected = fitted_wide.predict(frame, cutoff=20.0, horizon=4.0, step=2.0, progress=False)
     pd.testing.assert_frame_equal(out, expected)
-    # per series: a column of cutoffs (one value per series; the column is no channel)
-    per = frame.assign(cut=frame["series_id"].map({"s00": 10.0, "s01": 30.0}))
-    out = model.predict(per, params={**params, "cutoff_col": "cut"})
+    # per series: a column of cutoffs (one value per series; the column is no channel), named
+    # as the signature declares it (MLflow drops the columns a signature does not declare)
+    per = frame.assign(cutoff=frame["series_id"].map({"s00": 10.0, "s01": 30.0}))
+    out = model.predict(per, params={**params, "cutoff_col": "cutoff"})
     expected = fitted_wide.predict(frame, cutoff={"s00": 10.0, "s01": 30.0}, horizon=4.0,
                                    step=2.0, progress=False)
     pd.testing.assert_frame_equal(out, expected)
-    per.loc[per.index[0], "cut"] = 11.0
-    with pytest.raises(Exception, match="series 's00' has different cutoffs in column 'cut'"):
-        model.predict(per, params={**params, "cutoff_col": "cut"})
+    with pytest.raises(Exception, match="put the cutoffs in column 'cutoff'"):
+        model.predict(per.rename(columns={"cutoff": "cut"}), params={**params, "cutoff_col": "cut"})
+    per.loc[per.index[0], "cutoff"] = 11.0
+    with pytest.raises(Exception, match="series 's00' has different cutoffs in column 'cutoff'"):
+        model.predict(per, params={**params, "cutoff_col": "cutoff"})
 
 
 # ---------------------------------------------------------------- 5. output precision

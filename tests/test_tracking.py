@@ -118,6 +118,23 @@ def test_logged_pyfunc_model_predicts_like_the_forecaster(tracked) -> None:
     assert default["time"].max() > subset["time"].max()
 
 
+def test_logged_model_has_a_signature_with_the_input_columns(tracked) -> None:
+    fc, frame, _, _ = tracked
+    mlflow.set_tracking_uri(fc.fit_summary["tracking_uri"])
+    signature = mlflow.models.get_model_info(f"runs:/{fc.run_id}/model").signature
+    assert signature is not None
+    # fitted on a long table with the default names: id and time required; the long and
+    # the wide format's columns (one per fitted channel) and the cutoff column optional
+    assert signature.inputs.required_input_names() == ["series_id", "time"]
+    assert signature.inputs.optional_input_names() == [
+        "channel", "value", *fc.data.channels, "cutoff"
+    ]
+    assert signature.outputs.input_names() == ["series_id", "time", "channel", "mean"]
+    assert {p.name for p in signature.params.params} == {
+        "horizon", "step", "quantiles", "max_points_per_series", "cutoff", "cutoff_col"
+    }
+
+
 class _Toy(pl.LightningModule):
     """Tiny module whose training step raises ``error`` (to crash a tracked run)."""
 

@@ -188,14 +188,15 @@ class FittedData:
     def table(self, source: Any) -> SeriesTable:
         """Validate a DataFrame / CSV / Parquet table against the fitted channels and time axis.
 
-        Static covariate columns are read when the table has all of them; otherwise they are
-        unknown (filled with the training mean). Unknown channels raise ``DataValidationError``.
+        The table may be long or wide whatever the training table's format: long if it has the
+        channel column (and no fitted channel has that name), else wide. Static covariate
+        columns are read when the table has all of them; otherwise they are unknown (filled
+        with the training mean). Unknown channels raise ``DataValidationError``.
         """
         frame, name = read_table(source, encoding=getattr(self.spec, "encoding", None))
         spec = self.spec
-        wide = spec.format == "wide" or (
-            spec.format == "auto" and spec.channel_col not in frame.columns
-        )
+        wide = spec.channel_col not in frame.columns or spec.channel_col in self.channels
+        spec = dataclasses.replace(spec, format="wide" if wide else "long")
         if wide and spec.value_cols is None:
             # declared static / label columns are never channels, even when not read here
             reserved = {spec.id_col, spec.time_col, *spec.static_cols, *self.static_names}
@@ -972,8 +973,9 @@ class Forecaster:
         """Forecast every series of an observations table.
 
         Args:
-            data: observed values (DataFrame or CSV/Parquet path), same columns as for ``fit``;
-                all of them are context (up to ``cutoff`` when given).
+            data: observed values (DataFrame or CSV/Parquet path), same column names as for
+                ``fit``, long or wide whatever the training table's format; all of them are
+                context (up to ``cutoff`` when given).
             horizon: hours past each series' last observation (or past its ``cutoff``) to
                 forecast, on a grid of ``step`` hours (default ``horizon / 24``).
             times: alternatively, query times in the input's time representation: a sequence

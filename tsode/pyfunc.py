@@ -1,15 +1,23 @@
 """A trained forecaster as an MLflow pyfunc model: DataFrame of observations in, forecasts out.
 
-Input: a long table ``series_id, time, channel, value`` (or whatever columns the forecaster
-was fitted with), every row an observation used as context. Output: the tidy forecast of
-:meth:`tsode.api.Forecaster.predict` (``series_id, time, channel, mean[, q<level> ...]``).
+Input: the observations, every row context, in either format whatever the training table's:
+long (one row per observation: ``series_id, time, channel, value``) or wide (one row per time
+point: ``series_id, time, <one column per fitted channel>``), with the id / time / channel /
+value column names the forecaster was fitted with (:func:`input_schema`). Output: the tidy
+forecast of :meth:`tsode.api.Forecaster.predict` (``series_id, time, channel, mean[,
+q<level> ...]``).
 Inference parameters (MLflow ``params``): ``horizon`` (hours, default: the training task's),
 ``step`` (hours between forecast times; 0 = horizon / 24), ``quantiles`` (list of levels) and
 ``max_points_per_series`` (cap on forecast times per series, default 100000), ``cutoff``
 (forecast from this many hours after each series' origin, using only the observations up to
 it, as ``Forecaster.predict(cutoff=...)``) and ``cutoff_col`` (an input column holding each
-series' cutoff, one value per series; the column is not a channel). Values are validated by
-``Forecaster.predict``: non-numeric, non-finite or non-positive ones are errors.
+series' cutoff, one value per series; the column is not a channel, and must be one the
+signature declares, e.g. ``cutoff``). Values are validated by ``Forecaster.predict``:
+non-numeric, non-finite or non-positive ones are errors.
+
+The model's signature (:func:`signature`) declares these columns and params. MLflow passes a
+model only the columns its signature declares: other columns (a label, a split column, a
+channel the model was not fitted on) are dropped with a warning.
 
 So ``mlflow models predict -m runs:/<run id>/model -i obs.csv -t csv --env-manager local`` and
 ``mlflow models serve`` work on any logged tsode run.
@@ -30,10 +38,12 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ParamSchema, ParamSpec
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 ARTIFACT_KEY = "forecaster"
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+#: optional input column for per-series cutoffs (``params={"cutoff_col": "cutoff"}``)
+CUTOFF_COLUMN = "cutoff"
 REQUIREMENTS = ("torch", "lightning", "pandas", "numpy", "pyarrow", "mlflow", "torchmetrics", "scipy")
 
 
@@ -86,7 +96,8 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
         if column not in model_input.columns:
             raise ValueError(
                 f"pyfunc predict: cutoff_col {column!r} is not a column of the input; it has "
-                f"{list(model_input.columns)}"
+                f"{list(model_input.columns)} (MLflow passes only the columns of the model's "
+                f"signature: put the cutoffs in column {CUTOFF_COLUMN!r})"
             )
         given = model_input[[id_col, column]].dropna()
         per_series = given.groupby(id_col, sort=False)[column].unique()
@@ -100,14 +111,56 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
         return model_input.drop(columns=[column]), {k: v[0] for k, v in per_series.items()}
 
 
-def signature(default_horizon: float) -> ModelSignature:
-    """Signature declaring the inference parameters (inputs are validated by tsode itself)."""
+def input_schema(data: Any) -> Schema:
+    """Input columns of a forecaster fitted on ``data`` (a :class:`tsode.api.FittedData`).
+
+    Required: the id and time columns. Optional: the long format's channel and value columns,
+    one column per fitted channel (wide format), the static covariates and ``cutoff`` (see
+    ``cutoff_col``). Every type is ``Any``: tsode validates the values itself, and typed MLflow
+    columns would refuse valid inputs (integer values, as read from a CSV, in a ``double``
+    column; times given as text; integer or text series ids).
+    """
+    spec = data.spec
+    required = [spec.id_col, spec.time_col]
+    optional = [
+        spec.channel_col, spec.value_col, *data.channels, *data.static_names, CUTOFF_COLUMN
+    ]
+    columns: list[ColSpec] = []
+    seen: set[str] = set()
+    for names, needed in ((required, True), (optional, False)):
+        for name in map(str, names):
+            if name not in seen:
+                seen.add(name)
+                columns.append(ColSpec(AnyType(), name, required=needed))
+    return Schema(columns)
+
+
+def output_schema(data: Any) -> Schema:
+    """Forecast columns: ``series_id``, ``time`` (numbers in the input's unit, or datetimes),
+    ``channel``, ``mean``; ``q<level>`` columns follow for the requested ``quantiles``."""
+    time_type = {"numeric": DataType.double, "datetime": DataType.datetime}.get(
+        data.time_axis.kind, AnyType()
+    )
+    return Schema(
+        [
+            ColSpec(AnyType(), "series_id"),  # the ids as given: text or integers
+            ColSpec(time_type, "time"),
+            ColSpec(DataType.string, "channel"),
+            ColSpec(DataType.double, "mean"),
+        ]
+    )
+
+
+def signature(data: Any) -> ModelSignature:
+    """Signature of a forecaster fitted on ``data`` (a :class:`tsode.api.FittedData`): the
+    input columns (:func:`input_schema`), the forecast columns (:func:`output_schema`) and the
+    inference parameters, with their defaults."""
     return ModelSignature(
-        inputs=None,
-        outputs=None,
+        inputs=input_schema(data),
+        outputs=output_schema(data),
         params=ParamSchema(
             [
-                ParamSpec("horizon", "double", float(default_horizon)),
+                ParamSpec("horizon", "double", float(data.default_horizon)),
                 ParamSpec("step", "double", 0.0),
                 ParamSpec("quantiles", "double", [], shape=(-1,)),
                 ParamSpec("max_points_per_series", "long", 100_000),
@@ -158,7 +211,7 @@ def save_pyfunc_model(forecaster: Any, path: str | Path) -> Path:
             path=str(path),
             python_model=ForecasterModel(),
             artifacts={ARTIFACT_KEY: str(saved)},
-            signature=signature(forecaster.data.default_horizon),
+            signature=signature(forecaster.data),
             pip_requirements=_requirements(),
         )
     return path

@@ -417,8 +417,12 @@ def _per_series_values(
     columns: Sequence[str],
     loc: _Locator,
     ids: Sequence[Any],
+    id_col: str = "series_id",
+    time_col: str = "time",
+    label_col: str | None = None,
 ) -> np.ndarray:
-    """(S, K): one value per series per column (first non-null); conflicting values raise."""
+    """(S, K): one value per series per column (first non-null); conflicting values raise
+    (for ``label_col``, saying how to reduce a per-time-point label to one per series)."""
     out = np.full((num_series, len(columns)), np.nan)
     for k, col in enumerate(columns):
         vals = _numeric_column(frame[col], loc, col)
@@ -434,10 +438,20 @@ def _per_series_values(
         if len(conflict):
             s = int(conflict[0])
             rows = np.flatnonzero(ok & (codes == s))
-            raise DataValidationError(
-                f"{loc.source}: series {show(ids[s])} has conflicting values {lo[s]:g} and {hi[s]:g} "
-                f"in per-series column {col!r} (rows {rows[:5].tolist()})"
+            message = (
+                f"{loc.source}: series {show(ids[s])} has conflicting values {lo[s]:g} and "
+                f"{hi[s]:g} in per-series column {col!r} (rows {rows[:5].tolist()})"
             )
+            if col == label_col:
+                message += (
+                    f". Labels are per series (one label per series, e.g. an outcome), but "
+                    f"{col!r} changes within this series, like a per-time-point label. Reduce "
+                    f"it to one value per series before fitting, e.g. 'ever positive': "
+                    f"df[{col!r}] = df.groupby({id_col!r})[{col!r}].transform('max'), or the "
+                    f"last value: df = df.sort_values([{id_col!r}, {time_col!r}]); "
+                    f"df[{col!r}] = df.groupby({id_col!r})[{col!r}].transform('last')"
+                )
+            raise DataValidationError(message)
         has = np.isfinite(lo)
         out[has, k] = lo[has]
     return out
@@ -667,9 +681,10 @@ def table_from_frame(
         static = _per_series_values(frame, codes, num_series, spec.static_cols, loc, series_ids)
     labels = None
     if spec.label_col is not None:
-        labels = _per_series_values(frame, codes, num_series, [spec.label_col], loc, series_ids)[
-            :, 0
-        ]
+        labels = _per_series_values(
+            frame, codes, num_series, [spec.label_col], loc, series_ids,
+            id_col=spec.id_col, time_col=spec.time_col, label_col=spec.label_col,
+        )[:, 0]
 
     table = SeriesTable.from_long(
         series_ids,
