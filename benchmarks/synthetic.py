@@ -36,6 +36,21 @@ TARGET_MSE = {"odernn": 0.35, "latent_ode": 0.45}
 TARGET_COVERAGE = {"coverage80": (0.75, 0.85), "coverage90": (0.86, 0.94)}
 
 
+def EpochReport(name: str):  # noqa: ANN201, N802 - a Lightning callback built lazily
+    """A callback printing each epoch's validation metrics to stderr (the learning curve)."""
+    import lightning.pytorch as pl
+
+    class _EpochReport(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+            if trainer.sanity_checking:
+                return
+            shown = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
+                     if k.startswith("val/") and k.split("/")[1] in ("mse", "coverage80", "coverage90")}
+            print(f"[{name}] epoch {trainer.current_epoch} {shown}", file=sys.stderr, flush=True)
+
+    return _EpochReport()
+
+
 def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
     """Fit ``model_name`` on the synthetic data and test it at its best validation epoch."""
     import lightning.pytorch as pl
@@ -72,7 +87,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
         checkpoint = ModelCheckpoint(dirpath=workdir, monitor="val/mse", mode="min")
         trainer = pl.Trainer(
             max_epochs=args.epochs, gradient_clip_val=1.0, logger=False,
-            callbacks=[checkpoint]
+            callbacks=[checkpoint, EpochReport(f"{model_name}-seed{seed}")]
             + ([EarlyStopping("val/mse", patience=args.patience)] if args.patience > 0 else []),
             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
             default_root_dir=workdir,
@@ -96,7 +111,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
 def _run_subprocess(model: str, seed: int, argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, __file__, "--worker", model, "--worker-seed", str(seed), *argv]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stderr is inherited: each worker's learning curve (EpochReport) streams as it trains
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -192,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             model, seed = queue.pop(0)
             running.append((model, seed, _run_subprocess(model, seed, shared)))
         model, seed, proc = running.pop(0)
-        out, err = proc.communicate()
+        out, _ = proc.communicate()
         if proc.returncode != 0:
-            print(f"[synthetic] {model} seed {seed} failed:\n{err[-3000:]}", file=sys.stderr)
+            print(f"[synthetic] {model} seed {seed} failed (exit {proc.returncode}; its traceback "
+                  "is above)", file=sys.stderr)
             failed = True
             continue
         row = json.loads(out.strip().splitlines()[-1])
