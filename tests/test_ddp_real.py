@@ -69,13 +69,23 @@ ONE = [*CPU, "--trainer.devices", "1"]
 
 
 def run_tsode(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``tsode <args>`` in ``cwd`` (this worktree's package, a SQLite store in ``cwd``)."""
+    return _run(TSODE + args, cwd, timeout)
+
+
+def run_tsode_python(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python <args>`` in ``cwd``, with the same environment as :func:`run_tsode`."""
+    return _run([sys.executable, *args], cwd, timeout)
+
+
+def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
                p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
         env.pop(name, None)  # Lightning launches the second process and picks a free port
     return subprocess.run(
-        TSODE + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -140,3 +150,67 @@ def test_two_process_ddp_fit_and_test_match_one_process(
             "test/mae_orig/temp", "test/crps", "test/coverage90"} <= set(scored)
     for key in scored:  # errors over entries (overall, per channel) and predictive scores
         assert ddp[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+
+
+FORECASTER_SCRIPT = '''
+import sys
+from pathlib import Path
+
+from tsode.api import Forecaster, process_rank
+from tsode.data import SyntheticICUDataModule
+
+out = Path(sys.argv[1])
+dm = SyntheticICUDataModule(num_series=21, min_obs=10, max_obs=20, seed=0)
+dm.setup()
+frame = dm.table.to_long_frame()
+fc = Forecaster(
+    "gru_dt", hidden_dim=4, experiment_name="forecaster-ddp",
+    tracking_uri=f"sqlite:///{out / 'mlflow.db'}", work_dir=out / "work", verbose=False,
+    trainer_kwargs={"max_epochs": 1, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+                    "enable_progress_bar": False, "enable_model_summary": False},
+)
+fc.fit(frame, cutoff=24.0, batch_size=4)
+rank = process_rank()
+fc.predict(frame, horizon=2.0, progress=False).to_csv(out / f"predict-{rank}.csv", index=False)
+fc.save(out / "model")
+fc.evaluate(frame, batch_size=4).to_csv(out / f"evaluate-{rank}.csv")
+'''
+
+
+@pytest.mark.slow
+def test_forecaster_under_two_process_ddp(tmp_path: Path) -> None:
+    """A script fitting a `Forecaster` with ``strategy="ddp"`` on 2 CPU processes runs on
+    both ranks: `predict` returns every series, the same on both ranks; `save` writes one
+    model (rank 0); `evaluate` gives the same scores on both ranks and logs one child run."""
+    import pandas as pd
+
+    from tsode.api import Forecaster
+    from tsode.data import SyntheticICUDataModule
+
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(FORECASTER_SCRIPT)
+    out = run_tsode_python([str(script), str(tmp_path)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Starting with 2 processes" in out.stderr, out.stderr[-3000:]
+
+    dm = SyntheticICUDataModule(num_series=21, min_obs=10, max_obs=20, seed=0)
+    dm.setup()
+    frame = dm.table.to_long_frame()
+    rank0, rank1 = (pd.read_csv(tmp_path / f"predict-{r}.csv") for r in (0, 1))
+    pd.testing.assert_frame_equal(rank0, rank1)
+    assert rank0["series_id"].nunique() == frame["series_id"].nunique() == 21
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.yaml", "forecaster.pt"]
+    # the saved model (rank 0's) forecasts as both ranks did
+    again = Forecaster.load(tmp_path / "model").predict(frame, horizon=2.0, progress=False)
+    pd.testing.assert_frame_equal(
+        rank0, again.astype({"series_id": rank0["series_id"].dtype}), check_exact=False, rtol=1e-5
+    )
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / f"evaluate-{r}.csv") for r in (0, 1)))
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("forecaster-ddp").experiment_id])
+    fit_runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_name for r in fit_runs] == ["forecaster-gru_dt"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == fit_runs[0].info.run_id]
+    assert [r.info.run_name for r in children] == ["forecaster-gru_dt-evaluate"]
+    assert len(runs) == 2
