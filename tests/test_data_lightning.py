@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from tsode.data import IrregularBatch, SyntheticICUDataModule, TableDataModule
+from tsode.data.sampler import LengthBucketSampler
 
 
 class LastValueModel(L.LightningModule):
@@ -125,8 +126,9 @@ def test_ddp_sampler_injection_partitions_buckets() -> None:
 def test_ddp_two_ranks_disjoint_complete_and_seeded(bucketing: bool, num_series: int) -> None:
     """Two simulated DDP ranks, each given Lightning's injected DistributedSampler with a
     *different* seed (as when ranks seed differently): the split between ranks comes from the
-    data module's seed, so the shares are disjoint (up to DistributedSampler's padding
-    repeats), cover every series, have equal batch counts, and reshuffle per epoch."""
+    data module's seed, so the shares are disjoint, cover every series and reshuffle per
+    epoch. Training shares are padded like DistributedSampler's (equal batch counts);
+    validation shares are not (every series scored once, batch counts differ by at most one)."""
     dm = SyntheticICUDataModule(num_series=num_series, batch_size=8, seed=2, bucketing=bucketing)
     dm.setup()
     for split, shuffle in (("train", True), ("val", False)):
@@ -146,18 +148,50 @@ def test_ddp_two_ranks_disjoint_complete_and_seeded(bucketing: bool, num_series:
                 counts.append(len(batches))
                 assert len(batches) == len(ranked.batch_sampler)
                 shares.append([i for b in batches for i in b.series_ids])
-            assert counts[0] == counts[1]  # DDP needs the same number of steps on every rank
             n = len(ds)
-            padded = -(-n // 2) * 2
             both = shares[0] + shares[1]
             assert set(both) == set(ds.series_ids)  # complete coverage
-            assert len(both) == padded  # disjoint apart from the padding repeats
-            assert len(set(shares[0]) & set(shares[1])) <= padded - n
+            if shuffle:  # training: DDP needs the same number of steps on every rank
+                assert counts[0] == counts[1]
+                padded = -(-n // 2) * 2
+                assert len(both) == padded  # disjoint apart from the padding repeats
+                assert len(set(shares[0]) & set(shares[1])) <= padded - n
+            else:  # evaluation: each series exactly once
+                assert sorted(both) == sorted(ds.series_ids)
+                assert abs(counts[0] - counts[1]) <= 1
             orders.append(shares)
         if shuffle:
             assert orders[0] != orders[1]  # set_epoch reshuffles
         else:
             assert orders[0] == orders[1]
+
+
+@pytest.mark.parametrize(
+    ("n", "shuffle", "pad_ranks", "sizes"),
+    [
+        (5, False, None, [3, 2]),  # evaluation: every item once, unequal shares
+        (5, True, None, [3, 3]),  # training: padded to equal shares
+        (5, False, True, [3, 3]),  # padding asked for explicitly
+        (1, False, None, [1, 1]),  # fewer items than ranks: padded, no rank left without a batch
+    ],
+)
+def test_ddp_rank_shares_padded_for_training_only(
+    n: int, shuffle: bool, pad_ranks: bool | None, sizes: list[int]
+) -> None:
+    shares = []
+    for rank in range(2):
+        dist = DistributedSampler(list(range(n)), num_replicas=2, rank=rank, shuffle=False)
+        sampler = LengthBucketSampler(
+            np.arange(n) + 1, 2, shuffle=shuffle, seed=0, sampler=dist, pad_ranks=pad_ranks
+        )
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == -(-sizes[rank] // 2)
+        assert sampler.rank_size() == sizes[rank]
+        shares.append(sorted(i for b in batches for i in b))
+    assert [len(s) for s in shares] == sizes
+    assert set(shares[0]) | set(shares[1]) == set(range(n))
+    if sum(sizes) == n:
+        assert not set(shares[0]) & set(shares[1])
 
 
 def test_unbucketed_shuffle_is_seeded_not_global_rng() -> None:

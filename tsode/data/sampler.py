@@ -34,18 +34,31 @@ class LengthBucketSampler(BatchSampler):
             can inject a ``DistributedSampler`` under DDP and re-create it for prediction;
             ``set_epoch`` is forwarded to it.
         bucket: sort pools by length (False: plain seeded shuffled batches, same DDP rules).
+        pad_ranks: under DDP, pad the items so every rank has the same number of batches
+            (None: when ``shuffle``, i.e. for training; see below).
 
     Distributed training: when ``sampler`` is a plain ``torch.utils.data.DistributedSampler``
     (what Lightning injects under DDP), only its ``num_replicas``, ``rank`` and ``drop_last``
     are used. The split of items between ranks is this sampler's own: one permutation of all
     items seeded by ``seed + epoch`` (identical on every rank, whatever seed Lightning gave
-    the injected sampler), padded by repeating its first items to a multiple of
-    ``num_replicas`` (or truncated with ``drop_last``), rank ``r`` taking every
-    ``num_replicas``-th item from ``r``, exactly like ``DistributedSampler``. The ranks' shares
-    are disjoint and together cover every item (the ``< num_replicas`` padding repeats
-    apart), and every rank has the same number of batches. Without shuffling the order is
-    ``range(N)``. Other index samplers (e.g. Lightning's unrepeated wrapper for prediction)
-    are iterated as they are.
+    the injected sampler; without shuffling the order is ``range(N)``), rank ``r`` taking
+    every ``num_replicas``-th item from ``r``, like ``DistributedSampler``. The ranks' shares
+    are disjoint and together cover every item.
+
+    - Training (``pad_ranks``, by default when ``shuffle``): the order is padded by
+      repeating its first items to a multiple of ``num_replicas`` (or truncated with
+      ``drop_last``), exactly like ``DistributedSampler``, so every rank has the same number
+      of batches (each optimizer step all-reduces gradients over all ranks).
+    - Evaluation (not ``pad_ranks``, by default when not ``shuffle``: validation and test
+      loaders): no padding, so every item is scored exactly once and distributed metrics
+      equal a single-process evaluation; the ranks' shares differ by at most one item, and so
+      may their numbers of batches (evaluation steps have no collective operations; metrics
+      are synchronized once, at the end of the epoch). With fewer items than ranks the order
+      is padded as in training (a rank without batches would skip the epoch-end
+      synchronization): the few repeats then count twice.
+
+    Other index samplers (e.g. Lightning's unrepeated wrapper for prediction) are iterated
+    as they are.
     """
 
     def __init__(
@@ -58,6 +71,7 @@ class LengthBucketSampler(BatchSampler):
         seed: int = 0,
         sampler: Iterable[int] | None = None,
         bucket: bool = True,
+        pad_ranks: bool | None = None,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
@@ -72,6 +86,7 @@ class LengthBucketSampler(BatchSampler):
         self.drop_last = drop_last
         self.seed = seed
         self.bucket = bucket
+        self.pad_ranks = shuffle if pad_ranks is None else bool(pad_ranks)
         self.sampler = sampler if sampler is not None else EpochIndexSampler(len(self.lengths))
 
     @property
@@ -99,13 +114,28 @@ class LengthBucketSampler(BatchSampler):
         else:
             order = np.arange(n, dtype=np.int64)
         replicas = dist.num_replicas
-        if dist.drop_last:
-            order = order[: (n // replicas) * replicas]
-        else:
-            total = -(-n // replicas) * replicas
-            if total > n:
-                order = np.concatenate([order, np.resize(order, total - n)])
+        if self._padded(dist):
+            if dist.drop_last:
+                order = order[: (n // replicas) * replicas]
+            else:
+                total = -(-n // replicas) * replicas
+                if total > n:
+                    order = np.concatenate([order, np.resize(order, total - n)])
         return order[dist.rank :: replicas]
+
+    def _padded(self, dist: DistributedSampler) -> bool:
+        """Whether the ranks' shares are padded (or truncated) to equal sizes (see class doc)."""
+        return self.pad_ranks or len(self.lengths) < dist.num_replicas
+
+    def rank_size(self) -> int:
+        """Number of items this process batches per epoch."""
+        dist = self._distributed()
+        if dist is None:
+            return len(self.sampler)
+        n, replicas = len(self.lengths), dist.num_replicas
+        if not self._padded(dist):
+            return len(range(dist.rank, n, replicas))
+        return n // replicas if dist.drop_last else -(-n // replicas)
 
     def _batches(self) -> list[np.ndarray]:
         items = self.rank_items()
@@ -152,7 +182,7 @@ class LengthBucketSampler(BatchSampler):
             yield batch.tolist()
 
     def __len__(self) -> int:
-        n = len(self.sampler)  # a DistributedSampler's length is the per-rank share
+        n = self.rank_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 

@@ -421,14 +421,18 @@ class IrregularModel(L.LightningModule):
         self.last_nfe_forward = self._nfe_forward
         bs = batch.batch_size
         on_step = stage == "train"
+        # under DDP the epoch values are batch-size-weighted means over all ranks' batches
+        # (reduced once at the end of the epoch; training step values are reduced each step)
+        sync = {"sync_dist": True}
         if result.loss is not None:
             self.log(f"{stage}/loss", result.loss.detach(), batch_size=bs, on_step=on_step,
-                     on_epoch=True, prog_bar=True)
+                     on_epoch=True, prog_bar=True, **sync)
         for name, value in result.logs.items():
-            self.log(f"{stage}/{name}", value.detach(), batch_size=bs, on_step=on_step, on_epoch=True)
+            self.log(f"{stage}/{name}", value.detach(), batch_size=bs, on_step=on_step,
+                     on_epoch=True, **sync)
         if self.nfe_modules():
             self.log(f"{stage}/nfe_forward", float(self._nfe_forward), batch_size=bs,
-                     on_step=on_step, on_epoch=True)
+                     on_step=on_step, on_epoch=True, **sync)
         if result.prediction is not None:
             target = batch.target
             for suffix in ("mse", "mae", "mse_channel", "mse_orig", "mae_orig"):
@@ -469,14 +473,16 @@ class IrregularModel(L.LightningModule):
         if self.nfe_modules():
             self.last_nfe_backward = self.total_nfe() - self._nfe_forward
             self.log("train/nfe_backward", float(self.last_nfe_backward), on_step=True, on_epoch=True,
-                     batch_size=1)
+                     batch_size=1, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_predictive("test")
         names = self._channel_names or [f"ch{i}" for i in range(self.num_channels)]
         unit = "_orig" if self.channel_stds is not None else ""
         for metric, kind in ((self.test_channel_mse, "mse"), (self.test_channel_mae, "mae")):
-            for name, value in zip(names, metric.per_channel().tolist()):
+            with metric.sync_context():  # under DDP: the sums over every rank's batches
+                values = metric.per_channel().tolist()
+            for name, value in zip(names, values):
                 if value == value:  # skip channels never observed (NaN)
                     self.log(f"test/{kind}{unit}/{name}", value)
             metric.reset()
