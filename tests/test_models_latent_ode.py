@@ -12,26 +12,33 @@ from tsode.models.latent_ode import LatentODE, gaussian_loglik, poisson_loglik
 
 
 def test_poisson_loglik_equals_closed_form_for_constant_intensity(forecast_batch):
-    model = build("latent_ode")  # poisson=True
+    """Context in the likelihood: events of context and target, window from the first context
+    time; forecasting batch by default: target events only, window from the last context time."""
     rates = torch.tensor([0.5, 2.0, 1.3])
-    last = model.intensity_net[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.log(torch.expm1(rates)))  # softplus(bias) = rates
-    mu, std, t0 = model.posterior(forecast_batch)
-    z0 = (mu + std * torch.randn(2, *mu.shape)).detach()
-    terms = model.likelihood_terms(forecast_batch, z0, t0)
-
     ctx, tgt = forecast_batch.context, forecast_batch.target
-    expected = []
-    for b in range(forecast_batch.batch_size):
-        n_c, n_t = int(ctx.lengths[b]), int(tgt.lengths[b])
-        counts = ctx.mask[b, :n_c].sum(0) + tgt.mask[b, :n_t].sum(0)  # events per channel
-        t_end = max(ctx.times[b, n_c - 1], tgt.times[b, n_t - 1])
-        window = float(t_end - ctx.times[b, 0])
-        expected.append(float((counts * rates.log()).sum() - rates.sum() * window))
-    expected_t = torch.tensor(expected).expand(2, -1)
-    torch.testing.assert_close(terms["obs_time"], expected_t, rtol=1e-4, atol=1e-4)
+    for reconstruct in (True, None):
+        model = build("latent_ode", reconstruct_context=reconstruct)  # poisson=True
+        last = model.intensity_net[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.copy_(torch.log(torch.expm1(rates)))  # softplus(bias) = rates
+        mu, std, t0 = model.posterior(forecast_batch)
+        z0 = (mu + std * torch.randn(2, *mu.shape)).detach()
+        terms = model.likelihood_terms(forecast_batch, z0, t0)
+
+        expected = []
+        for b in range(forecast_batch.batch_size):
+            n_c, n_t = int(ctx.lengths[b]), int(tgt.lengths[b])
+            counts = tgt.mask[b, :n_t].sum(0)  # events per channel
+            t_end = max(ctx.times[b, n_c - 1], tgt.times[b, n_t - 1])
+            if reconstruct:
+                counts = counts + ctx.mask[b, :n_c].sum(0)
+                window = float(t_end - ctx.times[b, 0])
+            else:
+                window = float(t_end - ctx.times[b, n_c - 1])
+            expected.append(float((counts * rates.log()).sum() - rates.sum() * window))
+        expected_t = torch.tensor(expected).expand(2, -1)
+        torch.testing.assert_close(terms["obs_time"], expected_t, rtol=1e-4, atol=1e-4)
 
 
 def test_poisson_loglik_function():
@@ -178,3 +185,23 @@ def test_mixture_nll_is_minimised_by_the_errors_scale():
     losses = torch.stack([mixture_nll(means, torch.full_like(means, s), target, mask) for s in stds])
     best = float(stds[losses.argmin()])
     assert abs(best - float(target.square().mean().sqrt())) < 0.011
+
+
+def test_context_enters_the_likelihood_only_when_the_batch_is_not_a_forecast(forecast_batch):
+    """reconstruct_context=None: a forecasting batch (targets after each series' last context
+    time) is scored on its targets only; a target inside a context span (interpolation) brings
+    the context in; True/False force it."""
+    from conftest import make_batch
+
+    model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3)
+    assert model.reconstructs(forecast_batch) is False
+    inside = make_batch([[0.0, 1.0, 2.0], [0.5, 1.5]], [[0.5], [2.0]], num_channels=3)
+    assert model.reconstructs(inside) is True
+    assert LatentODE(num_channels=3, latent_dim=2, rec_dim=3,
+                     reconstruct_context=True).reconstructs(forecast_batch) is True
+    assert LatentODE(num_channels=3, latent_dim=2, rec_dim=3,
+                     reconstruct_context=False).reconstructs(inside) is False
+    # the likelihood counts exactly the target entries of a forecasting batch
+    terms = model.likelihood_terms(forecast_batch, torch.zeros(1, 4, 2), forecast_batch.context.times[:, -1])
+    expected = int((forecast_batch.target.mask & forecast_batch.target.time_mask.unsqueeze(-1)).sum())
+    assert int(terms["num_observed"]) == expected
