@@ -205,3 +205,36 @@ def test_context_enters_the_likelihood_only_when_the_batch_is_not_a_forecast(for
     terms = model.likelihood_terms(forecast_batch, torch.zeros(1, 4, 2), forecast_batch.context.times[:, -1])
     expected = int((forecast_batch.target.mask & forecast_batch.target.time_mask.unsqueeze(-1)).sum())
     assert int(terms["num_observed"]) == expected
+
+
+def test_mixture_quantiles_invert_the_mixture_cdf():
+    """Exact quantiles of an equal-weight Gaussian mixture: one component gives the Gaussian's
+    quantiles; two components give points where the mixture CDF equals the level."""
+    from tsode.models.predictive import mixture_quantiles
+
+    levels = torch.tensor([0.05, 0.1, 0.5, 0.9, 0.95], dtype=torch.float64)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    mean, std = torch.tensor([[1.5, -2.0]], dtype=torch.float64), torch.tensor([[0.5, 3.0]], dtype=torch.float64)
+    q = mixture_quantiles(mean, std, levels)
+    torch.testing.assert_close(q, mean + std * normal.icdf(levels).unsqueeze(1), rtol=0, atol=1e-6)
+    means = torch.tensor([[0.0], [4.0]], dtype=torch.float64)
+    stds = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    q = mixture_quantiles(means, stds, levels)  # (5, 1)
+    cdf = normal.cdf((q.unsqueeze(1) - means.unsqueeze(0)) / stds.unsqueeze(0)).mean(1)
+    torch.testing.assert_close(cdf, levels.unsqueeze(1).expand_as(cdf), rtol=0, atol=1e-7)
+
+
+def test_latent_ode_intervals_come_from_the_mixture_not_sample_quantiles(forecast_batch):
+    """The 5-95 % interval of 32 draws is narrower than the distribution's; forecast's
+    quantiles are the mixture's (the same for any number of draws of the noise)."""
+    from tsode.models.predictive import forecast_quantiles, mixture_quantiles
+
+    torch.manual_seed(0)
+    model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3, num_predict_samples=32)
+    model.eval()
+    with torch.no_grad():
+        out = model.forecast(forecast_batch, forecast_batch.target.times)
+    levels = torch.tensor(model.quantile_levels)
+    expected = mixture_quantiles(out["mixture_means"], out["mixture_stds"], levels)
+    torch.testing.assert_close(out["quantiles"], expected)
+    torch.testing.assert_close(forecast_quantiles(out, model.quantile_levels), expected)

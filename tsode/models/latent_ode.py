@@ -36,6 +36,7 @@ from tsode.models.blocks import (
     static_encoder,
 )
 from tsode.models.odernn import ODERNNEncoder, default_solver
+from tsode.models.predictive import mixture_quantiles
 from tsode.solvers import SolverConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -548,7 +549,9 @@ class LatentODE(IrregularModel):
         ``samples (K, B, M, C)`` (draws from the predictive distribution: each trajectory's
         decoded mean plus Gaussian noise -- from the std head, or ``obs_std`` without one -- so
         quantiles are predictive intervals for new observations), ``trajectory_means (K, B, M,
-        C)`` (without the noise), ``quantiles (Q, B, M, C)``, ``quantile_levels (Q,)``,
+        C)`` (without the noise), the same distribution as a Gaussian mixture
+        (``mixture_means``, ``mixture_stds`` ``(K, B, M, C)``), ``quantiles (Q, B, M, C)`` (exact
+        quantiles of that mixture), ``quantile_levels (Q,)``,
         ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
         """
         out = self.sample_trajectories(batch, times)
@@ -560,7 +563,9 @@ class LatentODE(IrregularModel):
             "mean": means.mean(0),
             "samples": samples,
             "trajectory_means": means,
-            "quantiles": torch.quantile(samples, levels, dim=0),
+            "mixture_means": means,
+            "mixture_stds": out["noise_std"],
+            "quantiles": mixture_quantiles(means, out["noise_std"], levels),
             "quantile_levels": levels,
             "obs_std": obs_std,
         }

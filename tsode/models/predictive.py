@@ -3,7 +3,11 @@
 A model's ``forecast`` dict describes its predictive distribution in one of three ways
 (normalized units, ``(B, M, C)`` per entry):
 
-* ``"samples"`` ``(K, B, M, C)``: draws from the predictive distribution (latent ODE);
+* ``"mixture_means"`` and ``"mixture_stds"`` ``(K, B, M, C)``: an equal-weight mixture of K
+  Gaussians (latent ODE: one per sampled trajectory); its quantiles are exact (bisection on
+  the mixture CDF), not sample quantiles -- with 32 draws the sample 5-95 % interval covers
+  about 85 %, not 90 %, of the distribution it is drawn from;
+* ``"samples"`` ``(K, B, M, C)``: draws from the predictive distribution;
 * ``"std"`` ``(B, M, C)``: a Gaussian ``N(mean, std^2)`` (models with a :class:`GaussianHead`);
 * ``"quantiles"`` ``(Q, B, M, C)`` with ``"quantile_levels"`` ``(Q,)``;
 
@@ -29,7 +33,26 @@ _SQRT_PI = math.sqrt(math.pi)
 
 def is_probabilistic(out: Mapping[str, Tensor]) -> bool:
     """Whether a forecast dict carries a predictive distribution (not just a mean)."""
-    return "samples" in out or "std" in out or ("quantiles" in out and "quantile_levels" in out)
+    return ("samples" in out or "std" in out or "mixture_means" in out
+            or ("quantiles" in out and "quantile_levels" in out))
+
+
+def mixture_quantiles(means: Tensor, stds: Tensor, levels: Tensor, iterations: int = 30) -> Tensor:
+    """Quantiles ``(Q, ...)`` at ``levels (Q,)`` of the equal-weight Gaussian mixture with
+    component ``means``/``stds`` ``(K, ...)``: bisection on the mixture CDF (each step halves a
+    bracket that starts at the components' extreme 10-sigma points: 30 steps leave it below
+    1e-7 of its width)."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    lv = levels.to(means.dtype).view(-1, *([1] * (means.dim() - 1)))  # (Q, 1, ...)
+    lo = (means - 10.0 * stds).amin(0).expand(levels.shape[0], *means.shape[1:]).clone()
+    hi = (means + 10.0 * stds).amax(0).expand_as(lo).clone()
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        cdf = normal.cdf((mid.unsqueeze(1) - means.unsqueeze(0)) / stds.unsqueeze(0)).mean(1)
+        below = cdf < lv
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def forecast_quantiles(out: Mapping[str, Tensor], levels: Sequence[float]) -> Tensor:
@@ -43,6 +66,8 @@ def forecast_quantiles(out: Mapping[str, Tensor], levels: Sequence[float]) -> Te
     if "std" in out:
         z = torch.distributions.Normal(0.0, 1.0).icdf(lv).view(-1, *([1] * mean.dim()))
         return mean.unsqueeze(0) + z * out["std"].to(mean.dtype).unsqueeze(0)
+    if "mixture_means" in out and "mixture_stds" in out:
+        return mixture_quantiles(out["mixture_means"].to(mean.dtype), out["mixture_stds"].to(mean.dtype), lv)
     if "samples" in out:
         return torch.quantile(out["samples"].to(mean.dtype), lv, dim=0)
     if "quantiles" in out and "quantile_levels" in out:
