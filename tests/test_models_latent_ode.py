@@ -238,3 +238,24 @@ def test_latent_ode_intervals_come_from_the_mixture_not_sample_quantiles(forecas
     expected = mixture_quantiles(out["mixture_means"], out["mixture_stds"], levels)
     torch.testing.assert_close(out["quantiles"], expected)
     torch.testing.assert_close(forecast_quantiles(out, model.quantile_levels), expected)
+
+
+def test_mixture_coverage_from_the_cdf_equals_coverage_from_exact_quantiles():
+    """ProbabilisticMetrics scores a mixture forecast by its CDF at the targets; that is the
+    same count as checking the targets against the mixture's exact central intervals."""
+    from tsode.models.predictive import ProbabilisticMetrics, mixture_quantiles
+
+    torch.manual_seed(0)
+    means = torch.randn(8, 2, 50, 3, dtype=torch.float64)
+    stds = torch.rand(8, 2, 50, 3, dtype=torch.float64) + 0.2
+    target = torch.randn(2, 50, 3, dtype=torch.float64) * 1.3
+    mask = torch.rand(2, 50, 3) < 0.7
+    metric = ProbabilisticMetrics()
+    metric.update({"mean": means.mean(0), "mixture_means": means, "mixture_stds": stds,
+                   "samples": means}, target, mask)
+    got = metric.compute()
+    for p in (0.8, 0.9):
+        q = mixture_quantiles(means, stds, torch.tensor([0.5 - p / 2, 0.5 + p / 2], dtype=torch.float64))
+        inside = (target >= q[0]) & (target <= q[1])
+        expected = float(inside[mask].double().mean())
+        assert abs(float(got[f"coverage{round(100 * p)}"]) - expected) < 1e-6

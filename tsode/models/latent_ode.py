@@ -511,7 +511,7 @@ class LatentODE(IrregularModel):
         if self.classifier is not None and not has_target(batch):  # task="classification"
             prediction = None
         elif not self.training:  # evaluation: score the predictive distribution users get
-            predictive = self.forecast(batch, batch.target.times)
+            predictive = self.predictive(batch, batch.target.times, with_quantiles=False)
             prediction = predictive["mean"]
         logs.update(
             elbo=(loglik.mean(0) - kl).mean(),
@@ -554,6 +554,11 @@ class LatentODE(IrregularModel):
         quantiles of that mixture), ``quantile_levels (Q,)``,
         ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
         """
+        return self.predictive(batch, times, with_quantiles=True)
+
+    def predictive(self, batch: IrregularBatch, times: Tensor, with_quantiles: bool) -> dict[str, Tensor]:
+        """:meth:`forecast`; ``with_quantiles=False`` leaves out ``quantiles`` (validation and
+        test score coverage from the mixture's CDF at the targets, which needs no quantiles)."""
         out = self.sample_trajectories(batch, times)
         means = out["samples"]
         obs_std = self.log_obs_std.detach().exp()
@@ -565,10 +570,11 @@ class LatentODE(IrregularModel):
             "trajectory_means": means,
             "mixture_means": means,
             "mixture_stds": out["noise_std"],
-            "quantiles": mixture_quantiles(means, out["noise_std"], levels),
             "quantile_levels": levels,
             "obs_std": obs_std,
         }
+        if with_quantiles:
+            result["quantiles"] = mixture_quantiles(means, out["noise_std"], levels)
         if "intensity" in out:
             result["intensity"] = out["intensity"].mean(0)
         return result

@@ -37,6 +37,13 @@ def is_probabilistic(out: Mapping[str, Tensor]) -> bool:
             or ("quantiles" in out and "quantile_levels" in out))
 
 
+def mixture_cdf(means: Tensor, stds: Tensor, x: Tensor) -> Tensor:
+    """CDF ``(...)`` at ``x (...)`` of the equal-weight Gaussian mixture ``means``/``stds``
+    ``(K, ...)`` (the probability integral transform of ``x``)."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return normal.cdf((x.unsqueeze(0) - means) / stds).mean(0)
+
+
 def mixture_quantiles(means: Tensor, stds: Tensor, levels: Tensor, iterations: int = 30) -> Tensor:
     """Quantiles ``(Q, ...)`` at ``levels (Q,)`` of the equal-weight Gaussian mixture with
     component ``means``/``stds`` ``(K, ...)``: bisection on the mixture CDF (each step halves a
@@ -131,10 +138,18 @@ class ProbabilisticMetrics(Metric):
         bounds = [(0.5 - p / 2.0, 0.5 + p / 2.0) for p in COVERAGE_LEVELS]
         flat = [q for pair in bounds for q in pair]
         detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in out.items()}
-        qs = forecast_quantiles({**detached, "mean": mean}, flat)
-        for i in range(len(COVERAGE_LEVELS)):
-            inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
-            self.covered[i] += (inside.to(torch.float64) * m).sum()
+        if "mixture_means" in detached and "mixture_stds" in detached:
+            # inside the central p interval <=> the predictive CDF at y lies in [(1-p)/2, (1+p)/2]
+            pit = mixture_cdf(detached["mixture_means"].to(torch.float64),
+                              detached["mixture_stds"].to(torch.float64), y)
+            for i, (lo, hi) in enumerate(bounds):
+                inside = (pit >= lo) & (pit <= hi)
+                self.covered[i] += (inside.to(torch.float64) * m).sum()
+        else:
+            qs = forecast_quantiles({**detached, "mean": mean}, flat)
+            for i in range(len(COVERAGE_LEVELS)):
+                inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
+                self.covered[i] += (inside.to(torch.float64) * m).sum()
         if "std" in out:
             crps = gaussian_crps(mean, out["std"].detach().to(torch.float64), y)
         elif "samples" in out:
