@@ -356,3 +356,22 @@ def test_bad_data_is_reported_as_data_not_recipe(
         main([*args, "--data.init_args.cutoff", "-1"])
     headline = capsys.readouterr().err.splitlines()[0]
     assert "key 'data.init_args.cutoff'" in headline and "cutoff must be a finite number" in headline
+
+
+def test_recipe_solver_mappings_reach_the_model_as_solver_configs() -> None:
+    """``encoder_solver`` in a recipe (or an override) is a SolverConfig in the model."""
+    from tsode.models.latent_ode import LatentODE
+    from tsode.solvers import SolverConfig
+
+    TsodeArgumentParser.recipe_files = []
+    cli = TsodeCLI(args=[
+        "--model", "tsode.models.latent_ode.LatentODE",
+        "--model.init_args.encoder_solver", "{method: euler, step_size: 0.25}",
+        "--model.init_args.latent_dim", "2",
+        "--data", "tsode.data.SyntheticICUDataModule",
+        "--data.init_args.num_series", "20",
+        "--trainer.logger", "false",
+    ], run=False)
+    assert isinstance(cli.model, LatentODE)
+    assert cli.model.encoder.solver == SolverConfig(method="euler", step_size=0.25)
+    assert isinstance(cli.model.solver, SolverConfig)

@@ -25,6 +25,7 @@ import logging
 import math
 import pickle
 import re
+import typing
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -326,13 +327,48 @@ def _plain(value: Any) -> Any:
     return _jsonable(value)
 
 
-def _convert_arg(name: str, value: Any) -> Any:
-    """Plain-data forms of structured arguments: ``solver={"method": "rk4", ...}``."""
-    if name == "solver" and isinstance(value, Mapping):
-        from tsode.solvers import SolverConfig
+def _mentions_solver_config(annotation: Any) -> bool:
+    """Whether an annotation is ``SolverConfig`` or a union / generic holding it (a string
+    annotation that could not be resolved counts when it names ``SolverConfig``)."""
+    from tsode.solvers import SolverConfig
 
-        return SolverConfig(**value)
-    return value
+    if annotation is SolverConfig:
+        return True
+    if isinstance(annotation, str):
+        return re.search(r"\bSolverConfig\b", annotation) is not None
+    return any(_mentions_solver_config(arg) for arg in typing.get_args(annotation))
+
+
+def _solver_args(cls: type) -> set[str]:
+    """Constructor arguments of ``cls`` typed ``SolverConfig`` (``SolverConfig | None`` etc.);
+    an unannotated argument named ``solver`` counts too."""
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # annotations naming what the module cannot resolve: use their text
+        hints = {}
+    found = set()
+    for name, param in params.items():
+        annotation = hints.get(name, param.annotation)
+        if annotation is inspect.Parameter.empty:
+            if name == "solver":
+                found.add(name)
+        elif _mentions_solver_config(annotation):
+            found.add(name)
+    return found
+
+
+def _convert_args(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain-data forms of structured constructor arguments of ``cls``: every argument typed
+    ``SolverConfig`` given as a mapping (``solver={"method": "rk4", ...}``,
+    ``encoder_solver={"method": "euler", "step_size": 0.25}``) becomes a ``SolverConfig``."""
+    from tsode.solvers import SolverConfig
+
+    solver_args = _solver_args(cls)
+    return {
+        name: SolverConfig(**value) if name in solver_args and isinstance(value, Mapping) else value
+        for name, value in values.items()
+    }
 
 
 def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
@@ -513,7 +549,7 @@ class Forecaster:
                     f"{self.model_class.__name__} has no argument(s) {sorted(unknown)}; it accepts "
                     f"{sorted(_accepted_args(self.model_class) - {'self'})}"
                 )
-        self.model_kwargs = {k: _convert_arg(k, v) for k, v in model_kwargs.items()}
+        self.model_kwargs = _convert_args(self.model_class, model_kwargs)
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.patience = patience
         self.tracking = tracking
@@ -1440,7 +1476,7 @@ class Forecaster:
         # (LightningCLI stores structured arguments such as the solver as plain mappings and
         # adds bookkeeping keys: keep constructor arguments, rebuild structured ones)
         accepted = _accepted_args(model_class)
-        hparams = {k: _convert_arg(k, v) for k, v in hparams.items() if k in accepted}
+        hparams = _convert_args(model_class, {k: v for k, v in hparams.items() if k in accepted})
         weights = payload.get("state_dict")
         if not isinstance(weights, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()
