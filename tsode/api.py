@@ -93,8 +93,6 @@ CONFIG_FILE = "config.yaml"
 MONITOR = "val/mse"
 #: What a ``task="classification"`` fit monitors (early stopping, best checkpoint).
 CLASSIFICATION_MONITOR = "val/ce"
-#: Constructor arguments a model may take from the data (filled in automatically when accepted).
-DATA_DERIVED_ARGS = ("num_channels", "num_static", "num_classes", "channel_means", "channel_stds")
 
 
 # ---------------------------------------------------------------------- fitted data state
