@@ -375,3 +375,15 @@ def test_recipe_solver_mappings_reach_the_model_as_solver_configs() -> None:
     assert isinstance(cli.model, LatentODE)
     assert cli.model.encoder.solver == SolverConfig(method="euler", step_size=0.25)
     assert isinstance(cli.model.solver, SolverConfig)
+
+
+def test_cli_tracking_callback_logs_the_forecaster_as_pyfunc_model() -> None:
+    """tsode.tracking imports nothing of tsode.api: the command gives its MLflowArtifacts
+    callback the forecaster to log as the pyfunc model."""
+    from tsode.api import Forecaster
+    from tsode.tracking import MLflowArtifacts
+
+    TsodeArgumentParser.recipe_files = []
+    cli = TsodeCLI(args=["--config", str(QUICKSTART), *SMALL, "--trainer.logger", "false"], run=False)
+    artifacts = [cb for cb in cli.trainer.callbacks if isinstance(cb, MLflowArtifacts)]
+    assert artifacts and all(cb.forecaster_factory == Forecaster.from_trained for cb in artifacts)

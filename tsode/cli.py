@@ -549,14 +549,21 @@ class TsodeCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """The recipe's trainer, plus :class:`SolverFailureContext` (solver failures name
-        series ids, stage, epoch and batch)."""
+        series ids, stage, epoch and batch); its :class:`MLflowArtifacts` callbacks log
+        ``Forecaster.from_trained`` as the pyfunc model."""
         extra: list[Any] = [SolverFailureContext()]
         if not config.get("enable_progress_bar", True) and self.subcommand == "fit":
             extra.append(EpochLogger())
         if self.subcommand == "fit" and getattr(self, "resume_dir", None) is not None:
             # last.ckpt where the next `tsode fit ... --ckpt_path last` finds it; per-epoch seeds
             extra.extend([ResumeCheckpoint(self.resume_dir), EpochSeed()])
-        return super()._instantiate_trainer(config, [*callbacks, *extra])
+        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        from tsode.api import Forecaster
+
+        for callback in trainer.callbacks:  # the pyfunc model MLflowArtifacts logs
+            if isinstance(callback, MLflowArtifacts) and callback.forecaster_factory is None:
+                callback.forecaster_factory = Forecaster.from_trained
+        return trainer
 
     def before_fit(self) -> None:
         """Refuse a fit with an empty validation split before any training (the checkpoint and
@@ -782,7 +789,7 @@ def check_checkpoint(ckpt: Any) -> None:
         return
     import torch
 
-    from tsode.api import load_checkpoint_weights
+    from tsode.checkpoints import load_checkpoint_weights
     from tsode.errors import CheckpointFileError
     from tsode.models import allowed_model_class
 
