@@ -21,7 +21,7 @@ from tsode.models.baselines import LOCF
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 _SCRIPT = Path(sys.executable).parent / "tsode"  # the installed console script
-TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode.cli"]
+TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode"]
 # a tiny, fast version of the quickstart recipe
 SMALL = [
     "--data.init_args.num_series", "30",
@@ -226,6 +226,7 @@ def test_quickstart_fails_loudly_without_the_models(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import tsode.models
+    from tsode.__main__ import main  # the console script: quickstart is dispatched there
 
     monkeypatch.setattr(tsode.models, "MODELS", {"locf": tsode.models.MODELS["locf"]})
     assert main(["quickstart"]) == 1
