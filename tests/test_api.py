@@ -159,6 +159,43 @@ def test_solver_given_as_mapping_is_converted() -> None:
     assert fc.model_kwargs["solver"] == SolverConfig(method="rk4", step_size=0.5)
 
 
+def test_every_solver_argument_given_as_mapping_is_converted(fitted: Forecaster, tmp_path) -> None:
+    """Not only ``solver``: ``encoder_solver`` (any argument typed SolverConfig) given as a
+    mapping reaches the model as a SolverConfig, from Forecaster(...) and from Forecaster.load."""
+    import torch
+
+    from tsode.models.latent_ode import LatentODE
+    from tsode.solvers import SolverConfig
+
+    euler = SolverConfig(method="euler", step_size=0.25)
+    fc = Forecaster("latent_ode", encoder_solver={"method": "euler", "step_size": 0.25},
+                    solver={"method": "rk4", "step_size": 0.5}, tracking=False)
+    assert fc.model_kwargs["encoder_solver"] == euler
+    assert fc.model_kwargs["solver"] == SolverConfig(method="rk4", step_size=0.5)
+    model = LatentODE(num_channels=2, **fc.model_kwargs)
+    assert model.encoder.solver == euler and model.solver.method == "rk4"
+    # a saved file whose hyperparameters hold the solvers as plain mappings (as LightningCLI
+    # stores them) loads with SolverConfig objects
+    channels = len(fitted.data.channels)
+    small = dict(latent_dim=2, rec_dim=3, ode_hidden_dim=4, rec_ode_hidden_dim=4, gru_units=4,
+                 decoder_hidden_dim=4)
+    module = LatentODE(num_channels=channels, encoder_solver=euler, **small)
+    path = fitted.save(tmp_path / "fc")
+    payload = torch.load(path / "forecaster.pt", weights_only=True)
+    payload["model_class"] = "tsode.models.latent_ode.LatentODE"
+    payload["hyper_parameters"] = {
+        **small, "num_channels": channels,
+        "encoder_solver": {"method": "euler", "step_size": 0.25},
+        "solver": {"method": "rk4", "step_size": 0.5},
+    }
+    payload["state_dict"] = module.state_dict()
+    torch.save(payload, path / "forecaster.pt")
+    loaded = Forecaster.load(path).model
+    assert isinstance(loaded, LatentODE)
+    assert loaded.encoder.solver == euler
+    assert loaded.solver == SolverConfig(method="rk4", step_size=0.5)
+
+
 def test_clear_errors(fitted: Forecaster, frame: pd.DataFrame, tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="unknown model 'lstm'.*latent_ode"):
         Forecaster("lstm")

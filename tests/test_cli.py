@@ -21,7 +21,7 @@ from tsode.models.baselines import LOCF
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 _SCRIPT = Path(sys.executable).parent / "tsode"  # the installed console script
-TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode.cli"]
+TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode"]
 # a tiny, fast version of the quickstart recipe
 SMALL = [
     "--data.init_args.num_series", "30",
@@ -226,6 +226,7 @@ def test_quickstart_fails_loudly_without_the_models(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import tsode.models
+    from tsode.__main__ import main  # the console script: quickstart is dispatched there
 
     monkeypatch.setattr(tsode.models, "MODELS", {"locf": tsode.models.MODELS["locf"]})
     assert main(["quickstart"]) == 1
@@ -356,3 +357,34 @@ def test_bad_data_is_reported_as_data_not_recipe(
         main([*args, "--data.init_args.cutoff", "-1"])
     headline = capsys.readouterr().err.splitlines()[0]
     assert "key 'data.init_args.cutoff'" in headline and "cutoff must be a finite number" in headline
+
+
+def test_recipe_solver_mappings_reach_the_model_as_solver_configs() -> None:
+    """``encoder_solver`` in a recipe (or an override) is a SolverConfig in the model."""
+    from tsode.models.latent_ode import LatentODE
+    from tsode.solvers import SolverConfig
+
+    TsodeArgumentParser.recipe_files = []
+    cli = TsodeCLI(args=[
+        "--model", "tsode.models.latent_ode.LatentODE",
+        "--model.init_args.encoder_solver", "{method: euler, step_size: 0.25}",
+        "--model.init_args.latent_dim", "2",
+        "--data", "tsode.data.SyntheticICUDataModule",
+        "--data.init_args.num_series", "20",
+        "--trainer.logger", "false",
+    ], run=False)
+    assert isinstance(cli.model, LatentODE)
+    assert cli.model.encoder.solver == SolverConfig(method="euler", step_size=0.25)
+    assert isinstance(cli.model.solver, SolverConfig)
+
+
+def test_cli_tracking_callback_logs_the_forecaster_as_pyfunc_model() -> None:
+    """tsode.tracking imports nothing of tsode.api: the command gives its MLflowArtifacts
+    callback the forecaster to log as the pyfunc model."""
+    from tsode.api import Forecaster
+    from tsode.tracking import MLflowArtifacts
+
+    TsodeArgumentParser.recipe_files = []
+    cli = TsodeCLI(args=["--config", str(QUICKSTART), *SMALL, "--trainer.logger", "false"], run=False)
+    artifacts = [cb for cb in cli.trainer.callbacks if isinstance(cb, MLflowArtifacts)]
+    assert artifacts and all(cb.forecaster_factory == Forecaster.from_trained for cb in artifacts)

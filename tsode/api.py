@@ -25,6 +25,7 @@ import logging
 import math
 import pickle
 import re
+import typing
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tsode.checkpoints import load_checkpoint_weights
 from tsode.data import (
     IrregularBatch,
     Normalizer,
@@ -66,6 +68,7 @@ from tsode.errors import (
     explained,
     finite_number,
 )
+from tsode.forecasts import model_forecast, quantile_name, split_forecast_frames
 from tsode.progress import (
     EpochLogger,
     has_trainable_parameters,
@@ -92,8 +95,6 @@ CONFIG_FILE = "config.yaml"
 MONITOR = "val/mse"
 #: What a ``task="classification"`` fit monitors (early stopping, best checkpoint).
 CLASSIFICATION_MONITOR = "val/ce"
-#: Constructor arguments a model may take from the data (filled in automatically when accepted).
-DATA_DERIVED_ARGS = ("num_channels", "num_static", "num_classes", "channel_means", "channel_stds")
 
 
 # ---------------------------------------------------------------------- fitted data state
@@ -326,13 +327,48 @@ def _plain(value: Any) -> Any:
     return _jsonable(value)
 
 
-def _convert_arg(name: str, value: Any) -> Any:
-    """Plain-data forms of structured arguments: ``solver={"method": "rk4", ...}``."""
-    if name == "solver" and isinstance(value, Mapping):
-        from tsode.solvers import SolverConfig
+def _mentions_solver_config(annotation: Any) -> bool:
+    """Whether an annotation is ``SolverConfig`` or a union / generic holding it (a string
+    annotation that could not be resolved counts when it names ``SolverConfig``)."""
+    from tsode.solvers import SolverConfig
 
-        return SolverConfig(**value)
-    return value
+    if annotation is SolverConfig:
+        return True
+    if isinstance(annotation, str):
+        return re.search(r"\bSolverConfig\b", annotation) is not None
+    return any(_mentions_solver_config(arg) for arg in typing.get_args(annotation))
+
+
+def _solver_args(cls: type) -> set[str]:
+    """Constructor arguments of ``cls`` typed ``SolverConfig`` (``SolverConfig | None`` etc.);
+    an unannotated argument named ``solver`` counts too."""
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # annotations naming what the module cannot resolve: use their text
+        hints = {}
+    found = set()
+    for name, param in params.items():
+        annotation = hints.get(name, param.annotation)
+        if annotation is inspect.Parameter.empty:
+            if name == "solver":
+                found.add(name)
+        elif _mentions_solver_config(annotation):
+            found.add(name)
+    return found
+
+
+def _convert_args(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain-data forms of structured constructor arguments of ``cls``: every argument typed
+    ``SolverConfig`` given as a mapping (``solver={"method": "rk4", ...}``,
+    ``encoder_solver={"method": "euler", "step_size": 0.25}``) becomes a ``SolverConfig``."""
+    from tsode.solvers import SolverConfig
+
+    solver_args = _solver_args(cls)
+    return {
+        name: SolverConfig(**value) if name in solver_args and isinstance(value, Mapping) else value
+        for name, value in values.items()
+    }
 
 
 def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
@@ -348,37 +384,6 @@ def _pad_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, Tensor]:
         times[i, len(row) :] = row[-1]
         mask[i, : len(row)] = True
     return times, torch.from_numpy(mask)
-
-
-def load_checkpoint_weights(path: str | Path) -> dict[str, Tensor]:
-    """The ``state_dict`` of a Lightning checkpoint (e.g. the best one of a fit).
-
-    Always read with ``weights_only=True`` (tsode's config classes are allowlisted on
-    import): a checkpoint holding other pickled objects is refused, never unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointFileError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointFileError(
-            f"{path}: checkpoint holds objects torch.load(weights_only=True) refuses ({err}); "
-            "tsode never unpickles arbitrary objects from a checkpoint"
-        ) from err
-    except (EOFError, OSError, RuntimeError) as err:
-        size = path.stat().st_size
-        raise CheckpointFileError(
-            f"{path}: not a readable checkpoint ({size} bytes; truncated or corrupt?): "
-            f"{type(err).__name__}: {err or 'unexpected end of file'}"
-        ) from err
-    if not isinstance(state, Mapping) or not isinstance(state.get("state_dict"), Mapping):
-        raise CheckpointFileError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping)")
-    weights = state["state_dict"]
-    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
-        raise CheckpointFileError(f"{path}: 'state_dict' is not a mapping of names to tensors")
-    check_finite_state_dict(weights, str(path))
-    return weights
 
 
 def process_rank() -> int:
@@ -457,10 +462,6 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _quantile_name(level: float) -> str:
-    return f"q{level:g}"
-
-
 # ---------------------------------------------------------------------- the forecaster
 
 
@@ -513,7 +514,7 @@ class Forecaster:
                     f"{self.model_class.__name__} has no argument(s) {sorted(unknown)}; it accepts "
                     f"{sorted(_accepted_args(self.model_class) - {'self'})}"
                 )
-        self.model_kwargs = {k: _convert_arg(k, v) for k, v in model_kwargs.items()}
+        self.model_kwargs = _convert_args(self.model_class, model_kwargs)
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.patience = patience
         self.tracking = tracking
@@ -694,7 +695,9 @@ class Forecaster:
                 run_name=f"forecaster-{self.model_name}",
                 run_id=run_id,
             )
-            callbacks.append(MLflowArtifacts())
+            artifacts = MLflowArtifacts()
+            artifacts.forecaster_factory = Forecaster.from_trained  # the logged pyfunc model
+            callbacks.append(artifacts)
         callbacks.extend(self.trainer_kwargs.get("callbacks", []))
         if "logger" in self.trainer_kwargs:
             logger = self.trainer_kwargs["logger"]
@@ -934,27 +937,7 @@ class Forecaster:
         self, batch: IrregularBatch, times: Tensor, quantiles: Sequence[float]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Model mean ``(B, M, C)`` and requested quantiles (normalized units)."""
-        module = self.model
-        with torch.no_grad():
-            out = module.forecast(batch, times)
-        mean = out["mean"]
-        extra: dict[str, Tensor] = {}
-        if not quantiles:
-            return mean, extra
-        from tsode.models.predictive import forecast_quantiles, is_probabilistic
-
-        if not is_probabilistic(out):
-            raise ValueError(
-                f"{type(module).__name__} is deterministic (its forecast has no samples, quantiles "
-                "or std): call predict without quantiles"
-            )
-        try:
-            qs = forecast_quantiles(out, quantiles)
-        except ValueError as err:
-            raise ValueError(f"{type(module).__name__}: {err}") from None
-        for level, q in zip(quantiles, qs):
-            extra[_quantile_name(level)] = q
-        return mean, extra
+        return model_forecast(self.model, batch, times, quantiles)
 
     def predict(
         self,
@@ -1057,7 +1040,7 @@ class Forecaster:
             if seed is not None:
                 torch.manual_seed(seed)
             frames = self._predict_batches(dataset, query, quantiles, int(batch_size), progress, given)
-        columns = ["series_id", "time", "channel", "mean", *map(_quantile_name, quantiles)]
+        columns = ["series_id", "time", "channel", "mean", *map(quantile_name, quantiles)]
         if not frames:
             return pd.DataFrame(columns=columns)
         result = pd.concat(frames, ignore_index=True).rename(columns={"value": "mean"})
@@ -1286,39 +1269,11 @@ class Forecaster:
         few series of a data module split, in original units — the input of ``plot_forecast``.
         """
         fitted = self._fitted()
-        datamodule.setup("fit")
-        dataset = datamodule.datasets[split]
-        if len(dataset) == 0:
-            raise ValueError(f"the {split} split is empty")
-        batch = dataset.collate(list(range(min(max_series, len(dataset)))))
-        ctx, tgt = batch.context, batch.target
-        last_ctx = ctx.times.gather(1, (ctx.lengths - 1).clamp_min(0).unsqueeze(1))
-        end = torch.maximum(tgt.times.max(dim=1, keepdim=True).values, last_ctx)
-        if fitted.task.kind in ("forecast", "extrapolation"):
-            start = last_ctx  # forecast from the end of the context
-        else:
-            start = ctx.times[:, :1]  # interpolation: over the whole series
-        steps = torch.linspace(0.0, 1.0, grid_points).unsqueeze(0)
-        grid = start + (end - start) * steps
-        try:
-            mean, extra = self._forecast(batch, grid, (0.05, 0.95))
-        except ValueError:  # deterministic model: mean only
-            mean, extra = self._forecast(batch, grid, ())
-        forecast = values_to_frame(
-            batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool), batch.channels,
-            time_offset=batch.time_offset, normalizer=fitted.normalizer, time_axis=fitted.time_axis,
-            extra=extra, std_columns=(),
-        ).rename(columns={"value": "mean"})
-        observed = []
-        for name, part in (("context", ctx), ("target", tgt)):
-            frame = values_to_frame(
-                batch.series_ids, part.times, part.values, part.mask, batch.channels,
-                time_offset=batch.time_offset, normalizer=fitted.normalizer,
-                time_axis=fitted.time_axis, table=dataset.table, observed_columns=("value",),
-            )
-            frame["part"] = name
-            observed.append(frame)
-        return pd.concat(observed, ignore_index=True), forecast
+        return split_forecast_frames(
+            self.model, datamodule, normalizer=fitted.normalizer, time_axis=fitted.time_axis,
+            task_kind=fitted.task.kind, split=split, max_series=max_series,
+            grid_points=grid_points,
+        )
 
     def plot(self, data: Any, forecast: pd.DataFrame | None = None, **kwargs: Any):  # noqa: ANN201
         """``plot_forecast`` of ``data`` (observations) and ``forecast`` (default: predict with
@@ -1440,7 +1395,7 @@ class Forecaster:
         # (LightningCLI stores structured arguments such as the solver as plain mappings and
         # adds bookkeeping keys: keep constructor arguments, rebuild structured ones)
         accepted = _accepted_args(model_class)
-        hparams = {k: _convert_arg(k, v) for k, v in hparams.items() if k in accepted}
+        hparams = _convert_args(model_class, {k: v for k, v in hparams.items() if k in accepted})
         weights = payload.get("state_dict")
         if not isinstance(weights, Mapping) or not all(
             isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()

@@ -1,4 +1,4 @@
-"""The ``tsode`` command: LightningCLI over every tsode model and data module, plus ``quickstart``.
+"""The ``tsode`` command: LightningCLI over every tsode model and data module.
 
 Usage::
 
@@ -8,6 +8,9 @@ Usage::
     tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint> --predictions.output f.csv
     tsode fit      --config recipes/<name>.yaml --print_config
     tsode quickstart [--config recipes/quickstart.yaml] [--max_epochs N]
+
+(the console script, :mod:`tsode.__main__`, sends ``quickstart`` to :mod:`tsode.quickstart`,
+which builds on this module; everything else to :func:`main` here.)
 
 A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
 ``tsode.data`` data module) and trainer options. ``num_channels`` /
@@ -549,14 +552,21 @@ class TsodeCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """The recipe's trainer, plus :class:`SolverFailureContext` (solver failures name
-        series ids, stage, epoch and batch)."""
+        series ids, stage, epoch and batch); its :class:`MLflowArtifacts` callbacks log
+        ``Forecaster.from_trained`` as the pyfunc model."""
         extra: list[Any] = [SolverFailureContext()]
         if not config.get("enable_progress_bar", True) and self.subcommand == "fit":
             extra.append(EpochLogger())
         if self.subcommand == "fit" and getattr(self, "resume_dir", None) is not None:
             # last.ckpt where the next `tsode fit ... --ckpt_path last` finds it; per-epoch seeds
             extra.extend([ResumeCheckpoint(self.resume_dir), EpochSeed()])
-        return super()._instantiate_trainer(config, [*callbacks, *extra])
+        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        from tsode.api import Forecaster
+
+        for callback in trainer.callbacks:  # the pyfunc model MLflowArtifacts logs
+            if isinstance(callback, MLflowArtifacts) and callback.forecaster_factory is None:
+                callback.forecaster_factory = Forecaster.from_trained
+        return trainer
 
     def before_fit(self) -> None:
         """Refuse a fit with an empty validation split before any training (the checkpoint and
@@ -744,20 +754,7 @@ def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------- quickstart
-
-
-def _quickstart(argv: Sequence[str]) -> int:
-    from tsode.quickstart import QuickstartError, run_quickstart
-
-    try:
-        return run_quickstart(argv)
-    except QuickstartError as error:
-        sys.stderr.write(f"{error}\n")
-        return 1
-
-
-def _limit_threads() -> None:
+def limit_threads() -> None:
     """One intra-op thread unless ``OMP_NUM_THREADS`` says otherwise.
 
     tsode's models run many small ops (ODE steps on small batches); on a busy CPU, torch's
@@ -782,7 +779,7 @@ def check_checkpoint(ckpt: Any) -> None:
         return
     import torch
 
-    from tsode.api import load_checkpoint_weights
+    from tsode.checkpoints import load_checkpoint_weights
     from tsode.errors import CheckpointFileError
     from tsode.models import allowed_model_class
 
@@ -809,14 +806,18 @@ def _ckpt_args(args: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tsode`` console script."""
+    """The ``tsode`` command's LightningCLI subcommands (``fit`` / ``validate`` / ``test`` /
+    ``predict``); the console script (:mod:`tsode.__main__`) routes ``quickstart`` elsewhere."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         sys.stderr.write(USAGE)
         return 2
-    if args and args[0] == "quickstart":
-        _limit_threads()
-        return _quickstart(args[1:])
+    if args and args[0] == "quickstart":  # dispatched by the console script, tsode.__main__
+        sys.stderr.write(
+            "tsode: 'quickstart' is run by the tsode console script (tsode.__main__:main; "
+            "python -m tsode quickstart); reinstall tsode if your script predates it\n"
+        )
+        return 2
     missing = [path for path in _recipe_files(args) if not Path(path).is_file()]
     if missing:
         sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
@@ -837,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: Sequence[str]) -> TsodeCLI:
     """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
     (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
-    _limit_threads()
+    limit_threads()
     files = _recipe_files(args)
     for file in files:  # bounded size / alias expansion, no duplicate keys (RecipeFileError)
         check_recipe_file(file)

@@ -10,7 +10,9 @@ Two pieces, both usable from recipes (``trainer.logger`` / ``trainer.callbacks``
   Ctrl-C (KeyboardInterrupt) is marked ``KILLED``. Logs from rank 0 only.
 - :class:`MLflowArtifacts` — a callback that adds the dataset summary and normalization
   statistics at the start of training and, at the end, the best checkpoint, forecast plots
-  (PNG) for a few validation series and the servable pyfunc model (see `tsode.pyfunc`).
+  (PNG) for a few validation series and the servable pyfunc model (see `tsode.pyfunc`;
+  written through ``forecaster_factory``, which ``Forecaster.fit`` and the ``tsode``
+  command set: this module imports nothing of ``tsode.api`` / ``tsode.pyfunc``).
 
 Per-step / per-epoch metrics (loss terms, MSE/MAE, NFE) are whatever the model logs with
 ``self.log``; they reach MLflow through the logger.
@@ -27,7 +29,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -402,7 +404,9 @@ class MLflowArtifacts(Callback):
         num_plot_series: series drawn in the forecast plot (0 disables plots).
         num_plot_channels: channels drawn per series.
         log_checkpoint: log the best checkpoint under ``checkpoints/``.
-        log_model: log the trained forecaster as an MLflow pyfunc model under ``model/``.
+        log_model: log the trained forecaster as an MLflow pyfunc model under ``model/``
+            (needs :attr:`forecaster_factory`, set by ``Forecaster.fit`` and the ``tsode``
+            command; in your own trainer set it to ``tsode.Forecaster.from_trained``).
     """
 
     def __init__(
@@ -417,6 +421,10 @@ class MLflowArtifacts(Callback):
         self.log_checkpoint = log_checkpoint
         self.log_model = log_model
         self.logged: dict[str, str] = {}  # what was logged -> artifact path, for reporting
+        # (module, datamodule) -> a forecaster to log as the pyfunc model (its ``save``, ``data``
+        # and class are what tsode.serving needs): set by Forecaster.fit and the tsode command,
+        # which sit above this module (tsode.Forecaster.from_trained in your own trainer)
+        self.forecaster_factory: Callable[[pl.LightningModule, Any], Any] | None = None
 
     # ------------------------------------------------------------------ start of training
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -467,13 +475,21 @@ class MLflowArtifacts(Callback):
         if trainer.datamodule is None or not (self.num_plot_series > 0 or self.log_model):
             return
         model = self._best_model(pl_module, best_path)
-        from tsode.api import Forecaster  # the user surface builds on this module, not vice versa
-
-        forecaster = Forecaster.from_trained(model, trainer.datamodule)
+        if self.log_model and self.forecaster_factory is None:
+            # (checked first, as before: a model that cannot be wrapped fails here)
+            log.warning(
+                "MLflowArtifacts: the pyfunc model is not logged: set forecaster_factory "
+                "(e.g. callback.forecaster_factory = tsode.Forecaster.from_trained); "
+                "Forecaster.fit and the tsode command set it"
+            )
+        forecaster = (
+            self.forecaster_factory(model, trainer.datamodule)
+            if self.log_model and self.forecaster_factory is not None else None
+        )
         if self.num_plot_series > 0:
-            self._log_plot(logger, forecaster, trainer.datamodule)
-        if self.log_model:
-            from tsode.pyfunc import log_pyfunc_model
+            self._log_plot(logger, model, trainer.datamodule)
+        if forecaster is not None:
+            from tsode.serving import log_pyfunc_model
 
             log_pyfunc_model(forecaster, logger.experiment, logger.run_id, artifact_path="model")
             self.logged["model"] = "model"
@@ -491,17 +507,29 @@ class MLflowArtifacts(Callback):
         """A CPU copy of the module with the best checkpoint's weights (current ones if none)."""
         model = copy.deepcopy(pl_module).cpu()
         if best_path is not None:
-            from tsode.api import load_checkpoint_weights
+            from tsode.checkpoints import load_checkpoint_weights
 
             model.load_state_dict(load_checkpoint_weights(best_path))
         return model.eval()
 
-    def _log_plot(self, logger: MLflowLogger, forecaster: Any, datamodule: Any) -> None:
+    def _log_plot(self, logger: MLflowLogger, model: pl.LightningModule, datamodule: Any) -> None:
         import matplotlib.pyplot as plt
 
+        from tsode.data.normalize import Normalizer
+        from tsode.data.tasks import TaskConfig
+        from tsode.data.timeaxis import TimeAxis
+        from tsode.forecasts import split_forecast_frames
+
         try:
-            observed, forecast = forecaster.forecast_split(
-                datamodule, split="val", max_series=self.num_plot_series
+            state = datamodule.state_dict()  # what the model was fitted with
+            observed, forecast = split_forecast_frames(
+                model,
+                datamodule,
+                normalizer=Normalizer.from_state_dict(state["normalizer"]),
+                time_axis=TimeAxis.from_state_dict(state["time_axis"]),
+                task_kind=TaskConfig(**state["task"]).kind,
+                split="val",
+                max_series=self.num_plot_series,
             )
         except Exception as error:  # a plot must never fail a finished training run
             log.warning("forecast plot skipped: %s", error)

@@ -515,9 +515,3 @@ class IrregularDataModule(L.LightningDataModule):
         self.table = None  # rebuilt lazily with the restored normalizers
         self.datasets = {}
 
-
-def check_channels(channels: Sequence[str], known: Sequence[str], where: str) -> None:
-    """Raise ``DataValidationError`` naming channels of ``channels`` not in ``known``."""
-    unknown = [c for c in channels if c not in set(known)]
-    if unknown:
-        raise DataValidationError(f"{where}: unknown channels {unknown}; known: {list(known)}")

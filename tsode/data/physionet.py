@@ -55,6 +55,7 @@ log = logging.getLogger("tsode.data")
 
 PARSER_VERSION = 2  # 2: lines with an empty parameter name are skipped and counted
 PHYSIONET_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
+DEFAULT_CUTOFF = 24.0  # hours observed when a forecast names neither cutoff nor cutoff_fraction
 PHYSIONET_PAGE = "https://physionet.org/content/challenge-2012/1.0.0/"
 PHYSIONET_CHANNELS = (
     "ALP", "ALT", "AST", "Albumin", "BUN", "Bilirubin", "Cholesterol", "Creatinine",
@@ -612,8 +613,10 @@ class PhysioNet2012DataModule(IrregularDataModule):
             paper; repeated entries are then averaged). None keeps minute resolution.
         strict: raise on record lines with an empty parameter name instead of skipping them
             (with a warning naming record and line; counted in the data summary).
-        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`; default
-            forecast from the first 24 h.
+        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
+            ``cutoff=None`` (default) means the dataset's default: a forecast without
+            ``cutoff_fraction`` observes the first ``DEFAULT_CUTOFF`` (24) hours; other tasks
+            get no cutoff. Any cutoff given explicitly (24.0 included) is used as given.
     """
 
     def __init__(
@@ -627,7 +630,7 @@ class PhysioNet2012DataModule(IrregularDataModule):
         quantization_minutes: float | None = None,
         progress: bool = True,
         task: str = "forecast",
-        cutoff: float | None = 24.0,
+        cutoff: float | None = None,
         cutoff_fraction: float | None = None,
         horizon: float | None = None,
         holdout_fraction: float = 0.3,
@@ -643,8 +646,8 @@ class PhysioNet2012DataModule(IrregularDataModule):
         splits: dict[str, list] | None = None,
         strict: bool = False,
     ):
-        if task != "forecast" or cutoff_fraction is not None:
-            cutoff = None if cutoff == 24.0 else cutoff
+        if cutoff is None and task == "forecast" and cutoff_fraction is None:
+            cutoff = DEFAULT_CUTOFF  # the dataset's default; an explicit cutoff is kept as given
         super().__init__(
             task=task,
             cutoff=cutoff,

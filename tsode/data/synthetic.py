@@ -32,6 +32,7 @@ ICU_CHANNELS = ("heart_rate", "resp_rate", "map", "temp", "lactate")
 ICU_CENTER = np.array([85.0, 18.0, 80.0, 37.0, 2.0])
 ICU_SCALE = np.array([12.0, 4.0, 10.0, 0.5, 0.8])
 ICU_MISSING = (0.1, 0.3, 0.2, 0.4, 0.6)
+DEFAULT_CUTOFF = 24.0  # hours observed when a forecast names neither cutoff nor cutoff_fraction
 
 
 @dataclass
@@ -146,8 +147,10 @@ class SyntheticICUDataModule(IrregularDataModule):
         missing_rates: per-channel probability that a channel is unobserved at a time point.
         noise_std: observation noise std in state units (scaled per channel to original units).
         data_seed: seeds the simulation and sampling (default: ``seed``).
-        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`; default
-            ``cutoff=24.0`` hours.
+        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
+            ``cutoff=None`` (default) means the dataset's default: a forecast without
+            ``cutoff_fraction`` observes the first ``DEFAULT_CUTOFF`` (24) hours; other tasks
+            get no cutoff. Any cutoff given explicitly (24.0 included) is used as given.
     """
 
     def __init__(
@@ -160,7 +163,7 @@ class SyntheticICUDataModule(IrregularDataModule):
         noise_std: float = 0.05,
         data_seed: int | None = None,
         task: str = "forecast",
-        cutoff: float | None = 24.0,
+        cutoff: float | None = None,
         cutoff_fraction: float | None = None,
         horizon: float | None = None,
         holdout_fraction: float = 0.3,
@@ -175,8 +178,8 @@ class SyntheticICUDataModule(IrregularDataModule):
         context_boundary: str = "closed",
         splits: dict[str, list] | None = None,
     ):
-        if task != "forecast" or cutoff_fraction is not None:
-            cutoff = None if cutoff == 24.0 else cutoff
+        if cutoff is None and task == "forecast" and cutoff_fraction is None:
+            cutoff = DEFAULT_CUTOFF  # the dataset's default; an explicit cutoff is kept as given
         super().__init__(
             task=task,
             cutoff=cutoff,

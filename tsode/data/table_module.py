@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from tsode.data.collate import SeriesDataset
 from tsode.data.module import IrregularDataModule
 from tsode.data.series import SeriesTable
 from tsode.data.tables import (
@@ -165,12 +164,6 @@ class TableDataModule(IrregularDataModule):
         return table_from_frame(
             frame, self.spec, source=name, channels=self.channels, time_axis=self.time_axis
         )
-
-    def dataset_from(
-        self, source: TableSource, task: TaskConfig | str | None = None
-    ) -> SeriesDataset:
-        """:meth:`table_from` wrapped as a dataset (default task ``"none"``: all context)."""
-        return self.dataset_for(self.table_from(source), task)
 
     def predict_dataloader_for(
         self,

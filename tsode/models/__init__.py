@@ -7,36 +7,22 @@ Every model subclasses :class:`tsode.models.base.IrregularModel`.
 
 from __future__ import annotations
 
-import importlib
-
 from lightning import LightningModule
 
 from tsode.models.base import IrregularModel, StepResult
+from tsode.models.baselines import LOCF, ChannelMean, GRUDelta
+from tsode.models.latent_ode import LatentODE
+from tsode.models.ncde import NeuralCDE
+from tsode.models.odernn import ODERNN
 
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "odernn": ("tsode.models.odernn", "ODERNN"),
-    "latent_ode": ("tsode.models.latent_ode", "LatentODE"),
-    "ncde": ("tsode.models.ncde", "NeuralCDE"),
-    "locf": ("tsode.models.baselines", "LOCF"),
-    "mean": ("tsode.models.baselines", "ChannelMean"),
-    "gru_dt": ("tsode.models.baselines", "GRUDelta"),
+MODELS: dict[str, type[LightningModule]] = {
+    "odernn": ODERNN,
+    "latent_ode": LatentODE,
+    "ncde": NeuralCDE,
+    "locf": LOCF,
+    "mean": ChannelMean,
+    "gru_dt": GRUDelta,
 }
-
-
-def _load_registry() -> dict[str, type[LightningModule]]:
-    models: dict[str, type[LightningModule]] = {}
-    for name, (module_name, class_name) in _REGISTRY.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # a model module not written yet: leave it out
-            if err.name != module_name:
-                raise
-            continue
-        models[name] = getattr(module, class_name)
-    return models
-
-
-MODELS: dict[str, type[LightningModule]] = _load_registry()
 
 # classes a saved forecaster may name, beyond MODELS: filled by ``register_model``
 _ALLOWED: dict[str, type[LightningModule]] = {}

@@ -103,7 +103,9 @@ class ODEFunc(NFECounter):
         hidden_dim: width of the hidden layers.
         num_layers: number of hidden layers (``3`` gives the "3x50" nets of Rubanova et al.).
         activation: hidden activation name (``tanh`` keeps the field smooth and bounded).
-        final_tanh: squash the output with ``tanh`` (bounded field, used by Neural CDEs).
+        final_tanh: squash the output with ``tanh`` (a bounded field). Off in every tsode
+            model (the Neural CDE's vector field, ``tsode.models.ncde.CDEFunc``, applies
+            its own final ``tanh``); kept for custom models.
         init_std: std of the small initialization (the last layer is scaled down a further 10x).
 
     Shapes: ``t (B,)``, ``y (B, D)`` -> ``(B, D)``.

@@ -1,0 +1,109 @@
+"""A trained module's forecasts as tidy frames in original units.
+
+Below both :mod:`tsode.tracking` (forecast plots of a finished fit) and :mod:`tsode.api`
+(``Forecaster.predict`` / ``forecast_split``), so neither imports the other for them:
+
+- :func:`model_forecast` — the model's mean ``(B, M, C)`` and requested quantiles
+  (normalized units) at query times;
+- :func:`split_forecast_frames` — observed points and a dense forecast for a few series of a
+  data module split, the input of :func:`tsode.plotting.plot_forecast`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from tsode.data.batch import IrregularBatch
+from tsode.data.frames import values_to_frame
+from tsode.data.normalize import Normalizer
+from tsode.data.timeaxis import TimeAxis
+
+
+def quantile_name(level: float) -> str:
+    """Column name of a forecast quantile: ``q0.05``."""
+    return f"q{level:g}"
+
+
+def model_forecast(
+    module: Any, batch: IrregularBatch, times: Tensor, quantiles: Sequence[float]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Model mean ``(B, M, C)`` and requested quantiles (normalized units; named by
+    :func:`quantile_name`). A deterministic model asked for quantiles raises ``ValueError``."""
+    with torch.no_grad():
+        out = module.forecast(batch, times)
+    mean = out["mean"]
+    extra: dict[str, Tensor] = {}
+    if not quantiles:
+        return mean, extra
+    from tsode.models.predictive import forecast_quantiles, is_probabilistic
+
+    if not is_probabilistic(out):
+        raise ValueError(
+            f"{type(module).__name__} is deterministic (its forecast has no samples, quantiles "
+            "or std): call predict without quantiles"
+        )
+    try:
+        qs = forecast_quantiles(out, quantiles)
+    except ValueError as err:
+        raise ValueError(f"{type(module).__name__}: {err}") from None
+    for level, q in zip(quantiles, qs):
+        extra[quantile_name(level)] = q
+    return mean, extra
+
+
+def split_forecast_frames(
+    module: Any,
+    datamodule: Any,
+    *,
+    normalizer: Normalizer,
+    time_axis: TimeAxis,
+    task_kind: str,
+    split: str = "val",
+    max_series: int = 3,
+    grid_points: int = 60,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Observed points and a dense forecast (mean, 5%/95% quantiles when available) for a
+    few series of a data module split, in original units — the input of ``plot_forecast``.
+
+    ``normalizer`` / ``time_axis`` map the model's outputs back (those the model was fitted
+    with); ``task_kind`` is the training task (forecast / extrapolation: the forecast starts
+    at the end of each context; otherwise it spans the whole series).
+    """
+    datamodule.setup("fit")
+    dataset = datamodule.datasets[split]
+    if len(dataset) == 0:
+        raise ValueError(f"the {split} split is empty")
+    batch = dataset.collate(list(range(min(max_series, len(dataset)))))
+    ctx, tgt = batch.context, batch.target
+    last_ctx = ctx.times.gather(1, (ctx.lengths - 1).clamp_min(0).unsqueeze(1))
+    end = torch.maximum(tgt.times.max(dim=1, keepdim=True).values, last_ctx)
+    if task_kind in ("forecast", "extrapolation"):
+        start = last_ctx  # forecast from the end of the context
+    else:
+        start = ctx.times[:, :1]  # interpolation: over the whole series
+    steps = torch.linspace(0.0, 1.0, grid_points).unsqueeze(0)
+    grid = start + (end - start) * steps
+    try:
+        mean, extra = model_forecast(module, batch, grid, (0.05, 0.95))
+    except ValueError:  # deterministic model: mean only
+        mean, extra = model_forecast(module, batch, grid, ())
+    forecast = values_to_frame(
+        batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool), batch.channels,
+        time_offset=batch.time_offset, normalizer=normalizer, time_axis=time_axis,
+        extra=extra, std_columns=(),
+    ).rename(columns={"value": "mean"})
+    observed = []
+    for name, part in (("context", ctx), ("target", tgt)):
+        frame = values_to_frame(
+            batch.series_ids, part.times, part.values, part.mask, batch.channels,
+            time_offset=batch.time_offset, normalizer=normalizer,
+            time_axis=time_axis, table=dataset.table, observed_columns=("value",),
+        )
+        frame["part"] = name
+        observed.append(frame)
+    return pd.concat(observed, ignore_index=True), forecast
