@@ -164,6 +164,11 @@ class LatentODE(IrregularModel):
             ``z`` (at the anchor time), as in Rubanova et al.; 0 (default) forecasts only.
         classification_weight: weight of the cross-entropy in the joint loss (100, as in the
             reference code's ``-elbo + 100 * ce``).
+        lr / scheduler / scheduler_gamma: Adam at 3e-3 decayed x0.95 per epoch by default (the
+            reference code decays a larger rate per iteration). Measured on the synthetic
+            forecast task (1000 series, 40 epochs): at a constant 1e-3 the forecast was still at
+            the channel mean after 8 epochs; at 3e-3 it learned but validation MSE jumped between
+            0.6 and 1.6 from epoch to epoch; decayed, it settled to 0.39.
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
 
     Loss: negative bound divided by the number of observed entries in the batch's likelihood
@@ -206,11 +211,11 @@ class LatentODE(IrregularModel):
         num_static: int = 0,
         num_classes: int = 0,
         classification_weight: float = 100.0,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
-        scheduler: str = "none",
-        scheduler_gamma: float = 0.5,
+        scheduler: str = "exponential",
+        scheduler_gamma: float = 0.95,
         scheduler_step_size: int = 10,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
