@@ -441,3 +441,29 @@ def test_a_latin1_table_fitted_with_its_encoding_is_also_read_so_at_predict(
     fc = _forecaster("locf", tmp_path).fit(path, cutoff=24.0, batch_size=8, encoding="latin-1")
     out = fc.predict(path, horizon=1.0, progress=False)
     assert set(out["channel"]) == set(table["channel"])
+
+
+def test_alias_bomb_in_a_command_line_value_refused_within_a_second(
+    cli_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """jsonargparse parses option values as YAML: a value on the command line gets the same
+    bounds as a recipe file."""
+    from tsode.cli import main
+
+    bomb = "{" + _alias_bomb().strip().replace("\n", ", ") + "}"
+    start = time.perf_counter()
+    assert main(["fit", "--config", str(QUICKSTART), "--trainer.logger.init_args.tags", bomb]) == 2
+    assert time.perf_counter() - start < 1.0
+    err = capsys.readouterr().err
+    assert ("tsode: invalid recipe: command-line value of --trainer.logger.init_args.tags: the recipe "
+            "expands to more than 100,000 YAML nodes") in err
+    assert "Traceback" not in err
+
+
+def test_oversized_command_line_value_refused(cli_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from tsode.cli import MAX_RECIPE_BYTES, main
+
+    huge = "x" * (MAX_RECIPE_BYTES + 1)
+    assert main(["fit", "--config", str(QUICKSTART), f"--model.init_args.lr={huge}"]) == 2
+    err = capsys.readouterr().err
+    assert "command-line value of --model.init_args.lr" in err and "more than the" in err

@@ -153,14 +153,52 @@ def check_recipe_file(path: str | Path) -> Any:
             f"{path}: recipe file is {size:,} bytes, more than the {MAX_RECIPE_BYTES:,} allowed"
         )
     text = path.read_text(encoding="utf-8", errors="replace")
+    return check_recipe_text(text, str(path))
+
+
+def check_recipe_text(text: str, name: str) -> Any:
+    """:func:`check_recipe_file` for YAML given as text (``name`` says where it came from)."""
+    if len(text.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
+        raise RecipeFileError(f"{name}: {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} bytes allowed")
     loader = _RecipeLoader(text)
-    loader.name = str(path)
+    loader.name = name
     try:
         return loader.get_single_data()
     except yaml.YAMLError as err:
-        raise RecipeFileError(f"{path}: not valid YAML: {err}") from err
+        raise RecipeFileError(f"{name}: not valid YAML: {err}") from err
     finally:
         loader.dispose()
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names an existing file (False for strings no path can be)."""
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def check_command_line_yaml(args: Sequence[str]) -> None:
+    """The bounds of :func:`check_recipe_file` for YAML given on the command line: an inline
+    ``--config '<yaml>'`` and any option value (jsonargparse parses values as YAML). Values that
+    are not YAML are left to the parser."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if arg.startswith("--") and "=" not in arg:
+            continue  # an option name; its value is the next item
+        option = args[i - 1] if i and args[i - 1].startswith("-") and "=" not in args[i - 1] else arg.split("=", 1)[0]
+        name = f"command-line value of {option}"
+        if len(value.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
+            raise RecipeFileError(
+                f"{name}: {len(value):,} characters, more than the {MAX_RECIPE_BYTES:,} bytes allowed"
+            )
+        if ("&" in value or "*" in value or "\n" in value) and not _is_file(value):
+            try:
+                check_recipe_text(value, name)
+            except RecipeFileError as err:
+                if isinstance(err.__cause__, yaml.YAMLError):
+                    continue  # not YAML: the parser will say what is wrong with it
+                raise
 
 
 def _recipe_files(args: Sequence[str]) -> list[str]:
@@ -818,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python -m tsode quickstart); reinstall tsode if your script predates it\n"
         )
         return 2
-    missing = [path for path in _recipe_files(args) if not Path(path).is_file()]
+    missing = [path for path in _recipe_files(args) if not _is_file(path)]
     if missing:
         sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
         return 2
@@ -839,7 +877,8 @@ def run(args: Sequence[str]) -> TsodeCLI:
     """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
     (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
     limit_threads()
-    files = _recipe_files(args)
+    check_command_line_yaml(args)  # inline YAML: bounded size / alias expansion
+    files = [f for f in _recipe_files(args) if _is_file(f)]  # others: inline YAML
     for file in files:  # bounded size / alias expansion, no duplicate keys (RecipeFileError)
         check_recipe_file(file)
     for ckpt in _ckpt_args(args):  # before the (slow) parser is built
