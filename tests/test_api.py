@@ -96,13 +96,38 @@ def test_predict_explicit_times_shared_and_per_series(fitted: Forecaster, frame:
 
 def test_evaluate_returns_metrics_table(fitted: Forecaster, frame: pd.DataFrame) -> None:
     table = fitted.evaluate(frame)
-    assert list(table.columns) == ["n_obs", "mse", "rmse", "mae"]
+    # gru_dt has a Gaussian head by default: interval coverage and CRPS beside the errors
+    assert list(table.columns) == ["n_obs", "mse", "rmse", "mae", "coverage80", "coverage90", "crps"]
     assert list(table.index) == [*fitted.data.channels, "all"]
     assert table.loc["all", "n_obs"] == table["n_obs"].iloc[:-1].sum() > 0
     observed = table[table["n_obs"] > 0]
     np.testing.assert_allclose(observed["rmse"], np.sqrt(observed["mse"]))
-    weighted = (observed["mse"].iloc[:-1] * observed["n_obs"].iloc[:-1]).sum() / table.loc["all", "n_obs"]
-    assert table.loc["all", "mse"] == pytest.approx(weighted)
+    for column in ("mse", "coverage80", "coverage90", "crps"):
+        weighted = (observed[column].iloc[:-1] * observed["n_obs"].iloc[:-1]).sum() / table.loc["all", "n_obs"]
+        assert table.loc["all", column] == pytest.approx(weighted), column
+    assert ((observed["coverage80"] >= 0) & (observed["coverage80"] <= observed["coverage90"])
+            & (observed["coverage90"] <= 1)).all()
+    assert (observed["crps"] > 0).all()
+
+
+def test_evaluate_coverage_is_the_models_own_test_metric(fitted: Forecaster, frame: pd.DataFrame) -> None:
+    """evaluate's pooled coverage and CRPS are what the model's ProbabilisticMetrics give on
+    the same series (CRPS there in normalized units, scaled per channel here)."""
+    from tsode.models.predictive import ProbabilisticMetrics
+
+    table = fitted.evaluate(frame)
+    data = fitted.data
+    dataset = data.dataset(data.table(frame), data.task)
+    metric = ProbabilisticMetrics(list(data.normalizer.std))
+    fitted.model.eval()
+    with torch.no_grad():
+        batch = dataset.collate(list(range(len(dataset))))
+        out = fitted.model.forecast(batch, batch.target.times)
+    metric.update(out, batch.target.values, batch.target.mask)
+    got = metric.compute()
+    assert table.loc["all", "coverage80"] == pytest.approx(float(got["coverage80"]), abs=1e-6)
+    assert table.loc["all", "coverage90"] == pytest.approx(float(got["coverage90"]), abs=1e-6)
+    assert table.loc["all", "crps"] == pytest.approx(float(got["crps_orig"]), rel=1e-5)
 
 
 def test_save_load_round_trip(fitted: Forecaster, frame: pd.DataFrame, tmp_path) -> None:

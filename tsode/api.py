@@ -69,6 +69,7 @@ from tsode.errors import (
     finite_number,
 )
 from tsode.forecasts import model_forecast, quantile_name, split_forecast_frames
+from tsode.models.predictive import is_probabilistic, predictive_scores
 from tsode.progress import (
     EpochLogger,
     has_trainable_parameters,
@@ -1176,7 +1177,9 @@ class Forecaster:
 
         Returns:
             DataFrame indexed by ``channel`` (each channel, then ``"all"``) with columns
-            ``n_obs``, ``mse``, ``rmse``, ``mae``. Channels never observed in a target get NaN.
+            ``n_obs``, ``mse``, ``rmse``, ``mae`` and, for a probabilistic model, the empirical
+            coverage of the central 80 % / 90 % intervals (``coverage80``, ``coverage90``) and
+            ``crps`` (original units). Channels never observed in a target get NaN.
         """
         fitted = self._fitted()
         if task is None:
@@ -1229,17 +1232,23 @@ class Forecaster:
         ab = torch.zeros(num_channels, dtype=torch.float64)
         count = torch.zeros(num_channels, dtype=torch.float64)
         std = torch.as_tensor(fitted.normalizer.std, dtype=torch.float64)
+        probabilistic: dict[str, Tensor] = {}  # column -> (C,) sums over observed entries
         for start in range(0, len(dataset), batch_size):
             batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
-            mean, _ = self._forecast_batch(
-                batch, batch.target.times, (), "evaluate", start // batch_size
-            )
+            out = self._forecast_output(batch, "evaluate", start // batch_size)
+            mean = out["mean"]
             diff = (mean.to(torch.float64) - batch.target.values.to(torch.float64)) * std
             mask = batch.target.mask
             diff = torch.where(mask, diff, torch.zeros_like(diff))
             sq += diff.square().sum(dim=(0, 1))
             ab += diff.abs().sum(dim=(0, 1))
             count += mask.sum(dim=(0, 1)).to(torch.float64)
+            if is_probabilistic(out):
+                for name, score in predictive_scores(out, batch.target.values, mask).items():
+                    if name == "crps":
+                        score = score * std  # original units
+                    total_c = torch.where(mask, score, torch.zeros_like(score)).sum(dim=(0, 1))
+                    probabilistic[name] = probabilistic.get(name, torch.zeros_like(total_c)) + total_c
         with np.errstate(invalid="ignore", divide="ignore"):
             n = count.numpy()
             mse = sq.numpy() / n
@@ -1258,8 +1267,25 @@ class Forecaster:
                 ),
             }
         frame = pd.DataFrame.from_dict(rows, orient="index", columns=["n_obs", "mse", "rmse", "mae"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for name, sums in probabilistic.items():  # coverage80/90, crps (probabilistic models)
+                per_channel = sums.numpy() / n
+                frame[name] = [*per_channel, sums.sum().item() / total]
         frame.index.name = "channel"
         return frame
+
+    def _forecast_output(self, batch: IrregularBatch, stage: str, batch_idx: int) -> dict[str, Tensor]:
+        """The model's full forecast dict at the batch's target times (mean and any predictive
+        distribution), with an ODE solver failure re-raised naming the series ids."""
+        try:
+            with torch.no_grad():
+                return self.model.forecast(batch, batch.target.times)
+        except SolverError as err:
+            def rerun(sub: IrregularBatch) -> Any:
+                rows = [batch.series_ids.index(sid) for sid in sub.series_ids]
+                return self._forecast(sub, batch.target.times[rows], ())
+
+            raise describe_solver_failure(err, batch, stage, None, batch_idx, rerun) from err
 
     # ------------------------------------------------------------------ plots
     def forecast_split(

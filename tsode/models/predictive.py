@@ -109,6 +109,34 @@ def sample_crps(samples: Tensor, target: Tensor) -> Tensor:
     return spread_to_target - 0.5 * pair_spread
 
 
+def predictive_scores(out: Mapping[str, Tensor], target: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Per-entry scores ``(B, M, C)`` (float64) of a probabilistic forecast at ``target``:
+    ``coverage80`` / ``coverage90`` (1.0 inside the central interval, else 0.0) and, with a std
+    or samples, ``crps`` (normalized units). Entries where ``mask`` is False are scored against
+    the mean (and should be ignored)."""
+    mean = out["mean"].detach().to(torch.float64)
+    y = torch.where(mask, target.to(torch.float64), mean)
+    bounds = [(0.5 - p / 2.0, 0.5 + p / 2.0) for p in COVERAGE_LEVELS]
+    detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in out.items()}
+    scores: dict[str, Tensor] = {}
+    if "mixture_means" in detached and "mixture_stds" in detached:
+        # inside the central p interval <=> the predictive CDF at y lies in [(1-p)/2, (1+p)/2]
+        pit = mixture_cdf(detached["mixture_means"].to(torch.float64),
+                          detached["mixture_stds"].to(torch.float64), y)
+        for p, (lo, hi) in zip(COVERAGE_LEVELS, bounds):
+            scores[f"coverage{round(100 * p)}"] = ((pit >= lo) & (pit <= hi)).to(torch.float64)
+    else:
+        qs = forecast_quantiles({**detached, "mean": mean}, [q for pair in bounds for q in pair])
+        for i, p in enumerate(COVERAGE_LEVELS):
+            inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
+            scores[f"coverage{round(100 * p)}"] = inside.to(torch.float64)
+    if "std" in detached:
+        scores["crps"] = gaussian_crps(mean, detached["std"].to(torch.float64), y)
+    elif "samples" in detached:
+        scores["crps"] = sample_crps(detached["samples"].to(torch.float64), y)
+    return scores
+
+
 class ProbabilisticMetrics(Metric):
     """Coverage of the central 80 % / 90 % intervals and CRPS over observed target entries.
 
@@ -131,31 +159,14 @@ class ProbabilisticMetrics(Metric):
         self.add_state("crps_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, out: Mapping[str, Tensor], target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
-        mean = out["mean"].detach().to(torch.float64)
-        y = torch.where(mask, target.to(torch.float64), mean)
+        scores = predictive_scores(out, target, mask)
         m = mask.to(torch.float64)
         self.count += m.sum()
-        bounds = [(0.5 - p / 2.0, 0.5 + p / 2.0) for p in COVERAGE_LEVELS]
-        flat = [q for pair in bounds for q in pair]
-        detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in out.items()}
-        if "mixture_means" in detached and "mixture_stds" in detached:
-            # inside the central p interval <=> the predictive CDF at y lies in [(1-p)/2, (1+p)/2]
-            pit = mixture_cdf(detached["mixture_means"].to(torch.float64),
-                              detached["mixture_stds"].to(torch.float64), y)
-            for i, (lo, hi) in enumerate(bounds):
-                inside = (pit >= lo) & (pit <= hi)
-                self.covered[i] += (inside.to(torch.float64) * m).sum()
-        else:
-            qs = forecast_quantiles({**detached, "mean": mean}, flat)
-            for i in range(len(COVERAGE_LEVELS)):
-                inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
-                self.covered[i] += (inside.to(torch.float64) * m).sum()
-        if "std" in out:
-            crps = gaussian_crps(mean, out["std"].detach().to(torch.float64), y)
-        elif "samples" in out:
-            crps = sample_crps(out["samples"].detach().to(torch.float64), y)
-        else:
+        for i, p in enumerate(COVERAGE_LEVELS):
+            self.covered[i] += (scores[f"coverage{round(100 * p)}"] * m).sum()
+        if "crps" not in scores:
             return  # quantiles only: coverage, no CRPS
+        crps = scores["crps"]
         self.crps_count += m.sum()
         self.crps_sum += (crps * m).sum()
         if self.scale is not None:
