@@ -299,6 +299,19 @@ def test_forecaster_classification_fit_and_predict_proba(tmp_path):
     again = Forecaster.load(saved)
     pd.testing.assert_frame_equal(again.predict_proba(df), probs)
 
+    # evaluate: the classifier's metrics over the labelled series, from the same probabilities
+    table = fc.evaluate(df)
+    assert list(table.columns) == ["n_series", "auroc", "auprc", "accuracy", "ce"]
+    assert table.loc["all", "n_series"] == 32
+    p1 = probs[probs["class"] == 1].set_index("series_id")["probability"]
+    labels = df.groupby("series_id")["y"].first().loc[p1.index]
+    expected = float(binary_auroc(torch.tensor(p1.to_numpy()), torch.tensor(labels.to_numpy()).long()))
+    assert table.loc["all", "auroc"] == pytest.approx(expected, abs=1e-6)
+    expected_ce = float(-np.log(np.where(labels.to_numpy() == 1, p1.to_numpy(), 1 - p1.to_numpy())).mean())
+    assert table.loc["all", "ce"] == pytest.approx(expected_ce, rel=1e-4)
+    with pytest.raises(DataValidationError, match="no series with a known label"):
+        fc.evaluate(df.drop(columns="y"))
+
 
 def test_cli_links_num_classes(tmp_path, monkeypatch):
     from tsode.cli import run

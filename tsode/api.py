@@ -1180,6 +1180,9 @@ class Forecaster:
             ``n_obs``, ``mse``, ``rmse``, ``mae`` and, for a probabilistic model, the empirical
             coverage of the central 80 % / 90 % intervals (``coverage80``, ``coverage90``) and
             ``crps`` (original units). Channels never observed in a target get NaN.
+            A classifier (``task="classification"``) returns one row ``"all"`` with
+            ``n_series`` (series with a known label), ``auroc``, ``auprc``, ``accuracy`` and
+            ``ce`` (cross-entropy); the table must carry the label column.
         """
         fitted = self._fitted()
         if task is None:
@@ -1188,6 +1191,8 @@ class Forecaster:
             task = TaskConfig(**task)
         if task.kind == "none":
             raise ValueError("evaluate: the task must define a target (not 'none')")
+        if task.kind == "classification":
+            return self._evaluate_classification(data, task, batch_size)
         dataset = fitted.dataset(fitted.table(data), task)
         if len(dataset) == 0:
             raise DataValidationError(
@@ -1200,6 +1205,50 @@ class Forecaster:
             if process_rank() == 0:  # under DDP, one child run (rank 0's), not one per rank
                 self._log_evaluation(scores, task)
         return scores
+
+    def _evaluate_classification(self, data: Any, task: TaskConfig, batch_size: int) -> pd.DataFrame:
+        """``evaluate`` for a classifier: the model's own torchmetrics over the labelled series."""
+        from tsode.models.base import classification_metrics
+
+        fitted = self._fitted()
+        module = self.model
+        if getattr(module, "classifier", None) is None:
+            raise ValueError(
+                f"evaluate: {type(module).__name__} has no classification head; it was not fit "
+                "with task='classification'"
+            )
+        dataset = fitted.dataset(fitted.table(data), task)
+        metrics = classification_metrics(module.num_classes)
+        ce_sum, known_total = 0.0, 0
+        module.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for start in range(0, len(dataset), batch_size):
+                batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
+                if batch.labels is None:
+                    break
+                known = ~torch.isnan(batch.labels)
+                if not bool(known.any()):
+                    continue
+                logits = module.classify(batch)[known].float()
+                labels = batch.labels[known].long()
+                probs = torch.softmax(logits, dim=-1)
+                scores = probs[:, 1] if module.num_classes == 2 else probs
+                for metric in metrics.values():
+                    metric.update(scores, labels)
+                ce_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+                known_total += int(known.sum())
+        if known_total == 0:
+            raise DataValidationError(
+                f"evaluate: no series with a known label in the table (label column "
+                f"{fitted.spec.label_col!r}); classification is scored on labelled series"
+            )
+        row = {"n_series": known_total, **{name: float(m.compute()) for name, m in metrics.items()},
+               "ce": ce_sum / known_total}
+        frame = pd.DataFrame([row], index=pd.Index(["all"], name="channel"))
+        if self.tracking and self.run_id and self.fit_summary.get("tracking_uri") and process_rank() == 0:
+            self._log_evaluation(frame, task)
+        return frame
 
     def _log_evaluation(self, scores: pd.DataFrame, task: TaskConfig) -> None:
         """Log ``evaluate`` results as a child run of the fit's MLflow run: metrics
