@@ -1069,12 +1069,7 @@ class Forecaster:
             skipped.
         """
         fitted = self._fitted()
-        module = self.model
-        if getattr(module, "classifier", None) is None:
-            raise ValueError(
-                f"predict_proba: {type(module).__name__} has no classification head; fit with "
-                "task='classification' and label_col=... (or build the model with num_classes)"
-            )
+        module = self._classifier("predict_proba")
         if cutoff is None:
             cutoff = fitted.task.cutoff if fitted.task.kind == "classification" else None
         task = TaskConfig(
@@ -1206,17 +1201,22 @@ class Forecaster:
                 self._log_evaluation(scores, task)
         return scores
 
+    def _classifier(self, caller: str) -> Any:
+        """The fitted model, which must have a classification head (else ValueError)."""
+        module = self.model
+        if getattr(module, "classifier", None) is None:
+            raise ValueError(
+                f"{caller}: {type(module).__name__} has no classification head; fit with "
+                "task='classification' and label_col=... (or build the model with num_classes)"
+            )
+        return module
+
     def _evaluate_classification(self, data: Any, task: TaskConfig, batch_size: int) -> pd.DataFrame:
         """``evaluate`` for a classifier: the model's own torchmetrics over the labelled series."""
         from tsode.models.base import classification_metrics
 
         fitted = self._fitted()
-        module = self.model
-        if getattr(module, "classifier", None) is None:
-            raise ValueError(
-                f"evaluate: {type(module).__name__} has no classification head; it was not fit "
-                "with task='classification'"
-            )
+        module = self._classifier("evaluate")
         dataset = fitted.dataset(fitted.table(data), task)
         metrics = classification_metrics(module.num_classes)
         ce_sum, known_total = 0.0, 0
