@@ -440,14 +440,7 @@ def _data_error(error: BaseException) -> BaseException | None:
     context, e.g. when jsonargparse wraps it), if any."""
     from tsode.data import DataValidationError
 
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, DataValidationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    return _caused_by(error, DataValidationError)
 
 
 class TsodeArgumentParser(LightningArgumentParser):
