@@ -145,7 +145,7 @@ class GRUDelta(IrregularModel):
         hidden_dim: int = 50,
         decoder_hidden_dim: int = 50,
         decoder_layers: int = 1,
-        persistence: bool = True,
+        persistence: bool | str = True,
         uncertainty: str = "gaussian",
         num_static: int = 0,
         num_classes: int = 0,

@@ -367,6 +367,60 @@ class Persistence(nn.Module):
         return gate * values, carried
 
 
+#: what ``persistence=`` accepts in every forecaster (``True`` = ``"gate"``, ``False`` = ``"none"``)
+PERSISTENCE_MODES = ("gate", "channel", "none")
+
+
+def persistence_mode(persistence: bool | str) -> str:
+    """Normalise a model's ``persistence`` argument to one of :data:`PERSISTENCE_MODES`."""
+    if persistence is True:
+        return "gate"
+    if persistence is False:
+        return "none"
+    if persistence not in PERSISTENCE_MODES:
+        raise ValueError(f"persistence must be True, False or one of {PERSISTENCE_MODES}, got {persistence!r}")
+    return persistence
+
+
+class ChannelReadout(nn.Module):
+    """A per-channel query readout: each channel is decoded from the model's state *and its
+    own* last observation, ``term_c = gate_c * x_last_c + r_c``.
+
+    For channel ``c`` at a query time, one hidden layer ``u_c = tanh(W f + w_x x_c + w_s s_c +
+    w_a log1p(a_c) + e_c)`` (``f`` the model's features, ``x_c``/``s_c``/``a_c`` the channel's
+    last value / seen flag / age in hours, ``e_c`` a learned channel embedding) gives the gate
+    ``sigmoid(<g_c, u_c> + b_c)`` and the residual ``<v_c, u_c>``. Unlike :class:`Persistence`,
+    whose gate is linear in the state, each channel's correction can depend non-linearly on its
+    own last value and age (mean reversion that grows with the value's distance and age), as
+    the strongest irregular forecasters decode each (time, variable) query. The gate starts
+    nearly closed and the residual at zero, so a new model starts as its own decoder.
+    Memory is ``O(B * M * C * hidden_dim)`` per forecast.
+    """
+
+    def __init__(self, num_channels: int, feature_dim: int, hidden_dim: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Linear(feature_dim, hidden_dim)
+        self.carried = nn.Linear(3, hidden_dim, bias=False)
+        self.embedding = nn.Parameter(0.1 * torch.randn(num_channels, hidden_dim))
+        self.gate_weight = nn.Parameter(0.01 * torch.randn(num_channels, hidden_dim))
+        self.gate_bias = nn.Parameter(torch.full((num_channels,), CLOSED_GATE_BIAS))
+        self.out_weight = nn.Parameter(torch.zeros(num_channels, hidden_dim))
+        self.out_bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, part: SeriesPart, times: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(term (B, M, C), carried (B, M, 2C))``, as :meth:`Persistence.forward`."""
+        values, age, seen = last_observation(part, times)
+        log_age = torch.log1p(age)
+        per_channel = torch.stack([values, seen.to(values.dtype), log_age], dim=-1)  # (B, M, C, 3)
+        hidden = torch.tanh(
+            self.features(features).unsqueeze(-2) + self.carried(per_channel) + self.embedding
+        )  # (B, M, C, D)
+        gate = torch.sigmoid((hidden * self.gate_weight).sum(-1) + self.gate_bias)
+        residual = (hidden * self.out_weight).sum(-1) + self.out_bias
+        carried = torch.cat([seen.to(values.dtype), log_age], dim=-1)
+        return gate * values + residual, carried
+
+
 class StaticEncoder(nn.Module):
     """Static covariates to an initial hidden state: ``h0 = tanh(Linear(static))``, ``(B, S) ->
     (B, H)`` (as the Neural CDE paper maps static features to z0). The covariates arrive
@@ -408,21 +462,26 @@ UNCERTAINTY_MODES = ("gaussian", "none")
 
 
 def forecast_heads(
-    decoder: nn.Module, feature_dim: int, num_channels: int, persistence: bool, uncertainty: str
-) -> tuple[Persistence | None, nn.Module | None]:
-    """The optional heads of a forecaster's readout: a :class:`Persistence` term (its gate starts
-    nearly closed, so the model starts as its own dynamics model) and a Gaussian std head
+    decoder: nn.Module, feature_dim: int, num_channels: int, persistence: bool | str, uncertainty: str
+) -> tuple[Persistence | ChannelReadout | None, nn.Module | None]:
+    """The optional heads of a forecaster's readout: a last-observation term
+    (``persistence="gate"``/``True``: :class:`Persistence`; ``"channel"``:
+    :class:`ChannelReadout`; both start nearly closed, so the model starts as its own dynamics
+    model) and a Gaussian std head
     over ``[features, seen, log1p(age)]`` (``feature_dim + 2C`` inputs with persistence)."""
     from tsode.models.predictive import GaussianHead
 
     if uncertainty not in UNCERTAINTY_MODES:
         raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
-    carried = None
-    if persistence:
+    mode = persistence_mode(persistence)
+    carried: Persistence | ChannelReadout | None = None
+    if mode == "gate":
         carried = Persistence(num_channels, feature_dim)
+    elif mode == "channel":
+        carried = ChannelReadout(num_channels, feature_dim)
     std_head = None
     if uncertainty == "gaussian":
-        std_head = GaussianHead(feature_dim + (2 * num_channels if persistence else 0), num_channels)
+        std_head = GaussianHead(feature_dim + (2 * num_channels if carried is not None else 0), num_channels)
     return carried, std_head
 
 
@@ -431,7 +490,7 @@ def forecast_readout(
     features: Tensor,
     context: SeriesPart,
     times: Tensor,
-    persistence: Persistence | None,
+    persistence: Persistence | ChannelReadout | None,
     std_head: nn.Module | None,
 ) -> dict[str, Tensor]:
     """The forecast dict from a decoder's output ``decoded (B, M, C)`` and its input

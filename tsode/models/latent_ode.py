@@ -203,7 +203,7 @@ class LatentODE(IrregularModel):
         poisson: bool = False,
         reconstruct_context: bool | None = None,
         anchor: str = "last",
-        persistence: bool = True,
+        persistence: bool | str = True,
         uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         encoder_solver: SolverConfig | None = None,

@@ -232,7 +232,7 @@ class NeuralCDE(IrregularModel):
         fill: str = "ffill",
         include_time: bool = True,
         include_counts: bool = True,
-        persistence: bool = True,
+        persistence: bool | str = True,
         uncertainty: str = "gaussian",
         num_static: int = 0,
         num_classes: int = 0,

@@ -267,7 +267,7 @@ class ODERNN(IrregularModel):
         gru_input_dim: int = 0,
         decoder_hidden_dim: int = 50,
         decoder_layers: int = 1,
-        persistence: bool = True,
+        persistence: bool | str = True,
         uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         grid: str = "per_sample",
