@@ -476,8 +476,9 @@ class Forecaster:
             ``max_epochs=100``, progress bar, model summary, early stopping on ``val/mse``).
         patience: early-stopping patience in epochs (None disables early stopping).
         tracking: log the fit as an MLflow run (see ``docs/tracking.md``).
-        experiment_name / tracking_uri: MLflow experiment and store (default: the
-            ``MLFLOW_TRACKING_URI`` environment variable, else ``sqlite:///mlflow.db``).
+        experiment_name: MLflow experiment.
+        tracking_uri: MLflow store (default: the ``MLFLOW_TRACKING_URI`` environment variable,
+            else ``sqlite:///mlflow.db``).
         work_dir: local directory for checkpoints.
         seed: seeds weights and data splits.
         verbose: print a short summary after fitting.
