@@ -317,7 +317,7 @@ def score_model(model, data, protocol: dict) -> ProtocolScore:  # noqa: ANN001
             batch = batch.to(model.device)
             target = batch.target
             out = model.forecast(batch, target.times)
-            mean = out["mean"].to(torch.float64)
+            mean = out.mean.to(torch.float64)
             pred = normalizer.inverse(mean.cpu().numpy())
             truth = normalizer.inverse(target.values.to(torch.float64).cpu().numpy())
             mask = (target.mask & target.time_mask.unsqueeze(-1)).cpu().numpy()
@@ -534,7 +534,7 @@ def rubanova_predict(model, data, protocol: dict) -> dict:  # noqa: ANN001
                     query[b] -= offset[b]
             batch = batch.to(model.device)
             times = torch.as_tensor(query, dtype=batch.context.times.dtype, device=model.device)
-            mean = model.forecast(batch, times)["mean"].to(torch.float64).cpu().numpy()
+            mean = model.forecast(batch, times).mean.to(torch.float64).cpu().numpy()
             out = normalizer.inverse(mean)
             for b, (idx, q) in enumerate(zip(rows, queries)):
                 if len(idx):

@@ -268,6 +268,25 @@ def test_forecaster_plot(fitted: Forecaster, frame: pd.DataFrame) -> None:
     assert all(ax.get_lines() for ax in fig.axes)  # a forecast line in every panel
 
 
+def test_forecaster_plot_draws_a_band_for_probabilistic_models_only(
+    fitted: Forecaster, frame: pd.DataFrame, tmp_path
+) -> None:  # noqa: ANN001
+    """plot asks for the 5-95 % band when the model's Forecast has a distribution (GRU-dt's
+    Gaussian head) and draws the mean alone for a deterministic one (LOCF)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    subset = frame[frame["series_id"].isin(frame["series_id"].unique()[:2])]
+    locf = Forecaster("locf", trainer_kwargs=FAST_TRAINER, tracking=False, work_dir=tmp_path,
+                      verbose=False).fit(frame, cutoff=24.0, batch_size=16)
+    for model, banded in ((fitted, True), (locf, False)):
+        fig = model.plot(subset, max_channels=2)
+        bands = [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
+        assert bool(bands) is banded
+        assert all(ax.get_lines() for ax in fig.axes)
+        plt.close(fig)
+
+
 class _Recorder(pl.Callback):
     """Remembers the trainer's callbacks and progress bar when fitting starts."""
 

@@ -120,9 +120,9 @@ def test_num_classes_zero_changes_nothing(name, forecast_batch):
     }
     times = forecast_batch.target.times
     torch.manual_seed(3)
-    a = plain.forecast(forecast_batch, times)["mean"]
+    a = plain.forecast(forecast_batch, times).mean
     torch.manual_seed(3)
-    b = explicit.forecast(forecast_batch, times)["mean"]
+    b = explicit.forecast(forecast_batch, times).mean
     assert torch.equal(a, b)
     torch.manual_seed(3)
     loss_a = plain.step_result(forecast_batch).loss

@@ -47,6 +47,7 @@ def test_snapping_leaves_other_times_alone() -> None:
 
 
 def test_forecast_writer_reports_exact_times(tmp_path: Path) -> None:
+    from tsode.models.forecast import Forecast
     from tsode.prediction_writer import ForecastWriter
 
     dm, frame = _module()
@@ -56,7 +57,7 @@ def test_forecast_writer_reports_exact_times(tmp_path: Path) -> None:
     writer.on_predict_start(trainer, None)
     for i, batch in enumerate(dm.predict_dataloader()):
         target = batch.target
-        prediction = {"times": target.times, "mean": target.values, "mask": target.time_mask}
+        prediction = {"times": target.times, "forecast": Forecast(mean=target.values), "mask": target.time_mask}
         writer.write_on_batch_end(trainer, None, prediction, None, batch, i, 0)
     writer.on_predict_end(trainer, None)
     written = pd.read_csv(out, parse_dates=["time"])

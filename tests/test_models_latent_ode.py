@@ -137,11 +137,12 @@ def test_forecast_samples_are_predictive_draws_with_observation_noise(forecast_b
     times = forecast_batch.target.times
     with torch.no_grad():
         out = model.forecast(forecast_batch, times)
-    noise = out["samples"] - out["trajectory_means"]
+    noise = out.samples - out.mixture_means
     torch.testing.assert_close(noise.mean(), torch.tensor(0.0), atol=0.01, rtol=0)
     torch.testing.assert_close(noise.std(dim=0).mean(), torch.tensor(0.5), atol=0.01, rtol=0)
-    torch.testing.assert_close(out["mean"], out["trajectory_means"].mean(0))
-    width = out["quantiles"][-1] - out["quantiles"][0]  # 0.05..0.95 by default
+    torch.testing.assert_close(out.mean, out.mixture_means.mean(0))
+    quantiles = out.quantiles()  # 0.05, 0.5, 0.95 by default
+    width = quantiles[-1] - quantiles[0]
     assert bool((width > 2 * 1.64 * 0.5 * 0.9).all())  # at least the noise's own interval
 
 
@@ -156,7 +157,7 @@ def test_std_head_sets_the_predictive_noise_and_trains_only_itself(forecast_batc
     model.eval()
     with torch.no_grad():
         out = model.forecast(forecast_batch, forecast_batch.target.times)
-    noise = out["samples"] - out["trajectory_means"]
+    noise = out.samples - out.mixture_means
     torch.testing.assert_close(noise.std(dim=0).mean(), torch.tensor(1.0), atol=0.02, rtol=0)
 
     model.train()
@@ -227,7 +228,7 @@ def test_mixture_quantiles_invert_the_mixture_cdf():
 def test_latent_ode_intervals_come_from_the_mixture_not_sample_quantiles(forecast_batch):
     """The 5-95 % interval of 32 draws is narrower than the distribution's; forecast's
     quantiles are the mixture's (the same for any number of draws of the noise)."""
-    from tsode.models.predictive import forecast_quantiles, mixture_quantiles
+    from tsode.models.predictive import mixture_quantiles
 
     torch.manual_seed(0)
     model = LatentODE(num_channels=3, latent_dim=2, rec_dim=3, num_predict_samples=32)
@@ -235,14 +236,15 @@ def test_latent_ode_intervals_come_from_the_mixture_not_sample_quantiles(forecas
     with torch.no_grad():
         out = model.forecast(forecast_batch, forecast_batch.target.times)
     levels = torch.tensor(model.quantile_levels)
-    expected = mixture_quantiles(out["mixture_means"], out["mixture_stds"], levels)
-    torch.testing.assert_close(out["quantiles"], expected)
-    torch.testing.assert_close(forecast_quantiles(out, model.quantile_levels), expected)
+    expected = mixture_quantiles(out.mixture_means, out.mixture_stds, levels)
+    torch.testing.assert_close(out.quantiles(), expected)
+    torch.testing.assert_close(out.quantiles(model.quantile_levels), expected)
 
 
 def test_mixture_coverage_from_the_cdf_equals_coverage_from_exact_quantiles():
     """ProbabilisticMetrics scores a mixture forecast by its CDF at the targets; that is the
     same count as checking the targets against the mixture's exact central intervals."""
+    from tsode.models.forecast import Forecast
     from tsode.models.predictive import ProbabilisticMetrics, mixture_quantiles
 
     torch.manual_seed(0)
@@ -251,8 +253,8 @@ def test_mixture_coverage_from_the_cdf_equals_coverage_from_exact_quantiles():
     target = torch.randn(2, 50, 3, dtype=torch.float64) * 1.3
     mask = torch.rand(2, 50, 3) < 0.7
     metric = ProbabilisticMetrics()
-    metric.update({"mean": means.mean(0), "mixture_means": means, "mixture_stds": stds,
-                   "samples": means}, target, mask)
+    metric.update(Forecast(mean=means.mean(0), mixture_means=means, mixture_stds=stds,
+                           samples=means), target, mask)
     got = metric.compute()
     for p in (0.8, 0.9):
         q = mixture_quantiles(means, stds, torch.tensor([0.5 - p / 2, 0.5 + p / 2], dtype=torch.float64))

@@ -34,7 +34,7 @@ def loss_and_pred(model: NeuralCDE, batch: IrregularBatch) -> tuple[torch.Tensor
     model.eval()
     with torch.no_grad():
         loss = model.compute_loss(batch).loss
-        pred = model.forecast(batch, batch.target.times)["mean"]
+        pred = model.forecast(batch, batch.target.times).mean
     return loss, pred
 
 
@@ -69,9 +69,9 @@ def test_forecast_shapes_and_times_inside_and_after(interpolation: str, forecast
     with torch.no_grad():
         out = model.forecast(forecast_batch, times)
         target = model.predict_step(forecast_batch, 0)
-    assert out["mean"].shape == (4, 4, 3)
-    assert torch.isfinite(out["mean"]).all()
-    assert target["mean"].shape == forecast_batch.target.values.shape
+    assert out.mean.shape == (4, 4, 3)
+    assert torch.isfinite(out.mean).all()
+    assert target["forecast"].mean.shape == forecast_batch.target.values.shape
     assert target["series_ids"] == forecast_batch.series_ids
 
 
@@ -173,18 +173,18 @@ def test_predictions_inside_context_are_causal(interpolation: str) -> None:
         batch, context=replace(ctx, values=torch.where(later, ctx.values + 3.0, ctx.values))
     )
     with torch.no_grad():
-        base = model.forecast(batch, query)["mean"]
-        after = model.forecast(changed, query)["mean"]
-        future = model.forecast(batch, torch.tensor([[3.5]] * 2))["mean"]
-        future_changed = model.forecast(changed, torch.tensor([[3.5]] * 2))["mean"]
+        base = model.forecast(batch, query).mean
+        after = model.forecast(changed, query).mean
+        future = model.forecast(batch, torch.tensor([[3.5]] * 2)).mean
+        future_changed = model.forecast(changed, torch.tensor([[3.5]] * 2)).mean
     torch.testing.assert_close(after, base, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(future_changed, future, atol=1e-4)
     # The natural cubic spline looks ahead, so the same change is visible before t = 1.0.
     natural = build(num_channels=2, interpolation="natural")
     natural.eval()
     with torch.no_grad():
-        a = natural.forecast(batch, query)["mean"]
-        b = natural.forecast(changed, query)["mean"]
+        a = natural.forecast(batch, query).mean
+        b = natural.forecast(changed, query).mean
     assert not torch.allclose(a, b, atol=1e-4)
 
 
@@ -207,7 +207,7 @@ def test_state_is_continuous_at_the_end_of_the_context(forecast_batch) -> None:
     eps = 1e-6
     query = torch.cat([end - eps, end, end + eps], dim=1)
     with torch.no_grad():
-        out = model.forecast(batch, query)["mean"]
+        out = model.forecast(batch, query).mean
     torch.testing.assert_close(out[:, 0], out[:, 1], rtol=0, atol=1e-4)
     torch.testing.assert_close(out[:, 2], out[:, 1], rtol=0, atol=1e-4)
 
@@ -222,7 +222,7 @@ def test_in_context_queries_match_the_encoder_states(forecast_batch) -> None:
         states = model.encode(path, path.grid_points)
         baseline, _ = model.persistence(ctx, ctx.times, states)
         expected = model.readout(states) + baseline
-        got = model.forecast(forecast_batch, ctx.times)["mean"]
+        got = model.forecast(forecast_batch, ctx.times).mean
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -21,7 +21,7 @@ def held_out_mse(model: IrregularModel, loader) -> float:
     count = 0
     with torch.no_grad():
         for batch in loader:
-            pred = model.forecast(batch, batch.target.times)["mean"]
+            pred = model.forecast(batch, batch.target.times).mean
             mask = batch.target.mask & batch.target.time_mask.unsqueeze(-1)
             diff = torch.where(mask, pred - batch.target.values, torch.zeros_like(pred))
             err += float(diff.square().sum())

@@ -92,12 +92,12 @@ def test_forecast_inside_context_does_not_see_the_value_it_predicts():
     model.eval()
     times = torch.tensor([[1.0, 2.0, 2.5]])
     with torch.no_grad():
-        pred = model.forecast(batch, times)["mean"]
+        pred = model.forecast(batch, times).mean
         ctx = batch.context
         values = ctx.values.clone()
         values[0, 2] += 5.0 * ctx.mask[0, 2]  # change the observation at t = 2.0
         changed = replace(batch, context=replace(ctx, values=values))
-        pred2 = model.forecast(changed, times)["mean"]
+        pred2 = model.forecast(changed, times).mean
     torch.testing.assert_close(pred2[:, :2], pred[:, :2])  # t=1.0, 2.0 only see earlier points
     assert not torch.allclose(pred2[:, 2], pred[:, 2])  # t=2.5 sees it
 
@@ -124,8 +124,8 @@ def test_queries_at_context_times_use_the_state_before_that_update(forecast_batc
                 expected[b, j] = h[0]
     torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
     # and the forecast decodes exactly those states
-    torch.testing.assert_close(model.forecast(forecast_batch, ctx.times)["mean"],
-                               model.readout(ctx, ctx.times, fast)["mean"])
+    torch.testing.assert_close(model.forecast(forecast_batch, ctx.times).mean,
+                               model.readout(ctx, ctx.times, fast).mean)
 
 
 def test_rows_that_do_not_move_are_not_solved_and_cost_no_adjoint_steps():

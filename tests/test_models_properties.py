@@ -56,7 +56,7 @@ def loss_and_pred(model, batch: IrregularBatch):
     model.eval()
     with torch.no_grad():
         result = model.compute_loss(batch)
-        pred = model.forecast(batch, batch.target.times)["mean"]
+        pred = model.forecast(batch, batch.target.times).mean
     return result.loss, pred
 
 
@@ -137,13 +137,13 @@ def test_forecast_shapes_and_arbitrary_times(name, forecast_batch):
     times = torch.tensor([[0.3, 1.0, 2.2, 4.0]] * 3 + [[0.1, 0.2, 3.0, 5.0]])
     with torch.no_grad():
         out = model.forecast(forecast_batch, times)
-    assert out["mean"].shape == (4, 4, 3)
-    assert torch.isfinite(out["mean"]).all()
+    assert out.mean.shape == (4, 4, 3)
+    assert torch.isfinite(out.mean).all()
     if name == "latent_ode":
-        assert out["samples"].shape == (4, 4, 4, 3)
-        q = out["quantiles"]
+        assert out.samples.shape == (4, 4, 4, 3)
+        q = out.quantiles()  # the model's quantile_levels
         assert q.shape == (3, 4, 4, 3) and (q[0] <= q[1]).all() and (q[1] <= q[2]).all()
-        assert (out["intensity"] > 0).all()
+        assert (out.extras["intensity"] > 0).all()
 
 
 @pytest.mark.parametrize("name", ["odernn", "latent_ode", "gru_dt", "locf"])
@@ -179,7 +179,7 @@ def test_latent_ode_anchored_at_the_last_time_solves_both_ways(forecast_batch):
             torch.testing.assert_close(z[:, :, j], ref[:, :, 0], rtol=1e-5, atol=1e-6)
         # a forecast may ask for any time, also inside the context
         out = model.forecast(forecast_batch, ctx.times)
-    assert torch.isfinite(out["mean"]).all()
+    assert torch.isfinite(out.mean).all()
 
 
 @pytest.mark.parametrize("name", ODE_MODELS)
@@ -201,10 +201,10 @@ def test_predict_step_contract(forecast_batch):
     model.eval()
     with torch.no_grad():
         out = model.predict_step(forecast_batch, 0)
-    assert out["mean"].shape == (4, 3, 3)
+    assert out["forecast"].mean.shape == (4, 3, 3)
     assert out["series_ids"] == forecast_batch.series_ids
     torch.testing.assert_close(
-        out["mean_original"], out["mean"] * torch.tensor([2.0, 1.0, 0.5]) + torch.tensor([1.0, 2.0, 3.0])
+        out["mean_original"], out["forecast"].mean * torch.tensor([2.0, 1.0, 0.5]) + torch.tensor([1.0, 2.0, 3.0])
     )
 
 

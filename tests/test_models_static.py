@@ -50,8 +50,8 @@ def test_static_covariates_change_the_forecast_and_get_gradients(name, forecast_
     batch = with_static(forecast_batch, static)
     times = batch.target.times
     with torch.no_grad():
-        base = model.forecast(batch, times)["mean"]
-        moved = model.forecast(with_static(batch, static + 1.0), times)["mean"]
+        base = model.forecast(batch, times).mean
+        moved = model.forecast(with_static(batch, static + 1.0), times).mean
     valid = batch.target.time_mask
     assert (moved - base).abs()[valid].max() > 1e-5
     model.train()
@@ -68,8 +68,8 @@ def test_a_model_without_static_inputs_ignores_them(name, forecast_batch):
     static = torch.randn(forecast_batch.batch_size, 2)
     times = forecast_batch.target.times
     with torch.no_grad():
-        plain = model.forecast(forecast_batch, times)["mean"]
-        given = model.forecast(with_static(forecast_batch, static), times)["mean"]
+        plain = model.forecast(forecast_batch, times).mean
+        given = model.forecast(with_static(forecast_batch, static), times).mean
     torch.testing.assert_close(given, plain)
 
 

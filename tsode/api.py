@@ -69,7 +69,7 @@ from tsode.errors import (
     finite_number,
 )
 from tsode.forecasts import model_forecast, quantile_name, split_forecast_frames
-from tsode.models.predictive import is_probabilistic, predictive_scores
+from tsode.models.forecast import Forecast
 from tsode.progress import (
     EpochLogger,
     has_trainable_parameters,
@@ -476,8 +476,9 @@ class Forecaster:
             ``max_epochs=100``, progress bar, model summary, early stopping on ``val/mse``).
         patience: early-stopping patience in epochs (None disables early stopping).
         tracking: log the fit as an MLflow run (see ``docs/tracking.md``).
-        experiment_name / tracking_uri: MLflow experiment and store (default: the
-            ``MLFLOW_TRACKING_URI`` environment variable, else ``sqlite:///mlflow.db``).
+        experiment_name: MLflow experiment.
+        tracking_uri: MLflow store (default: the ``MLFLOW_TRACKING_URI`` environment variable,
+            else ``sqlite:///mlflow.db``).
         work_dir: local directory for checkpoints.
         seed: seeds weights and data splits.
         verbose: print a short summary after fitting.
@@ -1285,15 +1286,15 @@ class Forecaster:
         for start in range(0, len(dataset), batch_size):
             batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
             out = self._forecast_output(batch, "evaluate", start // batch_size)
-            mean = out["mean"]
+            mean = out.mean
             diff = (mean.to(torch.float64) - batch.target.values.to(torch.float64)) * std
             mask = batch.target.mask
             diff = torch.where(mask, diff, torch.zeros_like(diff))
             sq += diff.square().sum(dim=(0, 1))
             ab += diff.abs().sum(dim=(0, 1))
             count += mask.sum(dim=(0, 1)).to(torch.float64)
-            if is_probabilistic(out):
-                for name, score in predictive_scores(out, batch.target.values, mask).items():
+            if out.is_probabilistic:
+                for name, score in out.scores(batch.target.values, mask).items():
                     if name == "crps":
                         score = score * std  # original units
                     total_c = torch.where(mask, score, torch.zeros_like(score)).sum(dim=(0, 1))
@@ -1323,9 +1324,9 @@ class Forecaster:
         frame.index.name = "channel"
         return frame
 
-    def _forecast_output(self, batch: IrregularBatch, stage: str, batch_idx: int) -> dict[str, Tensor]:
-        """The model's full forecast dict at the batch's target times (mean and any predictive
-        distribution), with an ODE solver failure re-raised naming the series ids."""
+    def _forecast_output(self, batch: IrregularBatch, stage: str, batch_idx: int) -> Forecast:
+        """The model's full :class:`Forecast` at the batch's target times (mean and any
+        predictive distribution), with an ODE solver failure re-raised naming the series ids."""
         try:
             with torch.no_grad():
                 return self.model.forecast(batch, batch.target.times)
@@ -1357,12 +1358,24 @@ class Forecaster:
 
         fitted = self._fitted()
         if forecast is None:
-            try:
-                forecast = self.predict(data, horizon=fitted.default_horizon, quantiles=(0.05, 0.95))
-            except ValueError:
-                forecast = self.predict(data, horizon=fitted.default_horizon)
+            band = (0.05, 0.95)
+            quantiles = band if self._gives_quantiles(data, band) else ()  # else the mean only
+            forecast = self.predict(data, horizon=fitted.default_horizon, quantiles=quantiles)
         observed = fitted.table(data).to_long_frame()
         return plot_forecast(observed, forecast, **kwargs)
+
+    def _gives_quantiles(self, data: Any, levels: Sequence[float]) -> bool:
+        """Whether the model's forecasts have quantiles at ``levels`` (a probabilistic model):
+        read from its :class:`Forecast` for the first series of ``data`` at its last
+        observation (False when no series has observations)."""
+        fitted = self._fitted()
+        dataset = fitted.dataset(fitted.table(data), TaskConfig(kind="none"))
+        if len(dataset) == 0:
+            return False
+        batch = dataset.collate([0])
+        last = batch.context.times.gather(1, (batch.context.lengths - 1).clamp_min(0).unsqueeze(1))
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the random state alone
+            return self.model.forecast(batch, last).has_quantiles(levels)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -4,15 +4,19 @@ Below both :mod:`tsode.tracking` (forecast plots of a finished fit) and :mod:`ts
 (``Forecaster.predict`` / ``forecast_split``), so neither imports the other for them:
 
 - :func:`model_forecast` — the model's mean ``(B, M, C)`` and requested quantiles
-  (normalized units) at query times;
+  (normalized units) at query times, the quantiles from its
+  :class:`~tsode.models.forecast.Forecast` by :func:`named_quantiles`;
+- :func:`quantile_name` / :func:`quantile_level` — the one naming rule of quantile columns
+  (``q0.05``), for the API (and so serving), the prediction writer and the plots;
 - :func:`split_forecast_frames` — observed points and a dense forecast for a few series of a
   data module split, the input of :func:`tsode.plotting.plot_forecast`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -23,10 +27,44 @@ from tsode.data.frames import values_to_frame
 from tsode.data.normalize import Normalizer
 from tsode.data.timeaxis import TimeAxis
 
+if TYPE_CHECKING:
+    from tsode.models.forecast import Forecast
+
+
+_QUANTILE_COLUMN = re.compile(r"^q(\d+(?:\.\d*)?(?:e[-+]?\d+)?)$")
+
 
 def quantile_name(level: float) -> str:
-    """Column name of a forecast quantile: ``q0.05``."""
+    """Column name of a forecast quantile: ``q0.05`` (the one spelling, see :func:`quantile_level`)."""
     return f"q{level:g}"
+
+
+def quantile_level(column: Any) -> float | None:
+    """The level in [0, 1] of a quantile column (``q0.05`` -> 0.05, as :func:`quantile_name`
+    writes it); None for any other column name."""
+    match = _QUANTILE_COLUMN.match(str(column))
+    if match is None:
+        return None
+    level = float(match.group(1))
+    return level if 0.0 <= level <= 1.0 else None
+
+
+def named_quantiles(forecast: Forecast, levels: Sequence[float], model: str = "the model") -> dict[str, Tensor]:
+    """Quantiles ``(B, M, C)`` of ``forecast`` at ``levels`` (normalized units), named by
+    :func:`quantile_name`; empty without levels. A deterministic forecast asked for quantiles
+    raises ``ValueError`` naming ``model``."""
+    if not levels:
+        return {}
+    if not forecast.is_probabilistic:
+        raise ValueError(
+            f"{model} is deterministic (its forecast has no samples, quantiles or std): "
+            "call predict without quantiles"
+        )
+    try:
+        qs = forecast.quantiles(levels)
+    except ValueError as err:  # fixed quantiles at other levels
+        raise ValueError(f"{model}: {err}") from None
+    return {quantile_name(level): q for level, q in zip(levels, qs)}
 
 
 def model_forecast(
@@ -36,24 +74,7 @@ def model_forecast(
     :func:`quantile_name`). A deterministic model asked for quantiles raises ``ValueError``."""
     with torch.no_grad():
         out = module.forecast(batch, times)
-    mean = out["mean"]
-    extra: dict[str, Tensor] = {}
-    if not quantiles:
-        return mean, extra
-    from tsode.models.predictive import forecast_quantiles, is_probabilistic
-
-    if not is_probabilistic(out):
-        raise ValueError(
-            f"{type(module).__name__} is deterministic (its forecast has no samples, quantiles "
-            "or std): call predict without quantiles"
-        )
-    try:
-        qs = forecast_quantiles(out, quantiles)
-    except ValueError as err:
-        raise ValueError(f"{type(module).__name__}: {err}") from None
-    for level, q in zip(quantiles, qs):
-        extra[quantile_name(level)] = q
-    return mean, extra
+    return out.mean, named_quantiles(out, quantiles, type(module).__name__)
 
 
 def split_forecast_frames(
@@ -88,10 +109,11 @@ def split_forecast_frames(
         start = ctx.times[:, :1]  # interpolation: over the whole series
     steps = torch.linspace(0.0, 1.0, grid_points).unsqueeze(0)
     grid = start + (end - start) * steps
-    try:
-        mean, extra = model_forecast(module, batch, grid, (0.05, 0.95))
-    except ValueError:  # deterministic model: mean only
-        mean, extra = model_forecast(module, batch, grid, ())
+    with torch.no_grad():
+        out = module.forecast(batch, grid)
+    band = (0.05, 0.95)  # deterministic model: mean only
+    mean = out.mean
+    extra = named_quantiles(out, band, type(module).__name__) if out.has_quantiles(band) else {}
     forecast = values_to_frame(
         batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool), batch.channels,
         time_offset=batch.time_offset, normalizer=normalizer, time_axis=time_axis,

@@ -12,7 +12,6 @@ headless machines and inside training callbacks.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,16 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-_QUANTILE_COLUMN = re.compile(r"^q(0(?:\.\d+)?|1(?:\.0+)?)$")
+from tsode.forecasts import quantile_level  # noqa: E402
 
 
 def quantile_columns(forecast: pd.DataFrame) -> dict[float, str]:
-    """Map quantile level -> column name for every ``q<level>`` column of a forecast table."""
+    """Map quantile level -> column name for every ``q<level>`` column of a forecast table
+    (named as :func:`tsode.forecasts.quantile_name` writes them)."""
     levels: dict[float, str] = {}
     for column in forecast.columns:
-        match = _QUANTILE_COLUMN.match(str(column))
-        if match:
-            levels[float(match.group(1))] = str(column)
+        level = quantile_level(column)
+        if level is not None:
+            levels[level] = str(column)
     return dict(sorted(levels.items()))
 
 

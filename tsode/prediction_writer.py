@@ -22,15 +22,18 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from tsode.data import IrregularBatch, values_to_frame
 from tsode.data.atomic import atomic_path
-from tsode.models.predictive import forecast_quantiles, is_probabilistic
+from tsode.forecasts import named_quantiles
 
 
 class ForecastWriter(BasePredictionWriter):
-    """Collect ``predict_step`` outputs and write them to ``output`` at the end of prediction.
+    """Collect ``predict_step`` outputs (a dict holding the model's
+    :class:`~tsode.models.forecast.Forecast` under ``"forecast"``) and write them to ``output``
+    at the end of prediction.
 
     Args:
         output: ``.csv`` or ``.parquet`` path; None writes nothing.
-        quantiles: levels to add as ``q<level>`` columns, from the model's predictive distribution
+        quantiles: levels to add as quantile columns (named by
+            :func:`tsode.forecasts.quantile_name`: ``q0.1``), from the model's predictive distribution
             (samples, a Gaussian std or quantiles; deterministic models: omitted).
         cutoff: forecast from this many hours after each series' origin instead of the
             recipe's task cutoff: only observations up to it are context (boundary: the data
@@ -86,7 +89,8 @@ class ForecastWriter(BasePredictionWriter):
     ) -> None:
         if self.output is None or not trainer.is_global_zero:
             return
-        if isinstance(prediction, dict) and "mean" not in prediction and "probabilities" in prediction:
+        forecast = prediction.get("forecast")
+        if forecast is None and "probabilities" in prediction:
             self.frames.append(_probability_frame(prediction, batch))
             return
         datamodule = trainer.datamodule
@@ -94,14 +98,15 @@ class ForecastWriter(BasePredictionWriter):
         time_axis = getattr(datamodule, "time_axis", None)
         target = batch.target
         observed = torch.where(target.mask, target.values, torch.full_like(target.values, float("nan")))
-        extra = {"observed": observed.cpu()}
-        if self.quantiles and isinstance(prediction, dict) and is_probabilistic(prediction):
-            for level, q in zip(self.quantiles, forecast_quantiles(prediction, self.quantiles)):
-                extra[f"q{level:g}"] = q.cpu()
+        # quantile columns from a probabilistic forecast (deterministic models: omitted)
+        levels = self.quantiles if forecast.is_probabilistic else []
+        named = named_quantiles(forecast, levels, type(pl_module).__name__)
+        quantiles = {name: q.cpu() for name, q in named.items()}
+        extra = {"observed": observed.cpu(), **quantiles}
         frame = values_to_frame(
             batch.series_ids,
             prediction["times"].cpu(),
-            prediction["mean"].cpu(),
+            forecast.mean.cpu(),
             prediction["mask"].cpu(),
             batch.channels,
             time_offset=None if batch.time_offset is None else batch.time_offset.cpu(),
@@ -113,7 +118,7 @@ class ForecastWriter(BasePredictionWriter):
             observed_columns=("observed",),
         ).rename(columns={"value": "mean"})
         columns = ["series_id", "time", "channel", "mean"]
-        columns += [c for c in frame.columns if c.startswith("q")] + ["observed"]
+        columns += [*quantiles, "observed"]
         self.frames.append(frame[columns])
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

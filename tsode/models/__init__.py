@@ -2,7 +2,8 @@
 
 ``MODELS`` maps the short names used by recipes and the CLI to model classes:
 ``"odernn"``, ``"latent_ode"``, ``"ncde"``, ``"locf"``, ``"mean"``, ``"gru_dt"``.
-Every model subclasses :class:`tsode.models.base.IrregularModel`.
+Every model subclasses :class:`tsode.models.base.IrregularModel`; its ``forecast`` returns a
+:class:`tsode.models.forecast.Forecast`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from lightning import LightningModule
 
 from tsode.models.base import IrregularModel, StepResult
 from tsode.models.baselines import LOCF, ChannelMean, GRUDelta
+from tsode.models.forecast import Forecast
 from tsode.models.latent_ode import LatentODE
 from tsode.models.ncde import NeuralCDE
 from tsode.models.odernn import ODERNN
@@ -62,6 +64,7 @@ def allowed_model_class(path: str) -> type[LightningModule] | None:
 
 __all__ = [
     "MODELS",
+    "Forecast",
     "IrregularModel",
     "StepResult",
     "allowed_model_class",

@@ -2,16 +2,17 @@
 
 What a subclass must implement
 ------------------------------
-``forecast(batch, times) -> dict[str, Tensor]``
+``forecast(batch, times) -> Forecast``
     Predict at arbitrary per-series times ``times (B, M)`` (hours, same time axis as
-    ``batch.context.times``), conditioning on ``batch.context`` only. Must return ``"mean"``
-    ``(B, M, C)`` in normalized units; probabilistic models add ``"samples"`` ``(K, B, M, C)``
-    and may add ``"quantiles"`` ``(Q, B, M, C)`` with ``"quantile_levels"`` ``(Q,)``.
+    ``batch.context.times``), conditioning on ``batch.context`` only. Returns a
+    :class:`tsode.models.forecast.Forecast`: its ``mean`` ``(B, M, C)`` in normalized units;
+    probabilistic models add their predictive distribution (``std`` ``(B, M, C)``, ``samples``
+    ``(K, B, M, C)``, a Gaussian mixture or fixed quantiles).
 
 What a subclass may override
 ----------------------------
 ``compute_loss(batch) -> StepResult``
-    Default: masked MSE between ``forecast(batch, batch.target.times)["mean"]`` and the observed
+    Default: masked MSE between ``forecast(batch, batch.target.times).mean`` and the observed
     target entries. Probabilistic models (latent ODE) return their own loss (negative ELBO), the
     target-time prediction used for metrics, and extra scalars to log (``logs``).
 
@@ -58,12 +59,8 @@ from torchmetrics import Metric
 
 from tsode.data.batch import IrregularBatch
 from tsode.models.blocks import ClassifierHead, NFECounter
-from tsode.models.predictive import (
-    GaussianHead,
-    ProbabilisticMetrics,
-    gaussian_nll,
-    is_probabilistic,
-)
+from tsode.models.forecast import Forecast
+from tsode.models.predictive import GaussianHead, ProbabilisticMetrics, gaussian_nll
 
 _STAGES = ("train", "val", "test")
 
@@ -76,15 +73,15 @@ class StepResult:
     prediction: ``(B, Lt, C)`` predicted mean at ``batch.target.times`` (normalized units), used
         for the MSE / MAE metrics; None to skip metrics.
     logs: extra scalar tensors to log as ``{stage}/{name}``.
-    predictive: the forecast dict at ``batch.target.times`` when it carries a predictive
-        distribution (``std`` or ``samples``, see :mod:`tsode.models.predictive`): scored by
-        interval coverage and CRPS in validation and test.
+    predictive: the :class:`~tsode.models.forecast.Forecast` at ``batch.target.times`` when it
+        carries a predictive distribution (``is_probabilistic``): scored by interval coverage
+        and CRPS in validation and test.
     """
 
     loss: Tensor | None
     prediction: Tensor | None
     logs: dict[str, Tensor] = field(default_factory=dict)
-    predictive: dict[str, Tensor] | None = None
+    predictive: Forecast | None = None
     classification: tuple[Tensor, Tensor] | None = None  # (logits (N, K), labels (N,)), known labels
 
 
@@ -307,8 +304,9 @@ class IrregularModel(L.LightningModule):
         self.last_nfe_backward = 0
 
     # ------------------------------------------------------------------ subclass interface
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
-        """Predict at ``times (B, M)`` given ``batch.context``; returns at least ``"mean" (B, M, C)``."""
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
+        """Predict at ``times (B, M)`` given ``batch.context``: a :class:`Forecast` with at least
+        its ``mean (B, M, C)`` (normalized units)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forecast(batch, times)")
 
     def compute_loss(self, batch: IrregularBatch) -> StepResult:
@@ -317,14 +315,14 @@ class IrregularModel(L.LightningModule):
         mean (the std learns the size of the errors; the mean is trained by the MSE alone)."""
         target = batch.target
         out = self.forecast(batch, target.times)
-        pred = out["mean"]
+        pred = out.mean
         loss = masked_mse(pred, target.values, target.mask, self.loss_weighting, self.loss_scale)
         logs: dict[str, Tensor] = {}
-        if "std" in out:
-            nll = gaussian_nll(pred, out["std"], target.values, target.mask)
+        if out.std is not None:
+            nll = gaussian_nll(pred, out.std, target.values, target.mask)
             logs["std_nll"] = nll
             loss = loss + nll
-        return StepResult(loss, pred, logs, out if is_probabilistic(out) else None)
+        return StepResult(loss, pred, logs, out if out.is_probabilistic else None)
 
     # ------------------------------------------------------------------ classification
     def init_classifier(self, num_classes: int, summary_dim: int) -> None:
@@ -488,23 +486,24 @@ class IrregularModel(L.LightningModule):
             metric.reset()
 
     def predict_step(self, batch: IrregularBatch, batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
-        """Forecast at ``batch.target.times``: the ``forecast`` dict plus ``"times"``, ``"mask"``
-        (target time mask, (B, Lt)), ``"series_ids"`` and, when ``channel_means``/``channel_stds``
-        are known, ``"mean_original"`` (B, Lt, C) in original units. A classifier adds
-        ``"probabilities"`` (B, K); without a target part it returns only those and
-        ``"series_ids"``."""
+        """Forecast at ``batch.target.times``: a dict of ``"forecast"`` (the :class:`Forecast`),
+        ``"times"``, ``"mask"`` (target time mask, (B, Lt)), ``"series_ids"`` and, when
+        ``channel_means``/``channel_stds`` are known, ``"mean_original"`` (B, Lt, C) in original
+        units. A classifier adds ``"probabilities"`` (B, K); without a target part it returns
+        only those and ``"series_ids"``."""
         if self.classifier is not None and not has_target(batch):
             return {"probabilities": self.predict_proba(batch), "series_ids": list(batch.series_ids)}
-        out = dict(self.forecast(batch, batch.target.times))
+        forecast = self.forecast(batch, batch.target.times)
+        out: dict = {"forecast": forecast}
         if self.classifier is not None:
             out["probabilities"] = self.predict_proba(batch)
         out["times"] = batch.target.times
         out["mask"] = batch.target.time_mask
         out["series_ids"] = list(batch.series_ids)
         if self.channel_means is not None and self.channel_stds is not None:
-            mean = torch.as_tensor(self.channel_means, dtype=out["mean"].dtype, device=self.device)
-            std = torch.as_tensor(self.channel_stds, dtype=out["mean"].dtype, device=self.device)
-            out["mean_original"] = out["mean"] * std + mean
+            mean = torch.as_tensor(self.channel_means, dtype=forecast.mean.dtype, device=self.device)
+            std = torch.as_tensor(self.channel_stds, dtype=forecast.mean.dtype, device=self.device)
+            out["mean_original"] = forecast.mean * std + mean
         return out
 
     # ------------------------------------------------------------------ optimization

@@ -28,6 +28,7 @@ from tsode.models.blocks import (
     last_before,
     static_encoder,
 )
+from tsode.models.forecast import Forecast
 
 
 class _ParameterFree(IrregularModel):
@@ -72,15 +73,15 @@ class LOCF(_ParameterFree):
         super().__init__(num_channels, channel_means, channel_stds)
         self.save_hyperparameters()
 
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
         if ctx.times.shape[1] == 0:
-            return {"mean": times.new_zeros(*times.shape, self.num_channels)}
+            return Forecast(mean=times.new_zeros(*times.shape, self.num_channels))
         filled, _ = last_observed(ctx)
         idx = last_before(ctx.times, ctx.lengths, times, strict=True)
         pred = gather_times(filled, idx.clamp_min(0))
-        return {"mean": torch.where((idx >= 0).unsqueeze(-1), pred, torch.zeros_like(pred))}
+        return Forecast(mean=torch.where((idx >= 0).unsqueeze(-1), pred, torch.zeros_like(pred)))
 
 
 class ChannelMean(_ParameterFree):
@@ -113,10 +114,10 @@ class ChannelMean(_ParameterFree):
             self.value_count > 0, self.value_sum / self.value_count.clamp_min(1), torch.zeros_like(self.value_sum)
         )
 
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         check_query_times(times, batch.batch_size)
         mean = self.channel_mean.to(times.dtype)
-        return {"mean": mean.expand(*times.shape, self.num_channels).clone()}
+        return Forecast(mean=mean.expand(*times.shape, self.num_channels).clone())
 
 
 class GRUDelta(IrregularModel):
@@ -204,7 +205,7 @@ class GRUDelta(IrregularModel):
             states.append(h)
         return torch.stack(states, dim=1) if states else times.new_zeros(bsz, 0, self.hidden_dim)
 
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
         h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.hidden_dim, times)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tsode.data.batch import SeriesPart
+from tsode.models.forecast import Forecast
 
 if TYPE_CHECKING:  # the solver layer is only needed when a solve actually happens
     from tsode.solvers import SolverConfig
@@ -492,19 +493,19 @@ def forecast_readout(
     times: Tensor,
     persistence: Persistence | ChannelReadout | None,
     std_head: nn.Module | None,
-) -> dict[str, Tensor]:
-    """The forecast dict from a decoder's output ``decoded (B, M, C)`` and its input
-    ``features (B, M, F)`` at ``times (B, M)``: ``mean`` (plus the persistence term) and, with a
-    std head, ``std`` (from the features and each channel's ``seen`` flag and ``log1p(age)``)."""
+) -> Forecast:
+    """The :class:`~tsode.models.forecast.Forecast` from a decoder's output ``decoded (B, M,
+    C)`` and its input ``features (B, M, F)`` at ``times (B, M)``: ``mean`` (plus the
+    persistence term) and, with a std head, ``std`` (from the features and each channel's
+    ``seen`` flag and ``log1p(age)``); normalized units."""
     mean = decoded
     if persistence is not None:
         baseline, carried = persistence(context, times, features)
         mean = mean + baseline
         features = torch.cat([features, carried], dim=-1)
-    out = {"mean": mean}
-    if std_head is not None:  # detached: the std's NLL never reshapes the model's states
-        out["std"] = std_head(features.detach())
-    return out
+    # detached: the std's NLL never reshapes the model's states
+    std = None if std_head is None else std_head(features.detach())
+    return Forecast(mean=mean, std=std)
 
 
 class ClassifierHead(nn.Module):

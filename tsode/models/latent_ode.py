@@ -35,8 +35,8 @@ from tsode.models.blocks import (
     solve_from,
     static_encoder,
 )
+from tsode.models.forecast import Forecast
 from tsode.models.odernn import ODERNNEncoder, default_solver
-from tsode.models.predictive import mixture_quantiles
 from tsode.solvers import SolverConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -127,7 +127,8 @@ class LatentODE(IrregularModel):
         decoder_hidden_dim / decoder_layers: decoder MLP ``z -> C`` (0 layers = linear).
         num_samples: K posterior samples of ``z0`` per series during training.
         num_predict_samples: samples drawn by ``forecast`` for the predictive mean / quantiles.
-        quantile_levels: quantiles reported by ``forecast``.
+        quantile_levels: the levels of ``forecast(...).quantiles()`` (its default; exact quantiles
+            of the predictive mixture).
         obs_std: observation noise std (normalized units), initial value when learned.
         learn_obs_std: learn one noise std per channel.
         kl_warmup_steps: linear KL annealing from 0 to 1 over this many training steps (0: off).
@@ -516,8 +517,8 @@ class LatentODE(IrregularModel):
         if self.classifier is not None and not has_target(batch):  # task="classification"
             prediction = None
         elif not self.training:  # evaluation: score the predictive distribution users get
-            predictive = self.predictive(batch, batch.target.times, with_quantiles=False)
-            prediction = predictive["mean"]
+            predictive = self.forecast(batch, batch.target.times)
+            prediction = predictive.mean
         logs.update(
             elbo=(loglik.mean(0) - kl).mean(),
             recon_loglik=terms["recon"].mean(0).sum() / n_obs,
@@ -547,39 +548,30 @@ class LatentODE(IrregularModel):
             out["intensity"] = F.softplus(self.intensity_net(z))
         return out
 
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
-        """Predictive mean, samples and quantiles at ``times (B, M)`` (``>=`` first context time).
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
+        """Predictive distribution at ``times (B, M)`` (``>=`` first context time), normalized units.
 
-        Returns ``mean (B, M, C)`` (mean of the sampled trajectories' decoded means),
-        ``samples (K, B, M, C)`` (draws from the predictive distribution: each trajectory's
-        decoded mean plus Gaussian noise -- from the std head, or ``obs_std`` without one -- so
-        quantiles are predictive intervals for new observations), ``trajectory_means (K, B, M,
-        C)`` (without the noise), the same distribution as a Gaussian mixture
-        (``mixture_means``, ``mixture_stds`` ``(K, B, M, C)``), ``quantiles (Q, B, M, C)`` (exact
-        quantiles of that mixture), ``quantile_levels (Q,)``,
-        ``obs_std (C,)`` and, with ``poisson``, ``intensity (B, M, C)`` (mean over samples).
+        A :class:`~tsode.models.forecast.Forecast` with ``mean (B, M, C)`` (mean of the sampled
+        trajectories' decoded means), ``samples (K, B, M, C)`` (draws from the predictive
+        distribution: each trajectory's decoded mean plus Gaussian noise -- from the std head,
+        or ``obs_std`` without one -- so quantiles are predictive intervals for new
+        observations), the same distribution as a Gaussian mixture (``mixture_means`` ``(K, B,
+        M, C)``: the trajectories' decoded means, without the noise; ``mixture_stds``: the
+        noise std), ``quantile_levels`` (this model's, the default of ``quantiles()``: exact
+        quantiles of the mixture) and ``extras``: ``obs_std (C,)`` and, with ``poisson``,
+        ``intensity (B, M, C)`` (mean over samples).
         """
-        return self.predictive(batch, times, with_quantiles=True)
-
-    def predictive(self, batch: IrregularBatch, times: Tensor, with_quantiles: bool) -> dict[str, Tensor]:
-        """:meth:`forecast`; ``with_quantiles=False`` leaves out ``quantiles`` (validation and
-        test score coverage from the mixture's CDF at the targets, which needs no quantiles)."""
         out = self.sample_trajectories(batch, times)
         means = out["samples"]
-        obs_std = self.log_obs_std.detach().exp()
         samples = means + out["noise_std"] * self.sample_eps(means.shape, means)
-        levels = torch.tensor(self.quantile_levels, dtype=samples.dtype, device=samples.device)
-        result = {
-            "mean": means.mean(0),
-            "samples": samples,
-            "trajectory_means": means,
-            "mixture_means": means,
-            "mixture_stds": out["noise_std"],
-            "quantile_levels": levels,
-            "obs_std": obs_std,
-        }
-        if with_quantiles:
-            result["quantiles"] = mixture_quantiles(means, out["noise_std"], levels)
+        extras = {"obs_std": self.log_obs_std.detach().exp()}
         if "intensity" in out:
-            result["intensity"] = out["intensity"].mean(0)
-        return result
+            extras["intensity"] = out["intensity"].mean(0)
+        return Forecast(
+            mean=means.mean(0),
+            samples=samples,
+            mixture_means=means,
+            mixture_stds=out["noise_std"],
+            quantile_levels=tuple(self.quantile_levels),
+            extras=extras,
+        )

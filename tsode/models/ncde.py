@@ -41,6 +41,7 @@ from tsode.models.blocks import (
     small_init_,
     static_encoder,
 )
+from tsode.models.forecast import Forecast
 from tsode.models.interpolation import (
     FILL_METHODS,
     PATH_METHODS,
@@ -371,7 +372,7 @@ class NeuralCDE(IrregularModel):
         return gather_times(one_step.solve(self.decoder_func, h_end, packed), position)
 
     # ------------------------------------------------------------------ model interface
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         """Predict at ``times (B, M)`` (hours, non-decreasing per row) -> ``mean (B, M, C)`` and,
         with ``uncertainty="gaussian"``, ``std (B, M, C)``.
 

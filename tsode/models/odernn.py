@@ -34,6 +34,7 @@ from tsode.models.blocks import (
     solve_from,
     static_encoder,
 )
+from tsode.models.forecast import Forecast
 from tsode.solvers import SolverConfig
 
 
@@ -318,7 +319,7 @@ class ODERNN(IrregularModel):
         h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.encoder.hidden_dim, ctx.times)
         return self.encoder.encode(ctx, backwards=False, grid=self.grid, h0=h0).h
 
-    def forecast(self, batch: IrregularBatch, times: Tensor) -> dict[str, Tensor]:
+    def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         """Predict at ``times (B, M)``: ``mean (B, M, C)`` and, with ``uncertainty="gaussian"``,
         ``std (B, M, C)`` (normalized units).
 
@@ -333,8 +334,8 @@ class ODERNN(IrregularModel):
         h = self.states_at(batch, times)
         return self.readout(ctx, times, h)
 
-    def readout(self, ctx: SeriesPart, times: Tensor, h: Tensor) -> dict[str, Tensor]:
-        """Decode hidden states ``h (B, M, H)`` at ``times (B, M)`` into the forecast dict."""
+    def readout(self, ctx: SeriesPart, times: Tensor, h: Tensor) -> Forecast:
+        """Decode hidden states ``h (B, M, H)`` at ``times (B, M)`` into the :class:`Forecast`."""
         return forecast_readout(self.decoder(h), h, ctx, times, self.persistence, self.std_head)
 
     def states_at(self, batch: IrregularBatch, times: Tensor) -> Tensor:

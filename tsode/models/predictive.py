@@ -1,25 +1,19 @@
-"""Predictive distributions of forecasts: quantiles, calibration metrics and a Gaussian head.
+"""Predictive-distribution maths: quantiles, calibration metrics and a Gaussian head.
 
-A model's ``forecast`` dict describes its predictive distribution in one of three ways
-(normalized units, ``(B, M, C)`` per entry):
-
-* ``"mixture_means"`` and ``"mixture_stds"`` ``(K, B, M, C)``: an equal-weight mixture of K
-  Gaussians (latent ODE: one per sampled trajectory); its quantiles are exact (bisection on
-  the mixture CDF), not sample quantiles -- with 32 draws the sample 5-95 % interval covers
-  about 85 %, not 90 %, of the distribution it is drawn from;
-* ``"samples"`` ``(K, B, M, C)``: draws from the predictive distribution;
-* ``"std"`` ``(B, M, C)``: a Gaussian ``N(mean, std^2)`` (models with a :class:`GaussianHead`);
-* ``"quantiles"`` ``(Q, B, M, C)`` with ``"quantile_levels"`` ``(Q,)``;
-
-or by ``"mean"`` alone (deterministic). :func:`forecast_quantiles` turns any of them into the
-requested quantiles, and :class:`ProbabilisticMetrics` scores them (central-interval coverage
-and CRPS) against observed targets.
+A :class:`~tsode.models.forecast.Forecast` describes a model's predictive distribution by a
+Gaussian ``std``, an equal-weight Gaussian mixture, samples or fixed quantiles (normalized
+units). This module holds the maths its :meth:`~tsode.models.forecast.Forecast.quantiles` and
+:meth:`~tsode.models.forecast.Forecast.scores` use: the mixture's CDF and exact quantiles
+(bisection on the CDF -- with 32 draws the sample 5-95 % interval covers about 85 %, not 90 %,
+of the distribution it is drawn from), the Gaussian and sample CRPS; and
+:class:`ProbabilisticMetrics`, which accumulates those scores (central-interval coverage and
+CRPS) over observed targets, and the :class:`GaussianHead` with its NLL.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +23,6 @@ from torchmetrics import Metric
 #: central intervals whose empirical coverage is reported (``coverage80``, ``coverage90``)
 COVERAGE_LEVELS = (0.8, 0.9)
 _SQRT_PI = math.sqrt(math.pi)
-
-
-def is_probabilistic(out: Mapping[str, Tensor]) -> bool:
-    """Whether a forecast dict carries a predictive distribution (not just a mean)."""
-    return ("samples" in out or "std" in out or "mixture_means" in out
-            or ("quantiles" in out and "quantile_levels" in out))
 
 
 def mixture_cdf(means: Tensor, stds: Tensor, x: Tensor) -> Tensor:
@@ -62,33 +50,6 @@ def mixture_quantiles(means: Tensor, stds: Tensor, levels: Tensor, iterations: i
     return 0.5 * (lo + hi)
 
 
-def forecast_quantiles(out: Mapping[str, Tensor], levels: Sequence[float]) -> Tensor:
-    """Quantiles ``(Q, B, M, C)`` of a forecast's predictive distribution at ``levels``.
-
-    Raises ValueError for a deterministic forecast, or when a model reporting fixed quantile
-    levels does not have the requested ones.
-    """
-    mean = out["mean"]
-    lv = torch.as_tensor(list(levels), dtype=mean.dtype, device=mean.device)
-    if "std" in out:
-        z = torch.distributions.Normal(0.0, 1.0).icdf(lv).view(-1, *([1] * mean.dim()))
-        return mean.unsqueeze(0) + z * out["std"].to(mean.dtype).unsqueeze(0)
-    if "mixture_means" in out and "mixture_stds" in out:
-        return mixture_quantiles(out["mixture_means"].to(mean.dtype), out["mixture_stds"].to(mean.dtype), lv)
-    if "samples" in out:
-        return torch.quantile(out["samples"].to(mean.dtype), lv, dim=0)
-    if "quantiles" in out and "quantile_levels" in out:
-        have = [round(float(x), 6) for x in torch.as_tensor(out["quantile_levels"])]
-        missing = [q for q in levels if round(float(q), 6) not in have]
-        if missing:
-            raise ValueError(f"the model reports quantiles {have}, not {missing}")
-        return torch.stack([out["quantiles"][have.index(round(float(q), 6))] for q in levels])
-    raise ValueError(
-        "the model is deterministic (its forecast has no samples, quantiles or std): "
-        "ask for the mean only"
-    )
-
-
 def gaussian_crps(mean: Tensor, std: Tensor, target: Tensor) -> Tensor:
     """Closed-form CRPS of ``N(mean, std^2)`` at ``target`` (elementwise, same units)."""
     z = (target - mean) / std
@@ -109,39 +70,11 @@ def sample_crps(samples: Tensor, target: Tensor) -> Tensor:
     return spread_to_target - 0.5 * pair_spread
 
 
-def predictive_scores(out: Mapping[str, Tensor], target: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """Per-entry scores ``(B, M, C)`` (float64) of a probabilistic forecast at ``target``:
-    ``coverage80`` / ``coverage90`` (1.0 inside the central interval, else 0.0) and, with a std
-    or samples, ``crps`` (normalized units). Entries where ``mask`` is False are scored against
-    the mean (and should be ignored)."""
-    mean = out["mean"].detach().to(torch.float64)
-    y = torch.where(mask, target.to(torch.float64), mean)
-    bounds = [(0.5 - p / 2.0, 0.5 + p / 2.0) for p in COVERAGE_LEVELS]
-    detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in out.items()}
-    scores: dict[str, Tensor] = {}
-    if "mixture_means" in detached and "mixture_stds" in detached:
-        # inside the central p interval <=> the predictive CDF at y lies in [(1-p)/2, (1+p)/2]
-        pit = mixture_cdf(detached["mixture_means"].to(torch.float64),
-                          detached["mixture_stds"].to(torch.float64), y)
-        for p, (lo, hi) in zip(COVERAGE_LEVELS, bounds):
-            scores[f"coverage{round(100 * p)}"] = ((pit >= lo) & (pit <= hi)).to(torch.float64)
-    else:
-        qs = forecast_quantiles({**detached, "mean": mean}, [q for pair in bounds for q in pair])
-        for i, p in enumerate(COVERAGE_LEVELS):
-            inside = (y >= qs[2 * i]) & (y <= qs[2 * i + 1])
-            scores[f"coverage{round(100 * p)}"] = inside.to(torch.float64)
-    if "std" in detached:
-        scores["crps"] = gaussian_crps(mean, detached["std"].to(torch.float64), y)
-    elif "samples" in detached:
-        scores["crps"] = sample_crps(detached["samples"].to(torch.float64), y)
-    return scores
-
-
 class ProbabilisticMetrics(Metric):
     """Coverage of the central 80 % / 90 % intervals and CRPS over observed target entries.
 
-    ``update(out, target, mask)`` takes a forecast dict (``std`` or ``samples`` or quantiles at
-    the interval bounds) at the target times. CRPS is reported in normalized units and, with
+    ``update(forecast, target, mask)`` takes a probabilistic
+    :class:`~tsode.models.forecast.Forecast` at the target times (scored by its ``scores``). CRPS is reported in normalized units and, with
     ``scale`` (C,) (the normalizer stds), in original units (``crps_orig``). Coverage is the
     fraction of observed entries inside the interval (0.8 / 0.9 when calibrated).
     """
@@ -158,8 +91,8 @@ class ProbabilisticMetrics(Metric):
         self.add_state("crps_orig_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("crps_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, out: Mapping[str, Tensor], target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
-        scores = predictive_scores(out, target, mask)
+    def update(self, forecast: Any, target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
+        scores = forecast.scores(target, mask)
         m = mask.to(torch.float64)
         self.count += m.sum()
         for i, p in enumerate(COVERAGE_LEVELS):
