@@ -285,17 +285,24 @@ class ProtocolScore:
         }
 
 
-def protocol_loss(data, protocol: dict) -> dict:  # noqa: ANN001
+def protocol_loss(data, protocol: dict, zero_range: str = "unit") -> dict:  # noqa: ANN001
     """Model arguments that make the training loss the protocol's: the mean over variables of
     each variable's MSE in min-max units (as the reference trains every model). The model sees
-    z-scores, so variable c's squared errors are weighted by ``(std_c / range_c)^2``; a
-    zero-range variable (scored in original units) by ``std_c^2``."""
+    z-scores, so variable c's squared errors are weighted by ``(std_c / range_c)^2``. A
+    zero-range variable (scored in original units) is weighted by ``std_c^2`` (``zero_range=
+    "unit"``: the score's own weight) or by the median weight of the other variables
+    (``"typical"``: its z-errors count as a typical variable's)."""
     pos = {p: k for k, p in enumerate(protocol["params"])}
-    weights = []
+    weights: list[float | None] = []
     for channel, std in zip(data.channels, data.normalizer.std):
         span = protocol["max"][pos[channel]] - protocol["min"][pos[channel]]
-        factor = float(std) / span if math.isfinite(span) and span > 0 else float(std)
-        weights.append(factor * factor)
+        if math.isfinite(span) and span > 0:
+            weights.append((float(std) / span) ** 2)
+        else:
+            weights.append(float(std) ** 2 if zero_range == "unit" else None)
+    ranged = sorted(w for w in weights if w is not None)
+    typical = ranged[len(ranged) // 2] if ranged else 1.0
+    weights = [typical if w is None else w for w in weights]
     return {"loss_weighting": "channel", "loss_channel_weights": weights}
 
 
@@ -607,7 +614,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
     if not rubanova and args.loss == "protocol":
-        derived.update(protocol_loss(data, protocol))
+        derived.update(protocol_loss(data, protocol, args.zero_range_weight))
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in derived.items() if k in accepted}
     model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
@@ -626,6 +633,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "context_boundary": "open", "max_minutes": args.max_minutes,
         "cutoff_hours": protocol.get("boundary") if rubanova else HISTORY_HOURS,
         "model_kwargs": args.model_kwargs, "monitor": monitor_metric(args), "loss": args.loss,
+        "zero_range_weight": args.zero_range_weight,
         **{f"split_{k}": len(v) for k, v in protocol["split"].items()},
     })
     common = dict(logger=logger, enable_progress_bar=False, enable_model_summary=False,
@@ -817,7 +825,8 @@ def shared_args(args: argparse.Namespace) -> list[str]:
     shared = ["--protocol", args.protocol, "--epochs", str(args.epochs), "--patience",
               str(args.patience), "--sets", *args.sets, "--root", str(args.root),
               "--tracking-uri", args.tracking_uri, "--model-kwargs", args.model_kwargs,
-              "--monitor", monitor_metric(args), "--loss", args.loss]
+              "--monitor", monitor_metric(args), "--loss", args.loss,
+              "--zero-range-weight", args.zero_range_weight]
     if args.max_minutes is not None:
         shared += ["--max-minutes", str(args.max_minutes)]
     if args.max_series is not None:
@@ -913,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=default_physionet_dir())
     parser.add_argument("--jobs", type=int, default=1, help="model runs at once")
     parser.add_argument("--per-variable", action="store_true")
+    parser.add_argument("--zero-range-weight", choices=("unit", "typical"), default="unit",
+                        help="forecast-24h, --loss protocol: training weight of a zero-range "
+                        "variable (MechVent): 'unit' (std^2, the score's own weight) or "
+                        "'typical' (the median weight of the other variables)")
     parser.add_argument("--loss", choices=("protocol", "library"), default="protocol",
                         help="forecast-24h: 'protocol' trains on the protocol's metric (per-variable "
                         "MSE in min-max units, as the reference trains every model); 'library' "

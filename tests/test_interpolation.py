@@ -313,3 +313,15 @@ def test_coefficients_are_cacheable(tmp_path) -> None:
     torch.testing.assert_close(
         InterpolatedPath(reloaded).evaluate(q), InterpolatedPath(co).evaluate(q)
     )
+
+
+def test_log_counts_are_log1p_of_the_cumulative_counts() -> None:
+    times, values, mask, lengths = make_batch(seed=1)
+    raw = InterpolatedPath.from_data(times, values, mask, lengths, method="linear", fill="ffill")
+    logged = InterpolatedPath.from_data(
+        times, values, mask, lengths, method="linear", fill="ffill", include_counts="log"
+    )
+    chans = values.shape[-1]
+    x_raw, x_log = raw.evaluate(times), logged.evaluate(times)
+    torch.testing.assert_close(x_log[..., : 1 + chans], x_raw[..., : 1 + chans])
+    torch.testing.assert_close(x_log[..., 1 + chans :], torch.log1p(x_raw[..., 1 + chans :]))

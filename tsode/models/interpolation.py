@@ -95,7 +95,7 @@ def _device_of(args: tuple, kwargs: dict, default: torch.device) -> torch.device
 
 
 def path_num_channels(
-    num_channels: int, include_time: bool = True, include_counts: bool = True
+    num_channels: int, include_time: bool = True, include_counts: bool | str = True
 ) -> int:
     """Number of path channels D for C data channels."""
     return int(include_time) + num_channels + (num_channels if include_counts else 0)
@@ -204,7 +204,7 @@ def knot_values(
     *,
     fill: FillMethod = "ffill",
     include_time: bool = True,
-    include_counts: bool = True,
+    include_counts: bool | str = True,
 ) -> tuple[Tensor, Tensor]:
     """Path values at the knots, with padding made inert.
 
@@ -223,7 +223,8 @@ def knot_values(
         parts.append(times.unsqueeze(-1).to(values.dtype))
     parts.append(fill_missing(times, values, mask, fill))
     if include_counts:
-        parts.append(mask.to(values.dtype).cumsum(dim=1))
+        counts = mask.to(values.dtype).cumsum(dim=1)
+        parts.append(torch.log1p(counts) if include_counts == "log" else counts)
     x = torch.cat(parts, dim=-1)
     # Padded knots carry no observation, so they already repeat the last real knot for every
     # fill rule; enforce it anyway so no rule can leak padding into the path.
@@ -321,7 +322,7 @@ def path_coefficients(
     method: PathMethod = "hermite",
     fill: FillMethod = "ffill",
     include_time: bool = True,
-    include_counts: bool = True,
+    include_counts: bool | str = True,
 ) -> PathCoefficients:
     """Interpolation coefficients of the path through a padded irregular batch.
 
@@ -333,7 +334,9 @@ def path_coefficients(
         method: ``"hermite"`` (default, causal, C1), ``"linear"`` or ``"natural"``.
         fill: how unobserved entries are filled before interpolating (see :func:`fill_missing`).
         include_time: add time itself as path channel 0.
-        include_counts: add cumulative per-channel observation counts as the last C channels.
+        include_counts: add cumulative per-channel observation counts as the last C channels
+            (``"log"``: ``log1p`` of the counts, whose total variation grows with the log of
+            the number of observations instead of linearly).
 
     Returns:
         :class:`PathCoefficients` with ``D = path_num_channels(C, include_time, include_counts)``.

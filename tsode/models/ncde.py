@@ -205,7 +205,9 @@ class NeuralCDE(IrregularModel):
         fill: missing-value fill before interpolation: ``"ffill"`` (causal) or ``"linear"``.
         include_time: time itself as a path channel.
         include_counts: cumulative per-channel observation counts as path channels
-            (observational intensity; makes missingness informative).
+            (observational intensity; makes missingness informative); ``"log"``: their
+            ``log1p``, so a long, densely observed context does not drive the state by hundreds
+            of unit steps.
         persistence: add each channel's last observation (strictly before the query time),
             times a learned gate (from the state and the observation's age), to the readout.
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
@@ -232,7 +234,7 @@ class NeuralCDE(IrregularModel):
         interpolation: str = "hermite",
         fill: str = "ffill",
         include_time: bool = True,
-        include_counts: bool = True,
+        include_counts: bool | str = True,
         persistence: bool | str = True,
         uncertainty: str = "gaussian",
         num_static: int = 0,
@@ -266,6 +268,8 @@ class NeuralCDE(IrregularModel):
             raise ValueError(f"interpolation must be one of {PATH_METHODS}, got {interpolation!r}")
         if fill not in FILL_METHODS:
             raise ValueError(f"fill must be one of {FILL_METHODS}, got {fill!r}")
+        if include_counts not in (True, False, "log"):
+            raise ValueError(f"include_counts must be True, False or 'log', got {include_counts!r}")
         if hidden_dim < 1:
             raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
         self.save_hyperparameters()
