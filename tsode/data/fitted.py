@@ -82,8 +82,9 @@ def build_dataset(
     :meth:`FittedData.dataset` (new tables, ``seed_offset=3``).
 
     Args:
-        channels, static_names: the fitted ones (None: ``table``'s own, as for the splits of
-            the table the module was fitted on).
+        channels: the fitted channels (None: ``table``'s own, as for the splits of the table
+            the module was fitted on).
+        static_names: the fitted static covariates (None: ``table``'s own).
         keep_unusable: keep series without a target or label (default: for ``"none"``, the
             task of prediction, where everything is context).
     """
@@ -294,8 +295,10 @@ class FittedData:
             time_offset: (B,) each series' origin (``batch.time_offset``).
             extra: more (B, L, C) columns: inverse-normalized like values, except those named
                 in ``std_columns`` (spreads: scaled by the channel std only).
-            table, observed_columns: see :func:`tsode.data.frames.values_to_frame`
-                (observation times and values reported exactly as read).
+            table: the table the values came from: its observation times (and, for the
+                ``observed_columns``, its values) are reported exactly as read (see
+                :func:`tsode.data.frames.values_to_frame`).
+            observed_columns: columns holding observations (``"value"`` or names in ``extra``).
         """
         return values_to_frame(
             series_ids,
