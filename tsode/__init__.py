@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 #: public name -> module it lives in (imported on first access)
 _EXPORTS: dict[str, str] = {
     "Forecaster": "tsode.api",
-    "FittedData": "tsode.api",
+    "FittedData": "tsode.data.fitted",
     "plot_forecast": "tsode.plotting",
     "MODELS": "tsode.models",
     "register_model": "tsode.models",
@@ -69,7 +69,7 @@ __all__ = [
 # (kept literal for linters; must list the keys of _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from tsode.api import FittedData, Forecaster
+    from tsode.api import Forecaster
     from tsode.data import (
         DataValidationError,
         IrregularBatch,
@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         load_physionet2012,
         load_table,
     )
+    from tsode.data.fitted import FittedData
     from tsode.models import MODELS, register_model
     from tsode.plotting import plot_forecast
     from tsode.solvers import SolverConfig, odeint

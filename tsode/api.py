@@ -9,8 +9,9 @@
     fc.save("my_forecaster"); fc = Forecaster.load("my_forecaster")
 
 Everything a trained forecaster needs to turn a new table into predictions travels with it
-(:class:`FittedData`: the table spec, channels, static covariates, per-channel normalizers,
-time axis and task), so ``predict`` and ``evaluate`` never need the training data.
+(:class:`tsode.data.fitted.FittedData`, re-exported here: the table spec, channels, static
+covariates, per-channel normalizers, time axis and task), so ``predict`` and ``evaluate``
+never need the training data.
 
 Output tables are tidy, one row per (series, time, channel), in original units and in the
 input's time representation: ``series_id, time, channel, mean[, q<level> ...]``.
@@ -29,7 +30,6 @@ import typing
 import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +45,13 @@ from tqdm.auto import tqdm
 from tsode.checkpoints import load_checkpoint_weights
 from tsode.data import (
     IrregularBatch,
-    Normalizer,
     SeriesDataset,
     SeriesTable,
     TableDataModule,
-    TableSpec,
     TaskConfig,
-    TimeAxis,
-    read_table,
-    table_from_frame,
-    values_to_frame,
 )
 from tsode.data.atomic import atomic_directory
+from tsode.data.fitted import FittedData
 from tsode.data.series import DataValidationError
 from tsode.errors import (
     CheckpointFileError,
@@ -96,157 +91,6 @@ CONFIG_FILE = "config.yaml"
 MONITOR = "val/mse"
 #: What a ``task="classification"`` fit monitors (early stopping, best checkpoint).
 CLASSIFICATION_MONITOR = "val/ce"
-
-
-# ---------------------------------------------------------------------- fitted data state
-
-
-@dataclass
-class FittedData:
-    """What turns a new table into model inputs exactly as during training.
-
-    Attributes:
-        spec: column names / format / units of input tables.
-        channels: C channel names, in model order.
-        static_names: S static covariate names (may be empty).
-        normalizer: per-channel normalizer fitted on the training split.
-        static_normalizer: normalizer of the static covariates, or None.
-        time_axis: maps the table's time column to hours and back.
-        task: the training task (used by ``evaluate``).
-        default_horizon: hours forecast by default (e.g. by the MLflow pyfunc model).
-        num_classes: K classes of a ``task="classification"`` fit (0: forecasting).
-    """
-
-    spec: TableSpec
-    channels: list[str]
-    static_names: list[str]
-    normalizer: Normalizer
-    static_normalizer: Normalizer | None
-    time_axis: TimeAxis
-    task: TaskConfig
-    default_horizon: float
-    num_classes: int = 0
-
-    @classmethod
-    def from_datamodule(cls, datamodule: Any) -> FittedData:
-        """Collect the fitted state of any tsode data module (set up if needed)."""
-        state = datamodule.state_dict()
-        spec_state = state.get("table_spec")
-        spec = TableSpec(**spec_state) if spec_state else TableSpec(format="long")
-        task = TaskConfig(**state["task"])
-        span = None
-        summary = getattr(datamodule, "summary", None)
-        if summary is not None and hasattr(summary, "time_span_hours"):
-            span = float(summary.time_span_hours.get("median", 0.0)) or None
-        return cls(
-            spec=spec,
-            channels=list(state["channels"]),
-            static_names=list(state.get("static_names") or []),
-            normalizer=Normalizer.from_state_dict(state["normalizer"]),
-            static_normalizer=(
-                Normalizer.from_state_dict(state["static_normalizer"])
-                if state.get("static_normalizer")
-                else None
-            ),
-            time_axis=TimeAxis.from_state_dict(state["time_axis"]),
-            task=task,
-            default_horizon=_default_horizon(task, span),
-            num_classes=int(getattr(datamodule, "num_classes", 0) or 0),
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec.state_dict(),
-            "channels": list(self.channels),
-            "static_names": list(self.static_names),
-            "normalizer": self.normalizer.state_dict(),
-            "static_normalizer": (
-                None if self.static_normalizer is None else self.static_normalizer.state_dict()
-            ),
-            "time_axis": self.time_axis.state_dict(),
-            "task": self.task.state_dict(),
-            "default_horizon": self.default_horizon,
-            "num_classes": self.num_classes,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> FittedData:
-        return cls(
-            spec=TableSpec(**state["spec"]),
-            channels=list(state["channels"]),
-            static_names=list(state["static_names"]),
-            normalizer=Normalizer.from_state_dict(state["normalizer"]),
-            static_normalizer=(
-                None
-                if state["static_normalizer"] is None
-                else Normalizer.from_state_dict(state["static_normalizer"])
-            ),
-            time_axis=TimeAxis.from_state_dict(state["time_axis"]),
-            task=TaskConfig(**state["task"]),
-            default_horizon=float(state["default_horizon"]),
-            num_classes=int(state.get("num_classes", 0)),
-        )
-
-    def table(self, source: Any) -> SeriesTable:
-        """Validate a DataFrame / CSV / Parquet table against the fitted channels and time axis.
-
-        The table may be long or wide whatever the training table's format: long if it has the
-        channel column (and no fitted channel has that name), else wide. Static covariate
-        columns are read when the table has all of them; otherwise they are unknown (filled
-        with the training mean). Unknown channels raise ``DataValidationError``.
-        """
-        frame, name = read_table(source, encoding=getattr(self.spec, "encoding", None))
-        spec = self.spec
-        wide = spec.channel_col not in frame.columns or spec.channel_col in self.channels
-        spec = dataclasses.replace(spec, format="wide" if wide else "long")
-        if wide and spec.value_cols is None:
-            # declared static / label columns are never channels, even when not read here
-            reserved = {spec.id_col, spec.time_col, *spec.static_cols, *self.static_names}
-            for extra in (spec.label_col, getattr(spec, "split_col", None)):
-                if extra is not None:
-                    reserved.add(extra)
-            spec = dataclasses.replace(
-                spec, value_cols=[c for c in frame.columns if c not in reserved]
-            )
-        if self.static_names and all(c in frame.columns for c in self.static_names):
-            spec = dataclasses.replace(spec, static_cols=list(self.static_names))
-        elif spec.static_cols and not all(c in frame.columns for c in spec.static_cols):
-            spec = dataclasses.replace(spec, static_cols=[])
-        if spec.label_col is not None and spec.label_col not in frame.columns:
-            spec = dataclasses.replace(spec, label_col=None)
-        table = table_from_frame(
-            frame, spec, source=name, channels=self.channels, time_axis=self.time_axis
-        )
-        if self.static_names and table.num_static == 0:
-            table.static = np.full((table.num_series, len(self.static_names)), np.nan)
-            table.static_names = list(self.static_names)
-        return table
-
-    def dataset(
-        self, table: SeriesTable, task: TaskConfig, keep_unusable: bool | None = None
-    ) -> SeriesDataset:
-        """Series of ``table`` under ``task`` (``kind="none"``: everything is context);
-        ``keep_unusable`` (default: for ``"none"``) keeps series without a target or label."""
-        return SeriesDataset(
-            table.with_channels(self.channels),
-            task,
-            self.normalizer,
-            self.static_normalizer,
-            seed_offset=3,
-            keep_unusable=task.kind == "none" if keep_unusable is None else keep_unusable,
-        )
-
-
-def _default_horizon(task: TaskConfig, median_span: float | None) -> float:
-    """Hours to forecast by default: the task's horizon, else what the task left to predict."""
-    if task.horizon is not None:
-        return float(task.horizon)
-    if median_span:
-        if task.kind == "forecast" and task.cutoff is not None and median_span > task.cutoff:
-            return float(median_span - task.cutoff)
-        fraction = task.cutoff_fraction if task.cutoff_fraction is not None else 0.5
-        return float(median_span * (1.0 - fraction))
-    return 24.0
 
 
 # ---------------------------------------------------------------------- helpers
@@ -304,7 +148,7 @@ def _data_derived_kwargs(cls: type, data: FittedData) -> dict[str, Any]:
         "num_channels": len(data.channels),
         "num_static": len(data.static_names),
         "channel_means": [float(x) for x in data.normalizer.mean],
-        "channel_stds": [float(x) for x in data.normalizer.std],
+        "channel_stds": data.scale,
     }
     if data.num_classes:
         if "num_classes" not in _accepted_args(cls):
@@ -657,7 +501,7 @@ class Forecaster:
         explicit = options.get("splits") is not None or options.get("split_col") is not None
         check_validation_split(datamodule, None if explicit else options.get("split_fractions"))
         self.data_kwargs = _plain({k: v for k, v in options.items()})
-        self.data = FittedData.from_datamodule(datamodule)
+        self.data = datamodule.fitted
         module = self._build_module(self.data)
         self.module = module
 
@@ -1121,17 +965,9 @@ class Forecaster:
             q_times, q_mask = _pad_rows([query[p] for p in positions])
             model_times = torch.from_numpy(q_times.astype(np.float32))
             mean, extra = self._forecast_batch(batch, model_times, quantiles, "predict", index)
-            frame = values_to_frame(
-                batch.series_ids,
-                q_times,
-                mean,
-                q_mask,
-                batch.channels,
-                time_offset=batch.time_offset,
-                normalizer=fitted.normalizer,
-                time_axis=fitted.time_axis,
-                extra=extra,
-                std_columns=(),
+            frame = fitted.to_frame(
+                batch.series_ids, q_times, mean, q_mask, channels=batch.channels,
+                time_offset=batch.time_offset, extra=extra,
             )
             if given is not None and len(frame):
                 # entries come out in (row, time, channel) order: the requested times, each
@@ -1276,37 +1112,37 @@ class Forecaster:
             )
 
     def _score(self, dataset: SeriesDataset, batch_size: int) -> pd.DataFrame:
+        """Per-channel errors in original units, accumulated by the models' own metrics
+        (:class:`~tsode.models.base.MaskedChannelError`, and
+        :class:`~tsode.models.predictive.ProbabilisticMetrics` for a predictive distribution)
+        scaled by the fitted data's channel stds (:attr:`FittedData.scale`)."""
+        from tsode.models.base import MaskedChannelError
+        from tsode.models.predictive import ProbabilisticMetrics
+
         fitted = self._fitted()
         num_channels = len(fitted.channels)
-        sq = torch.zeros(num_channels, dtype=torch.float64)
-        ab = torch.zeros(num_channels, dtype=torch.float64)
-        count = torch.zeros(num_channels, dtype=torch.float64)
-        std = torch.as_tensor(fitted.normalizer.std, dtype=torch.float64)
-        probabilistic: dict[str, Tensor] = {}  # column -> (C,) sums over observed entries
+        mse = MaskedChannelError(num_channels, "mse", fitted.scale)
+        mae = MaskedChannelError(num_channels, "mae", fitted.scale)
+        predictive = ProbabilisticMetrics(fitted.scale, num_channels=num_channels)
         for start in range(0, len(dataset), batch_size):
             batch = dataset.collate(list(range(start, min(start + batch_size, len(dataset)))))
             out = self._forecast_output(batch, "evaluate", start // batch_size)
-            mean = out.mean
-            diff = (mean.to(torch.float64) - batch.target.values.to(torch.float64)) * std
-            mask = batch.target.mask
-            diff = torch.where(mask, diff, torch.zeros_like(diff))
-            sq += diff.square().sum(dim=(0, 1))
-            ab += diff.abs().sum(dim=(0, 1))
-            count += mask.sum(dim=(0, 1)).to(torch.float64)
+            target, mask = batch.target.values, batch.target.mask
+            mean = torch.where(mask, out.mean, target)  # entries not observed score exactly 0
+            mse.update(mean, target, mask)
+            mae.update(mean, target, mask)
             if out.is_probabilistic:
-                for name, score in out.scores(batch.target.values, mask).items():
-                    if name == "crps":
-                        score = score * std  # original units
-                    total_c = torch.where(mask, score, torch.zeros_like(score)).sum(dim=(0, 1))
-                    probabilistic[name] = probabilistic.get(name, torch.zeros_like(total_c)) + total_c
+                predictive.update(out, target, mask)
+        probabilistic = predictive.channel_sums() if predictive.update_called else {}
         with np.errstate(invalid="ignore", divide="ignore"):
-            n = count.numpy()
-            mse = sq.numpy() / n
-            mae = ab.numpy() / n
+            n = mse.count.numpy()
+            sq, ab = mse.err_sum, mae.err_sum
+            per_mse = sq.numpy() / n
+            per_mae = ab.numpy() / n
             total = n.sum()
             rows = {
                 **{
-                    c: (int(n[i]), mse[i], math.sqrt(mse[i]) if n[i] else math.nan, mae[i])
+                    c: (int(n[i]), per_mse[i], math.sqrt(per_mse[i]) if n[i] else math.nan, per_mae[i])
                     for i, c in enumerate(fitted.channels)
                 },
                 "all": (
@@ -1346,8 +1182,7 @@ class Forecaster:
         """
         fitted = self._fitted()
         return split_forecast_frames(
-            self.model, datamodule, normalizer=fitted.normalizer, time_axis=fitted.time_axis,
-            task_kind=fitted.task.kind, split=split, max_series=max_series,
+            self.model, datamodule, fitted, split=split, max_series=max_series,
             grid_points=grid_points,
         )
 

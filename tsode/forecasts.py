@@ -23,9 +23,7 @@ import torch
 from torch import Tensor
 
 from tsode.data.batch import IrregularBatch
-from tsode.data.frames import values_to_frame
-from tsode.data.normalize import Normalizer
-from tsode.data.timeaxis import TimeAxis
+from tsode.data.fitted import FittedData
 
 if TYPE_CHECKING:
     from tsode.models.forecast import Forecast
@@ -80,10 +78,8 @@ def model_forecast(
 def split_forecast_frames(
     module: Any,
     datamodule: Any,
+    fitted: FittedData,
     *,
-    normalizer: Normalizer,
-    time_axis: TimeAxis,
-    task_kind: str,
     split: str = "val",
     max_series: int = 3,
     grid_points: int = 60,
@@ -91,9 +87,9 @@ def split_forecast_frames(
     """Observed points and a dense forecast (mean, 5%/95% quantiles when available) for a
     few series of a data module split, in original units — the input of ``plot_forecast``.
 
-    ``normalizer`` / ``time_axis`` map the model's outputs back (those the model was fitted
-    with); ``task_kind`` is the training task (forecast / extrapolation: the forecast starts
-    at the end of each context; otherwise it spans the whole series).
+    ``fitted`` maps the model's outputs back (the data state the model was fitted with); its
+    task is the training task (forecast / extrapolation: the forecast starts at the end of
+    each context; otherwise it spans the whole series).
     """
     datamodule.setup("fit")
     dataset = datamodule.datasets[split]
@@ -103,7 +99,7 @@ def split_forecast_frames(
     ctx, tgt = batch.context, batch.target
     last_ctx = ctx.times.gather(1, (ctx.lengths - 1).clamp_min(0).unsqueeze(1))
     end = torch.maximum(tgt.times.max(dim=1, keepdim=True).values, last_ctx)
-    if task_kind in ("forecast", "extrapolation"):
+    if fitted.task.kind in ("forecast", "extrapolation"):
         start = last_ctx  # forecast from the end of the context
     else:
         start = ctx.times[:, :1]  # interpolation: over the whole series
@@ -114,17 +110,15 @@ def split_forecast_frames(
     band = (0.05, 0.95)  # deterministic model: mean only
     mean = out.mean
     extra = named_quantiles(out, band, type(module).__name__) if out.has_quantiles(band) else {}
-    forecast = values_to_frame(
-        batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool), batch.channels,
-        time_offset=batch.time_offset, normalizer=normalizer, time_axis=time_axis,
-        extra=extra, std_columns=(),
+    forecast = fitted.to_frame(
+        batch.series_ids, grid, mean, torch.ones_like(grid, dtype=torch.bool),
+        channels=batch.channels, time_offset=batch.time_offset, extra=extra,
     ).rename(columns={"value": "mean"})
     observed = []
     for name, part in (("context", ctx), ("target", tgt)):
-        frame = values_to_frame(
-            batch.series_ids, part.times, part.values, part.mask, batch.channels,
-            time_offset=batch.time_offset, normalizer=normalizer,
-            time_axis=time_axis, table=dataset.table, observed_columns=("value",),
+        frame = fitted.to_frame(
+            batch.series_ids, part.times, part.values, part.mask, channels=batch.channels,
+            time_offset=batch.time_offset, table=dataset.table, observed_columns=("value",),
         )
         frame["part"] = name
         observed.append(frame)

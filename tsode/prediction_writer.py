@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from tsode.data import IrregularBatch, values_to_frame
 from tsode.data.atomic import atomic_path
+from tsode.data.fitted import FittedData
 from tsode.forecasts import named_quantiles
 
 
@@ -54,6 +55,7 @@ class ForecastWriter(BasePredictionWriter):
         self.cutoff = cutoff
         self.horizon = horizon
         self.frames: list[pd.DataFrame] = []
+        self.fitted: FittedData | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Apply ``cutoff`` / ``horizon`` to the data module's task before predicting."""
@@ -76,6 +78,8 @@ class ForecastWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.frames = []
+        # the data module's fitted state maps forecasts back to original units
+        self.fitted = getattr(trainer.datamodule, "fitted", None) if self.output is not None else None
 
     def write_on_batch_end(
         self,
@@ -94,8 +98,6 @@ class ForecastWriter(BasePredictionWriter):
             self.frames.append(_probability_frame(prediction, batch))
             return
         datamodule = trainer.datamodule
-        normalizer = getattr(datamodule, "normalizer", None)
-        time_axis = getattr(datamodule, "time_axis", None)
         target = batch.target
         observed = torch.where(target.mask, target.values, torch.full_like(target.values, float("nan")))
         # quantile columns from a probabilistic forecast (deterministic models: omitted)
@@ -103,20 +105,23 @@ class ForecastWriter(BasePredictionWriter):
         named = named_quantiles(forecast, levels, type(pl_module).__name__)
         quantiles = {name: q.cpu() for name, q in named.items()}
         extra = {"observed": observed.cpu(), **quantiles}
-        frame = values_to_frame(
-            batch.series_ids,
-            prediction["times"].cpu(),
-            forecast.mean.cpu(),
-            prediction["mask"].cpu(),
-            batch.channels,
-            time_offset=None if batch.time_offset is None else batch.time_offset.cpu(),
-            normalizer=normalizer,
-            time_axis=time_axis,
-            extra=extra,
-            std_columns=(),
-            table=getattr(datamodule, "table", None),  # observations exactly as read
-            observed_columns=("observed",),
-        ).rename(columns={"value": "mean"})
+        arrays = (batch.series_ids, prediction["times"].cpu(), forecast.mean.cpu(),
+                  prediction["mask"].cpu())
+        options = {
+            "time_offset": None if batch.time_offset is None else batch.time_offset.cpu(),
+            "extra": extra,
+            "std_columns": (),
+            "table": getattr(datamodule, "table", None),  # observations exactly as read
+            "observed_columns": ("observed",),
+        }
+        if self.fitted is not None:
+            frame = self.fitted.to_frame(*arrays, channels=batch.channels, **options)
+        else:  # not a tsode data module: its own normalizer / time axis, if any
+            frame = values_to_frame(
+                *arrays, batch.channels, normalizer=getattr(datamodule, "normalizer", None),
+                time_axis=getattr(datamodule, "time_axis", None), **options,
+            )
+        frame = frame.rename(columns={"value": "mean"})
         columns = ["series_id", "time", "channel", "mean"]
         columns += [*quantiles, "observed"]
         self.frames.append(frame[columns])

@@ -131,7 +131,7 @@ class ForecasterModel(mlflow.pyfunc.PythonModel):
 
 
 def input_schema(data: Any) -> Schema:
-    """Input columns of a forecaster fitted on ``data`` (a :class:`tsode.api.FittedData`).
+    """Input columns of a forecaster fitted on ``data`` (a :class:`tsode.data.fitted.FittedData`).
 
     Required: the id and time columns. Optional: the long format's channel and value columns,
     one column per fitted channel (wide format), the static covariates and ``cutoff`` (see
@@ -171,7 +171,7 @@ def output_schema(data: Any) -> Schema:
 
 
 def signature(data: Any) -> ModelSignature:
-    """Signature of a forecaster fitted on ``data`` (a :class:`tsode.api.FittedData`): the
+    """Signature of a forecaster fitted on ``data`` (a :class:`tsode.data.fitted.FittedData`): the
     input columns (:func:`input_schema`), the forecast columns (:func:`output_schema`) and the
     inference parameters, with their defaults."""
     return ModelSignature(

@@ -515,19 +515,14 @@ class MLflowArtifacts(Callback):
     def _log_plot(self, logger: MLflowLogger, model: pl.LightningModule, datamodule: Any) -> None:
         import matplotlib.pyplot as plt
 
-        from tsode.data.normalize import Normalizer
-        from tsode.data.tasks import TaskConfig
-        from tsode.data.timeaxis import TimeAxis
+        from tsode.data.fitted import FittedData
         from tsode.forecasts import split_forecast_frames
 
         try:
-            state = datamodule.state_dict()  # what the model was fitted with
             observed, forecast = split_forecast_frames(
                 model,
                 datamodule,
-                normalizer=Normalizer.from_state_dict(state["normalizer"]),
-                time_axis=TimeAxis.from_state_dict(state["time_axis"]),
-                task_kind=TaskConfig(**state["task"]).kind,
+                FittedData.from_datamodule(datamodule),  # what the model was fitted with
                 split="val",
                 max_series=self.num_plot_series,
             )

@@ -5,6 +5,7 @@ See docs/data.md. Time is float hours; masks are bool (True = observed).
 
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.data.collate import SeriesDataset
+from tsode.data.fitted import FittedData, build_dataset
 from tsode.data.frames import batch_to_frame, forecast_to_frame, values_to_frame
 from tsode.data.module import IrregularDataModule
 from tsode.data.normalize import Normalizer
@@ -39,6 +40,7 @@ _register_safe_globals()
 __all__ = [
     "DataSummary",
     "DataValidationError",
+    "FittedData",
     "IrregularBatch",
     "IrregularDataModule",
     "LengthBucketSampler",
@@ -55,6 +57,7 @@ __all__ = [
     "TimeAxis",
     "assign_task",
     "batch_to_frame",
+    "build_dataset",
     "download_physionet2012",
     "forecast_to_frame",
     "load_physionet2012",

@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tsode.data.collate import SeriesDataset
+from tsode.data.fitted import FittedData, build_dataset
 from tsode.data.normalize import Normalizer
 from tsode.data.sampler import LengthBucketSampler
 from tsode.data.series import DataValidationError, SeriesTable, show
@@ -155,9 +156,7 @@ class IrregularDataModule(L.LightningDataModule):
             self._static_normalizer = None
         for k, name in enumerate(("train", "val", "test")):
             part = table.subset(self.split_indices[name])
-            self.datasets[name] = SeriesDataset(
-                part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
-            )
+            self.datasets[name] = self._split_dataset(part, k)
             counts[f"{name}_series_excluded_by_task"] = self.datasets[name].num_excluded
         self._check_task_leaves_series(table)
         self._warn_dropped_series(short_ids, loaded_series)
@@ -179,9 +178,15 @@ class IrregularDataModule(L.LightningDataModule):
         self._setup_classes(self.table)
         for k, name in enumerate(SPLIT_NAMES):
             part = self.table.subset(self.split_indices[name])
-            self.datasets[name] = SeriesDataset(
-                part, self.task, self._normalizer, self._static_normalizer, seed_offset=k
-            )
+            self.datasets[name] = self._split_dataset(part, k)
+
+    def _split_dataset(self, part: SeriesTable, seed_offset: int) -> SeriesDataset:
+        """Split ``seed_offset`` (0 / 1 / 2: train / val / test) under the module's task, built
+        as every dataset of a table is (:func:`tsode.data.fitted.build_dataset`)."""
+        return build_dataset(
+            part, self.task, None, None, self._normalizer,
+            self._static_normalizer, seed_offset=seed_offset, keep_unusable=False,
+        )
 
     def _setup_classes(self, table: SeriesTable) -> None:
         """Classification: check the labels (integers 0..K-1, see
@@ -403,6 +408,14 @@ class IrregularDataModule(L.LightningDataModule):
         return self._static_normalizer
 
     @property
+    def fitted(self) -> FittedData:
+        """The fitted state (:class:`tsode.data.fitted.FittedData`: channels, normalizers,
+        time axis, task, ...) that turns new tables into this module's tensors and model
+        outputs back into original units."""
+        self._ensure_setup()
+        return FittedData.from_datamodule(self)
+
+    @property
     def time_axis(self) -> TimeAxis:
         self._ensure_setup()
         return self.table.time_axis
@@ -461,23 +474,9 @@ class IrregularDataModule(L.LightningDataModule):
         self._ensure_setup()
         if task is None or isinstance(task, str):
             task = TaskConfig(kind=task or "none", seed=self.seed)
-        table = table.with_channels(self.channels)
-        if table.num_static != self.num_static or table.static_names != self.static_names:
-            if self.num_static and table.num_static == 0:
-                table.static = np.full((table.num_series, self.num_static), np.nan)
-                table.static_names = self.static_names
-            elif table.static_names != self.static_names:
-                raise DataValidationError(
-                    f"static covariates {table.static_names} do not match the fitted "
-                    f"{self.static_names}"
-                )
-        return SeriesDataset(
-            table,
-            task,
-            self._normalizer,
+        return build_dataset(
+            table, task, self.channels, self.static_names, self._normalizer,
             self._static_normalizer,
-            seed_offset=3,
-            keep_unusable=task.kind == "none",
         )
 
     def dataloader_for(

@@ -77,42 +77,67 @@ class ProbabilisticMetrics(Metric):
     :class:`~tsode.models.forecast.Forecast` at the target times (scored by its ``scores``). CRPS is reported in normalized units and, with
     ``scale`` (C,) (the normalizer stds), in original units (``crps_orig``). Coverage is the
     fraction of observed entries inside the interval (0.8 / 0.9 when calibrated).
+
+    With ``num_channels`` the sums are kept per channel (:meth:`channel_sums`, e.g. for the
+    per-channel table of ``Forecaster.evaluate``); :meth:`compute` gives the same overall
+    values either way.
     """
 
     full_state_update = False
 
-    def __init__(self, scale: list[float] | None = None) -> None:
+    def __init__(self, scale: list[float] | None = None, num_channels: int | None = None) -> None:
         super().__init__()
         self.scale = None if scale is None else torch.as_tensor(scale, dtype=torch.float64)
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("covered", default=torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64),
+        self.per_channel = num_channels is not None
+        shape = () if num_channels is None else (int(num_channels),)
+        self.add_state("count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("covered", default=torch.zeros((len(COVERAGE_LEVELS), *shape), dtype=torch.float64),
                        dist_reduce_fx="sum")
-        self.add_state("crps_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("crps_orig_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("crps_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("crps_sum", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("crps_orig_sum", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("crps_count", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _sum(self, values: Tensor) -> Tensor:
+        """The sum of ``values (..., C)``: per channel ``(C,)`` or in all (a scalar)."""
+        return values.sum(dim=tuple(range(values.dim() - 1))) if self.per_channel else values.sum()
 
     def update(self, forecast: Any, target: Tensor, mask: Tensor) -> None:  # type: ignore[override]
         scores = forecast.scores(target, mask)
         m = mask.to(torch.float64)
-        self.count += m.sum()
+        self.count += self._sum(m)
         for i, p in enumerate(COVERAGE_LEVELS):
-            self.covered[i] += (scores[f"coverage{round(100 * p)}"] * m).sum()
+            self.covered[i] += self._sum(scores[f"coverage{round(100 * p)}"] * m)
         if "crps" not in scores:
             return  # quantiles only: coverage, no CRPS
         crps = scores["crps"]
-        self.crps_count += m.sum()
-        self.crps_sum += (crps * m).sum()
+        self.crps_count += self._sum(m)
+        self.crps_sum += self._sum(crps * m)
         if self.scale is not None:
-            self.crps_orig_sum += (crps * self.scale.to(crps.device) * m).sum()
+            self.crps_orig_sum += self._sum(crps * self.scale.to(crps.device) * m)
+
+    def channel_sums(self) -> dict[str, Tensor]:
+        """Per-channel ``(C,)`` sums over the observed target entries (divide by ``count``):
+        ``coverage80``, ``coverage90`` and, when the forecasts had a CRPS, ``crps`` (original
+        units with ``scale``, else normalized). Needs ``num_channels``."""
+        if not self.per_channel:
+            raise RuntimeError("ProbabilisticMetrics: channel_sums needs num_channels")
+        sums = {f"coverage{round(100 * p)}": self.covered[i] for i, p in enumerate(COVERAGE_LEVELS)}
+        if bool(self.crps_count.sum() > 0):
+            sums["crps"] = self.crps_sum if self.scale is None else self.crps_orig_sum
+        return sums
 
     def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        n = self.count.clamp_min(1.0)
-        result = {f"coverage{round(100 * p)}": (self.covered[i] / n).float()
+        count, covered = self.count.sum(), self.covered.reshape(len(COVERAGE_LEVELS), -1).sum(-1)
+        crps_count, crps_sum, crps_orig_sum = (
+            self.crps_count.sum(), self.crps_sum.sum(), self.crps_orig_sum.sum()
+        )
+        n = count.clamp_min(1.0)
+        result = {f"coverage{round(100 * p)}": (covered[i] / n).float()
                   for i, p in enumerate(COVERAGE_LEVELS)}
-        if self.crps_count > 0:
-            result["crps"] = (self.crps_sum / self.crps_count).float()
+        if crps_count > 0:
+            result["crps"] = (crps_sum / crps_count).float()
             if self.scale is not None:
-                result["crps_orig"] = (self.crps_orig_sum / self.crps_count).float()
+                result["crps_orig"] = (crps_orig_sum / crps_count).float()
         return result
 
 
