@@ -403,3 +403,25 @@ def test_adaptive_adjoint_matches_backprop_on_linear_paths(forecast_batch64) -> 
     assert bwd > 0
     for key in backprop:
         torch.testing.assert_close(adjoint[key], backprop[key], rtol=1e-6, atol=1e-9, msg=key)
+
+
+def test_input_clip_bounds_the_path_values_and_leaves_small_values(forecast_batch) -> None:
+    ctx = forecast_batch.context
+    spiked = SeriesPart(ctx.times, ctx.values.clone(), ctx.mask, ctx.lengths)
+    spiked.values[0, 0, :] = 50.0  # a recording error of 50 standard deviations
+    clipped = build(input_clip=5.0, include_time=False, include_counts=False)
+    plain = build(include_time=False, include_counts=False)
+    x_clipped = clipped.make_path(spiked).evaluate(ctx.times)
+    x_plain = plain.make_path(spiked).evaluate(ctx.times)
+    assert x_plain.abs().max() >= 50.0
+    assert x_clipped.abs().max() <= 5.0
+    # values well inside the clip pass almost unchanged (5 tanh(x / 5) = x - x^3 / 75 + ...)
+    small = SeriesPart(ctx.times, 0.1 * ctx.values, ctx.mask, ctx.lengths)
+    torch.testing.assert_close(
+        clipped.make_path(small).evaluate(ctx.times), plain.make_path(small).evaluate(ctx.times),
+        rtol=0, atol=2e-3,
+    )
+    with pytest.raises(ValueError, match="input_clip"):
+        build(input_clip=0.0)
+    with pytest.raises(ValueError, match="include_counts"):
+        build(include_counts="sqrt")
