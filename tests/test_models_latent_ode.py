@@ -261,3 +261,19 @@ def test_mixture_coverage_from_the_cdf_equals_coverage_from_exact_quantiles():
         inside = (target >= q[0]) & (target <= q[1])
         expected = float(inside[mask].double().mean())
         assert abs(float(got[f"coverage{round(100 * p)}"]) - expected) < 1e-6
+
+
+def test_channel_weights_count_relative_to_their_mean(forecast_batch):
+    """Only the ratios of ``loss_channel_weights`` matter: scaling them all by 1e-3 (the size
+    of the forecast-24h protocol's min-max weights) leaves the loss, hence the balance between
+    likelihood and KL, unchanged; changing their ratio changes it."""
+    c = forecast_batch.context.num_channels
+    losses = []
+    for weights in ([1.0] * c, [1e-3] * c, [1e-3 * (i + 1) for i in range(c)]):
+        torch.manual_seed(0)
+        model = LatentODE(num_channels=c, latent_dim=2, rec_dim=3, loss_channel_weights=weights)
+        model.train()
+        torch.manual_seed(1)
+        losses.append(float(model.compute_loss(forecast_batch).loss.detach()))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[2] != pytest.approx(losses[0], rel=1e-3)

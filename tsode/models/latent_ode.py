@@ -175,7 +175,9 @@ class LatentODE(IrregularModel):
     Loss: negative bound divided by the number of observed entries in the batch's likelihood
     (a per-batch constant; the optimum is that of the bound). Logged: ``elbo`` (per series),
     ``recon_loglik`` (per observed entry), ``kl`` (per series), ``kl_weight`` and, with
-    ``poisson``, ``obs_time_loglik`` (per series).
+    ``poisson``, ``obs_time_loglik`` (per series). ``loss_channel_weights`` weigh each channel's
+    log-likelihood relative to their mean (only their ratios count, so their overall scale
+    does not move the balance between the likelihood and the KL).
 
     With a classifier the loss is that bound term (over the context, and the target when the
     batch has one) plus ``classification_weight`` x the cross-entropy on the known labels
@@ -436,10 +438,13 @@ class LatentODE(IrregularModel):
         if self.anchor == "first":
             self._check_times(times, t0, "compute_loss")
         # loss_weighting="channel": each channel's entries weigh N / (C_obs n_c) in the batch;
-        # loss_channel_weights multiply each channel's term
+        # loss_channel_weights multiply each channel's term, *relative to their mean*: their
+        # overall scale must not tip the ELBO's balance against the KL (the forecast-24h
+        # protocol's min-max weights average ~5e-3, which let the KL collapse the posterior)
         weights = channel_weights(mask) if self.loss_weighting == "channel" else None
         if self.loss_scale is not None:
-            weights = self.loss_scale if weights is None else weights * self.loss_scale
+            relative = self.loss_scale / self.loss_scale.mean().clamp_min(1e-12)
+            weights = relative if weights is None else weights * relative
         z, window = self.solve_at(z0, t0, times)  # z (K, B, N, D) in concatenation order
         x_hat, std = self.decode(z, batch.context, times)  # (K, B, N, C)
         out = {
