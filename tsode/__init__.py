@@ -13,7 +13,7 @@ Sub-packages (see docs/architecture.md):
 The public entry points below are imported lazily (``import tsode`` stays cheap; the first
 use of ``tsode.Forecaster`` imports Lightning, pandas and MLflow).
 
-Importing tsode registers its plain configuration classes (``SolverConfig``) with
+Importing tsode registers its plain configuration classes (``SolverConfig``, ``OptimConfig``) with
 ``torch.serialization.add_safe_globals``, so Lightning checkpoints of tsode models load
 with torch's default ``weights_only=True``.
 """
@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "load_table": "tsode.data",
     "load_physionet2012": "tsode.data",
     "SolverConfig": "tsode.solvers",
+    "OptimConfig": "tsode.config",
     "odeint": "tsode.solvers",
     "MLflowLogger": "tsode.tracking",
     "MLflowArtifacts": "tsode.tracking",
@@ -62,6 +63,7 @@ __all__ = [
     "load_table",
     "load_physionet2012",
     "SolverConfig",
+    "OptimConfig",
     "odeint",
     "MLflowLogger",
     "MLflowArtifacts",
@@ -103,18 +105,19 @@ def __dir__() -> list[str]:
 def _register_safe_globals() -> None:
     """Allow tsode's plain config objects in ``torch.load(..., weights_only=True)``.
 
-    Models keep a ``SolverConfig`` among their hyperparameters (``save_hyperparameters``), so
+    Models keep a ``SolverConfig`` and an ``OptimConfig`` among their hyperparameters (``save_hyperparameters``), so
     it is pickled into every Lightning checkpoint of a model built in Python (the ``tsode``
     command stores it as a mapping). It is a dataclass of numbers and strings (nothing executable).
     ``tsode.data`` registers its own config dataclasses likewise.
     """
     import torch
 
+    from tsode.config import OptimConfig
     from tsode.solvers.api import SolverConfig
 
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch >= 2.4
-        add([SolverConfig])
+        add([SolverConfig, OptimConfig])
 
 
 _register_safe_globals()

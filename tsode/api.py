@@ -43,6 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tsode.checkpoints import load_checkpoint_weights
+from tsode.config import accepted_args, constructor_args, data_derived_kwargs
 from tsode.data import (
     IrregularBatch,
     SeriesDataset,
@@ -138,27 +139,27 @@ def _model_name(cls: type) -> str:
 
 
 def _accepted_args(cls: type) -> set[str]:
-    return set(inspect.signature(cls.__init__).parameters)
+    """Keyword arguments of ``cls`` (with the former flat optimizer arguments, ``lr`` ...,
+    which a model with an ``optim`` group maps into it)."""
+    return accepted_args(cls)
 
 
 def _data_derived_kwargs(cls: type, data: FittedData) -> dict[str, Any]:
-    """num_channels / num_static / channel_means / channel_stds (and num_classes for a
-    classification fit), where ``cls`` accepts them."""
+    """The data-derived arguments (:data:`tsode.config.DATA_DERIVED_ARGS`: num_channels,
+    num_static, channel statistics, and num_classes for a classification fit) ``cls`` accepts."""
+    if data.num_classes and "num_classes" not in _accepted_args(cls):
+        raise TypeError(
+            f"{cls.__name__} has no classification head (no num_classes argument): "
+            "task='classification' needs latent_ode, odernn, ncde or gru_dt"
+        )
     values = {
         "num_channels": len(data.channels),
         "num_static": len(data.static_names),
+        "num_classes": int(data.num_classes) or None,
         "channel_means": [float(x) for x in data.normalizer.mean],
         "channel_stds": data.scale,
     }
-    if data.num_classes:
-        if "num_classes" not in _accepted_args(cls):
-            raise TypeError(
-                f"{cls.__name__} has no classification head (no num_classes argument): "
-                "task='classification' needs latent_ode, odernn, ncde or gru_dt"
-            )
-        values["num_classes"] = int(data.num_classes)
-    accepted = _accepted_args(cls)
-    return {k: v for k, v in values.items() if k in accepted}
+    return data_derived_kwargs(cls, values)
 
 
 def _plain(value: Any) -> Any:
@@ -358,7 +359,7 @@ class Forecaster:
             if unknown:
                 raise TypeError(
                     f"{self.model_class.__name__} has no argument(s) {sorted(unknown)}; it accepts "
-                    f"{sorted(_accepted_args(self.model_class) - {'self'})}"
+                    f"{sorted(constructor_args(self.model_class))}"
                 )
         self.model_kwargs = _convert_args(self.model_class, model_kwargs)
         self.trainer_kwargs = dict(trainer_kwargs or {})

@@ -36,6 +36,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from tsode.config import DATA_DERIVED_ARGS, legacy_key_hint
 from tsode.errors import (
     RecipeFileError,
     SolverFailureContext,
@@ -67,7 +68,7 @@ MONITOR = "val/mse"
 REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Values every model may take from the data module (linked only where the model accepts them).
-LINKED_FROM_DATA = ("num_channels", "num_static", "num_classes", "channel_means", "channel_stds")
+LINKED_FROM_DATA = DATA_DERIVED_ARGS
 #: Of those, the ones not every model takes: linked only when the chosen model (and, for
 #: ``num_classes``, the data module: 0 unless ``task: classification``) has them.
 OPTIONALLY_LINKED = ("num_static", "num_classes")
@@ -324,6 +325,9 @@ def report_recipe_error(
     """Print ``tsode: invalid configuration in <file>: key '<key>': <reason>`` (plus the
     details) and exit with status 2 (:class:`RecipeError`)."""
     where = ", ".join(files) if files else "command-line arguments"
+    hint = legacy_key_hint(key) if key else None
+    if hint is not None:
+        reason = f"{reason}: {hint}"
     if key:
         key, file = locate_key(key, files)
         if file is not None:

@@ -11,7 +11,6 @@ store are.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from tsode.config import DATA_DERIVED_ARGS, data_derived_kwargs
 from tsode.tracking import MLflowArtifacts, MLflowLogger, find_mlflow_logger
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
@@ -44,18 +44,17 @@ def _baseline_model(name: str, model: pl.LightningModule, datamodule: Any) -> pl
             f"tsode.models.MODELS has {sorted(MODELS)}"
         )
     cls = MODELS[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {}
-    for arg in ("num_channels", "num_static", "channel_means", "channel_stds"):
-        if arg in accepted:
-            value = getattr(model, arg, None)
-            if value is None:
-                value = getattr(model.hparams, arg, None) if hasattr(model, "hparams") else None
-            if value is None:
-                value = getattr(datamodule, arg, None)
-            if value is not None:
-                kwargs[arg] = value
-    return cls(**kwargs)
+    values = {}
+    for arg in DATA_DERIVED_ARGS:
+        if arg == "num_classes":
+            continue  # the baselines forecast; the quickstart task has no labels
+        value = getattr(model, arg, None)
+        if value is None:
+            value = getattr(model.hparams, arg, None) if hasattr(model, "hparams") else None
+        if value is None:
+            value = getattr(datamodule, arg, None)
+        values[arg] = value
+    return cls(**data_derived_kwargs(cls, values))
 
 
 def _fit_and_test_baseline(

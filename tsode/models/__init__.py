@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from lightning import LightningModule
 
+from tsode.config import DATA_DERIVED_ARGS, OptimConfig
 from tsode.models.base import IrregularModel, StepResult
 from tsode.models.baselines import LOCF, ChannelMean, GRUDelta
 from tsode.models.forecast import Forecast
@@ -63,9 +64,11 @@ def allowed_model_class(path: str) -> type[LightningModule] | None:
 
 
 __all__ = [
+    "DATA_DERIVED_ARGS",
     "MODELS",
     "Forecast",
     "IrregularModel",
+    "OptimConfig",
     "StepResult",
     "allowed_model_class",
     "class_path",

@@ -28,8 +28,11 @@ NFE: vector fields whose evaluations should be counted subclass
 finds them among the submodules automatically. ODE solves go through ``tsode.solvers`` with a
 ``SolverConfig`` constructor argument, so method / tolerances / adjoint are a recipe choice.
 
-Constructor contract: subclasses take plain typed arguments, call
-``super().__init__(num_channels=..., lr=..., ...)`` with the common arguments below, then
+Constructor contract: subclasses take plain typed arguments, the optimizer group
+``optim: OptimConfig | None`` (:class:`tsode.config.OptimConfig`, the recipe's ``optim:``
+block) and ``**base``: the other common arguments below, and former flat optimizer
+arguments (``lr`` ..., mapped into the group with a ``DeprecationWarning``); they call
+``super().__init__(num_channels, optim, default_optim=..., **base)``, then
 ``self.save_hyperparameters()``.
 
 Logged per stage (``train`` / ``val`` / ``test``): ``{stage}/loss``, ``{stage}/mse``,
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
 import torch
@@ -57,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from tsode.config import LEGACY_OPTIM_ARGS, OptimConfig, resolve_optim
 from tsode.data.batch import IrregularBatch
 from tsode.models.blocks import ClassifierHead, NFECounter
 from tsode.models.forecast import Forecast
@@ -205,14 +210,8 @@ class IrregularModel(L.LightningModule):
 
     Args:
         num_channels: C, number of value channels.
-        lr: learning rate.
-        weight_decay: weight decay (decoupled for ``optimizer="adamw"``).
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
-        scheduler: ``"none"``, ``"exponential"`` (per epoch, ``scheduler_gamma``), ``"step"``
-            (every ``scheduler_step_size`` epochs, ``scheduler_gamma``), ``"cosine"`` (over the
-            trainer's ``max_epochs``) or ``"plateau"`` (on ``val/loss``, factor ``scheduler_gamma``).
-        scheduler_gamma: decay factor for the schedulers above.
-        scheduler_step_size: epochs per decay for ``"step"``.
+        optim: optimizer, learning rate and schedule (:class:`~tsode.config.OptimConfig`;
+            a mapping is converted); fields left None take ``default_optim``'s.
         channel_means: per-channel normalizer means (plain list) -- enables original units in
             ``predict_step`` (``"mean_original"``).
         channel_stds: per-channel normalizer stds (plain list) -- enables ``*_orig`` metrics.
@@ -224,23 +223,26 @@ class IrregularModel(L.LightningModule):
             the loss and in ``{stage}/mse_channel`` (None: all 1). A per-variable metric in
             other units than the model's (e.g. min-max scaled while the model sees z-scores)
             is matched by ``(std_c / range_c)^2``.
+        default_optim: the subclass's defaults for the fields ``optim`` leaves None (None:
+            ``CONSTANT_OPTIM``, Adam at a constant 1e-3).
+        legacy: former flat optimizer arguments (``lr``, ``scheduler``, ... from old code or
+            checkpoints), applied on top of the group with a ``DeprecationWarning``.
     """
 
     def __init__(
         self,
         num_channels: int,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "adam",
-        scheduler: str = "none",
-        scheduler_gamma: float = 0.5,
-        scheduler_step_size: int = 10,
+        optim: OptimConfig | None = None,
         channel_means: list[float] | None = None,
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
         loss_channel_weights: list[float] | None = None,
+        *,
+        default_optim: OptimConfig | None = None,
+        **legacy: Any,
     ) -> None:
         super().__init__()
+        self.optim = resolve_optim(optim, legacy, default_optim, type(self).__name__)
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
@@ -255,24 +257,10 @@ class IrregularModel(L.LightningModule):
             self.loss_scale = None
         if num_channels < 1:
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
-        if scheduler not in ("none", "exponential", "step", "cosine", "plateau"):
-            raise ValueError(
-                f"scheduler must be one of none/exponential/step/cosine/plateau, got {scheduler!r}"
-            )
         for name, stats in (("channel_means", channel_means), ("channel_stds", channel_stds)):
             if stats is not None and len(stats) != num_channels:
                 raise ValueError(f"{name} has {len(stats)} entries, expected num_channels={num_channels}")
         self.num_channels = num_channels
-        self._optim_cfg = dict(
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scheduler_gamma=scheduler_gamma,
-            scheduler_step_size=scheduler_step_size,
-        )
         self.channel_means = None if channel_means is None else [float(x) for x in channel_means]
         self.channel_stds = None if channel_stds is None else [float(x) for x in channel_stds]
         metrics: dict[str, Metric] = {}
@@ -533,29 +521,21 @@ class IrregularModel(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             return None
-        cfg = self._optim_cfg
-        if cfg["optimizer"] == "adam":
-            opt = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        elif cfg["optimizer"] == "adamw":
-            opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        else:
-            opt = torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=0.9)
-        name = cfg["scheduler"]
-        if name == "none":
-            return opt
-        if name == "exponential":
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg["scheduler_gamma"])
-        elif name == "step":
-            sched = torch.optim.lr_scheduler.StepLR(
-                opt, step_size=cfg["scheduler_step_size"], gamma=cfg["scheduler_gamma"]
-            )
-        elif name == "cosine":
-            max_epochs = getattr(self.trainer, "max_epochs", None) if self._trainer else None
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs or 100))
-        else:
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg["scheduler_gamma"])
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        max_epochs = getattr(self.trainer, "max_epochs", None) if self._trainer else None
+        return self.optim.build(params, max_epochs)
+
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """Lightning's ``save_hyperparameters`` (of the caller's constructor arguments), with the
+        resolved ``optim`` group in place of the argument given and no former flat optimizer
+        arguments (so a checkpoint rebuilds the model without deprecation warnings)."""
+        import inspect
+
+        frame = frame if frame is not None else inspect.currentframe().f_back
+        super().save_hyperparameters(*args, frame=frame, **kwargs)
+        if "optim" in self._hparams or any(k in self._hparams for k in LEGACY_OPTIM_ARGS):
+            for key in ("base", "legacy", *LEGACY_OPTIM_ARGS):
+                self._hparams.pop(key, None)
+            self._hparams["optim"] = self.optim
 
 
 def clip_gradient_groups(groups: list[list[torch.nn.Parameter]], value: float, algorithm: str = "norm") -> None:

@@ -12,9 +12,12 @@ All predictions at a time ``tau`` use only context observations strictly before 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from tsode.config import OptimConfig
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
 from tsode.models.blocks import (
@@ -137,6 +140,8 @@ class GRUDelta(IrregularModel):
         num_static: S static covariates per series; they set ``h_0`` (0 = none).
         num_classes: K > 0 adds a series-level classification head (on the GRU state after the last context observation); 0 (default)
             forecasts only. See :meth:`~tsode.models.base.IrregularModel.classify`.
+        optim: optimizer and schedule (:class:`~tsode.config.OptimConfig`; fields left None: Adam at a
+            constant 1e-3, ``CONSTANT_OPTIM``).
         remaining args: see :class:`~tsode.models.base.IrregularModel`.
     """
 
@@ -150,30 +155,10 @@ class GRUDelta(IrregularModel):
         uncertainty: str = "gaussian",
         num_static: int = 0,
         num_classes: int = 0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "adam",
-        scheduler: str = "none",
-        scheduler_gamma: float = 0.5,
-        scheduler_step_size: int = 10,
-        channel_means: list[float] | None = None,
-        channel_stds: list[float] | None = None,
-        loss_weighting: str = "entry",
-        loss_channel_weights: list[float] | None = None,
+        optim: OptimConfig | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            num_channels=num_channels,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scheduler_gamma=scheduler_gamma,
-            scheduler_step_size=scheduler_step_size,
-            channel_means=channel_means,
-            channel_stds=channel_stds,
-            loss_weighting=loss_weighting,
-            loss_channel_weights=loss_channel_weights,
-        )
+        super().__init__(num_channels, optim, **base)
         self.save_hyperparameters()
         self.hidden_dim = hidden_dim
         self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)

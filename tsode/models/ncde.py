@@ -22,11 +22,13 @@ Shapes: ``B`` series, ``L`` context points, ``C`` channels, ``D`` path channels,
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from tsode.config import OptimConfig
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
 from tsode.models.blocks import (
@@ -222,8 +224,9 @@ class NeuralCDE(IrregularModel):
         solver: method / tolerances / adjoint for both the CDE and the decoder ODE
             (default: :func:`default_solver`, RK4 with steps of at most 1 h ending on every
             knot).
-        **base: optimizer / scheduler / normalizer arguments of
-            :class:`~tsode.models.base.IrregularModel` (``lr``, ``weight_decay``, ...).
+        optim: optimizer and schedule (:class:`~tsode.config.OptimConfig`; fields left None: Adam at a
+            constant 1e-3, ``CONSTANT_OPTIM``).
+        remaining args: normalizer and loss arguments of :class:`~tsode.models.base.IrregularModel`.
     """
 
     def __init__(
@@ -245,30 +248,10 @@ class NeuralCDE(IrregularModel):
         num_static: int = 0,
         num_classes: int = 0,
         solver: SolverConfig | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: str = "adam",
-        scheduler: str = "none",
-        scheduler_gamma: float = 0.5,
-        scheduler_step_size: int = 10,
-        channel_means: list[float] | None = None,
-        channel_stds: list[float] | None = None,
-        loss_weighting: str = "entry",
-        loss_channel_weights: list[float] | None = None,
+        optim: OptimConfig | None = None,
+        **base: Any,
     ) -> None:
-        super().__init__(
-            num_channels=num_channels,
-            lr=lr,
-            weight_decay=weight_decay,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scheduler_gamma=scheduler_gamma,
-            scheduler_step_size=scheduler_step_size,
-            channel_means=channel_means,
-            channel_stds=channel_stds,
-            loss_weighting=loss_weighting,
-            loss_channel_weights=loss_channel_weights,
-        )
+        super().__init__(num_channels, optim, **base)
         if interpolation not in PATH_METHODS:
             raise ValueError(f"interpolation must be one of {PATH_METHODS}, got {interpolation!r}")
         if fill not in FILL_METHODS:
