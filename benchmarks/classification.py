@@ -203,12 +203,12 @@ def EpochReport(name: str):  # noqa: ANN201, N802 - a Lightning callback built l
 def train_one(model_name: str, seed: int, args: argparse.Namespace, split: dict) -> dict:
     """Fit ``model_name`` on the split, test it at its best ``val/auroc`` checkpoint."""
     import datetime
-    import inspect
 
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from tsode.config import accepted_args
     from tsode.data import PhysioNet2012DataModule
     from tsode.models import MODELS
     from tsode.tracking import MLflowLogger
@@ -232,7 +232,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, split: dict)
         "channel_means": [float(x) for x in data.normalizer.mean],
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = accepted_args(cls)
     settings = recipe_settings(model_name)
     overrides = json.loads(args.model_kwargs)
     model = cls(**{k: v for k, v in derived.items() if k in accepted},

@@ -574,12 +574,12 @@ def peak_rss_mb() -> float:
 def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: dict) -> dict:
     """Fit ``model_name`` on the protocol's split, test at the best validation epoch, score."""
     import datetime
-    import inspect
 
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from tsode.config import accepted_args
     from tsode.data import PhysioNet2012DataModule
     from tsode.models import MODELS
     from tsode.tracking import MLflowLogger
@@ -615,7 +615,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     }
     if not rubanova and args.loss == "protocol":
         derived.update(protocol_loss(data, protocol, args.zero_range_weight))
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = accepted_args(cls)
     kwargs = {k: v for k, v in derived.items() if k in accepted}
     model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
     trainable = any(p.requires_grad for p in model.parameters())

@@ -74,9 +74,9 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
         "channel_means": [float(x) for x in data.normalizer.mean],
         "channel_stds": [float(x) for x in data.normalizer.std],
     }
-    import inspect
+    from tsode.config import accepted_args
 
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = accepted_args(cls)
     kwargs = {k: v for k, v in derived.items() if k in accepted}
     model = cls(**{**kwargs, **json.loads(args.model_kwargs)})
     trainable = any(p.requires_grad for p in model.parameters())

@@ -73,3 +73,16 @@ def test_old_flat_recipe_key_names_the_new_one(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert f"invalid configuration in {path}: key 'model.init_args.lr'" in err
     assert "moved to model.init_args.optim.lr" in err
+
+
+@pytest.mark.parametrize("name", ["odernn", "latent_ode", "ncde", "gru_dt"])
+def test_accepted_args_see_through_the_base_arguments(name: str) -> None:
+    """Callers that filter keyword arguments by what a model accepts (the API, the benchmarks)
+    must still see the arguments a model forwards to its base through ``**base``."""
+    from tsode.config import accepted_args
+    from tsode.models import MODELS
+
+    accepted = accepted_args(MODELS[name])
+    for arg in ("num_channels", "num_static", "channel_means", "channel_stds",
+                "loss_weighting", "loss_channel_weights", "optim", "lr"):
+        assert arg in accepted, arg
