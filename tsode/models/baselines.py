@@ -134,8 +134,10 @@ class GRUDelta(IrregularModel):
         num_channels: C.
         hidden_dim: GRU state size.
         decoder_hidden_dim / decoder_layers: prediction MLP.
-        persistence: add each channel's last observation times a learned gate (GRU-D's decay
-            toward the mean, from the state and the observation's age) to the prediction.
+        persistence: the last-observation readout: ``"channel"`` (default, a per-channel query
+            readout, :class:`~tsode.models.blocks.ChannelReadout`), ``"gate"``/``True`` (a
+            learned gate, GRU-D's decay toward the mean) or ``"none"``/``False``. PhysioNet
+            forecast-24h MSE 5.464 vs 5.543 x 1e-3 with the gate (seed 1).
         uncertainty: ``"gaussian"`` (a std head: forecasts carry ``std``) or ``"none"``.
         num_static: S static covariates per series; they set ``h_0`` (0 = none).
         num_classes: K > 0 adds a series-level classification head (on the GRU state after the last context observation); 0 (default)
@@ -151,7 +153,7 @@ class GRUDelta(IrregularModel):
         hidden_dim: int = 50,
         decoder_hidden_dim: int = 50,
         decoder_layers: int = 1,
-        persistence: bool | str = True,
+        persistence: bool | str = "channel",
         uncertainty: str = "gaussian",
         num_static: int = 0,
         num_classes: int = 0,
