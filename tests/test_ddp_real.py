@@ -34,7 +34,7 @@ RECIPE = {
         "class_path": "tsode.models.odernn.ODERNN",
         "init_args": {
             "hidden_dim": 8, "ode_hidden_dim": 8, "ode_layers": 1, "decoder_hidden_dim": 8,
-            "lr": 0.01, "solver": {"method": "rk4", "step_size": 4.0},
+            "optim": {"lr": 0.01}, "solver": {"method": "rk4", "step_size": 4.0},
         },
     },
     "data": {
