@@ -606,6 +606,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
             batch_size=32, seed=seed,
         )
     data.setup("fit")
+    if args.train_cutoff_range is not None:
+        data.set_task(train_cutoff_range=tuple(args.train_cutoff_range))
     cls = MODELS[model_name]
     derived = {
         "num_channels": data.num_channels,
@@ -634,6 +636,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
         "cutoff_hours": protocol.get("boundary") if rubanova else HISTORY_HOURS,
         "model_kwargs": args.model_kwargs, "monitor": monitor_metric(args), "loss": args.loss,
         "zero_range_weight": args.zero_range_weight,
+        "train_cutoff_range": args.train_cutoff_range,
         **{f"split_{k}": len(v) for k, v in protocol["split"].items()},
     })
     common = dict(logger=logger, enable_progress_bar=False, enable_model_summary=False,
@@ -829,6 +832,8 @@ def shared_args(args: argparse.Namespace) -> list[str]:
               "--zero-range-weight", args.zero_range_weight]
     if args.max_minutes is not None:
         shared += ["--max-minutes", str(args.max_minutes)]
+    if args.train_cutoff_range is not None:
+        shared += ["--train-cutoff-range", *map(str, args.train_cutoff_range)]
     if args.max_series is not None:
         shared += ["--max-series", str(args.max_series)]
     return shared
@@ -926,6 +931,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="forecast-24h, --loss protocol: training weight of a zero-range "
                         "variable (MechVent): 'unit' (std^2, the score's own weight) or "
                         "'typical' (the median weight of the other variables)")
+    parser.add_argument("--train-cutoff-range", type=float, nargs=2, default=None,
+                        metavar=("LO", "HI"),
+                        help="forecast-24h / extrap: draw each training series' cutoff uniformly "
+                        "in [LO, HI] hours every epoch (TaskConfig.train_cutoff_range); "
+                        "validation and test keep the protocol's boundary")
     parser.add_argument("--loss", choices=("protocol", "library"), default="protocol",
                         help="forecast-24h: 'protocol' trains on the protocol's metric (per-variable "
                         "MSE in min-max units, as the reference trains every model); 'library' "

@@ -16,7 +16,13 @@ from torch.utils.data import Dataset
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.data.normalize import Normalizer
 from tsode.data.series import SeriesTable, concat_ranges
-from tsode.data.tasks import TaskAssignment, TaskConfig, assign_task
+from tsode.data.tasks import (
+    TaskAssignment,
+    TaskConfig,
+    assign_task,
+    draw_training_cutoffs,
+    forecast_cutoffs,
+)
 
 
 def pad_part(
@@ -90,6 +96,10 @@ class SeriesDataset(Dataset):
         static_normalizer: normalizer for static covariates (or None to leave them raw).
         seed_offset: distinguishes splits for seeded tasks (interpolation hold-out).
         keep_unusable: keep series with an empty target (prediction use) instead of excluding.
+        vary_cutoff: draw each epoch's forecast cutoffs from ``task.train_cutoff_range`` (the
+            training split). Items are then ``(index, epoch)`` pairs (see
+            :class:`~tsode.data.sampler.LengthBucketSampler`'s ``lengths_at``); a series whose
+            drawn cutoff leaves it an empty context or target keeps the task's own cutoff.
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class SeriesDataset(Dataset):
         static_normalizer: Normalizer | None = None,
         seed_offset: int = 0,
         keep_unusable: bool = False,
+        vary_cutoff: bool = False,
     ):
         if normalizer.names != table.channels:
             raise ValueError(
@@ -117,8 +128,10 @@ class SeriesDataset(Dataset):
         self.num_excluded = int(table.num_series - len(self.indices))
         self.values, _ = table.normalized(normalizer)
         a = self.assignment
-        self._ctx_rows, self._ctx_off = _grouped_rows(a.context_rows, table.offsets, self.indices)
-        self._tgt_rows, self._tgt_off = _grouped_rows(a.target_rows, table.offsets, self.indices)
+        self._parts = self._grouped(a)
+        self._ctx_rows, self._ctx_off, self._tgt_rows, self._tgt_off = self._parts
+        self.varies_by_epoch = bool(vary_cutoff and task.train_cutoff_range is not None)
+        self._epoch_cache: tuple[int, tuple[TaskAssignment, tuple]] | None = None
         self.static: torch.Tensor | None = None
         if table.static is not None and table.num_static > 0:
             static = table.static
@@ -132,10 +145,34 @@ class SeriesDataset(Dataset):
         self.time_offset = torch.from_numpy(table.time_offset[self.indices])
         self.series_ids = [table.series_ids[i] for i in self.indices]
 
+    def _grouped(self, a: TaskAssignment) -> tuple:
+        offsets = self.table.offsets
+        ctx_rows, ctx_off = _grouped_rows(a.context_rows, offsets, self.indices)
+        tgt_rows, tgt_off = _grouped_rows(a.target_rows, offsets, self.indices)
+        return ctx_rows, ctx_off, tgt_rows, tgt_off
+
+    def _at_epoch(self, epoch: int | None) -> tuple[TaskAssignment, tuple]:
+        """The assignment and grouped rows of ``epoch`` (None, or a fixed task: the task's)."""
+        if epoch is None or not self.varies_by_epoch:
+            return self.assignment, self._parts
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        table, task = self.table, self.task
+        base = self.assignment
+        base_cut = forecast_cutoffs(table, task)
+        cutoffs = draw_training_cutoffs(table, task, epoch)
+        drawn = assign_task(table, task, cutoffs=cutoffs)
+        fallback = base.usable & ~drawn.usable
+        if fallback.any():
+            cutoffs = np.where(fallback, base_cut, cutoffs)
+            drawn = assign_task(table, task, cutoffs=cutoffs)
+        self._epoch_cache = (epoch, (drawn, self._grouped(drawn)))
+        return self._epoch_cache[1]
+
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> int:
+    def __getitem__(self, index: int | tuple[int, int]) -> int | tuple[int, int]:
         return index
 
     @property
@@ -146,27 +183,42 @@ class SeriesDataset(Dataset):
     @property
     def part_lengths(self) -> np.ndarray:
         """(len, 2) context and target time points per series (used for length bucketing)."""
-        return np.stack([np.diff(self._ctx_off), np.diff(self._tgt_off)], axis=1)
+        return self.part_lengths_at(None)
 
-    def collate(self, items: Sequence[int]) -> IrregularBatch:
-        """Build one padded batch from dataset positions ``items``."""
+    def part_lengths_at(self, epoch: int | None) -> np.ndarray:
+        """(len, 2) context and target time points per series in ``epoch`` (see
+        ``vary_cutoff``; None: under the task's own cutoff)."""
+        _, (_, ctx_off, _, tgt_off) = self._at_epoch(epoch)
+        return np.stack([np.diff(ctx_off), np.diff(tgt_off)], axis=1)
+
+    def collate(self, items: Sequence[int] | Sequence[tuple[int, int]]) -> IrregularBatch:
+        """Build one padded batch from dataset positions ``items`` (or ``(position, epoch)``
+        pairs, see ``vary_cutoff``)."""
+        epoch = None
+        if len(items) and isinstance(items[0], tuple | list):
+            epochs = {int(e) for _, e in items}
+            if len(epochs) != 1:
+                raise ValueError(f"one batch spans several epochs: {sorted(epochs)}")
+            epoch = epochs.pop()
+            items = [i for i, _ in items]
+        assignment, (ctx_rows, ctx_off, tgt_rows, tgt_off) = self._at_epoch(epoch)
         sel = np.asarray(items, dtype=np.int64)
         table = self.table
         context = pad_part(
             table.times,
             self.values,
-            self._ctx_rows,
-            self._ctx_off,
-            self.assignment.context_entries,
+            ctx_rows,
+            ctx_off,
+            assignment.context_entries,
             sel,
         )
         ctx_last = context.times[:, -1].numpy().astype(np.float64)
         target = pad_part(
             table.times,
             self.values,
-            self._tgt_rows,
-            self._tgt_off,
-            self.assignment.target_entries,
+            tgt_rows,
+            tgt_off,
+            assignment.target_entries,
             sel,
             fallback_time=ctx_last,
         )

@@ -72,6 +72,7 @@ def build_dataset(
     *,
     seed_offset: int = NEW_TABLE_SEED_OFFSET,
     keep_unusable: bool | None = None,
+    vary_cutoff: bool = False,
 ) -> SeriesDataset:
     """The normalized series of ``table`` under ``task``: its channels mapped to ``channels``
     (unknown ones raise ``DataValidationError``), the static covariates checked / filled
@@ -87,6 +88,8 @@ def build_dataset(
         static_names: the fitted static covariates (None: ``table``'s own).
         keep_unusable: keep series without a target or label (default: for ``"none"``, the
             task of prediction, where everything is context).
+        vary_cutoff: a training split: draw each epoch's cutoffs from the task's
+            ``train_cutoff_range`` (see :class:`SeriesDataset`).
     """
     if channels is not None and table.channels != [str(c) for c in channels]:
         table = table.with_channels(channels)
@@ -99,6 +102,7 @@ def build_dataset(
         static_normalizer,
         seed_offset=seed_offset,
         keep_unusable=task.kind == "none" if keep_unusable is None else keep_unusable,
+        vary_cutoff=vary_cutoff,
     )
 
 

@@ -186,6 +186,7 @@ class IrregularDataModule(L.LightningDataModule):
         return build_dataset(
             part, self.task, None, None, self._normalizer,
             self._static_normalizer, seed_offset=seed_offset, keep_unusable=False,
+            vary_cutoff=seed_offset == 0,
         )
 
     def _setup_classes(self, table: SeriesTable) -> None:
@@ -436,6 +437,7 @@ class IrregularDataModule(L.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
             bucket=self.bucketing,
+            lengths_at=dataset.part_lengths_at if shuffle and dataset.varies_by_epoch else None,
         )
         return DataLoader(
             dataset,

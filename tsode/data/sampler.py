@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
@@ -36,6 +36,10 @@ class LengthBucketSampler(BatchSampler):
         bucket: sort pools by length (False: plain seeded shuffled batches, same DDP rules).
         pad_ranks: under DDP, pad the items so every rank has the same number of batches
             (None: when ``shuffle``, i.e. for training; see below).
+        lengths_at: ``epoch -> (N, 2)`` lengths, for a dataset whose items change from epoch
+            to epoch (a training split with varying forecast cutoffs): batches are bucketed
+            by that epoch's lengths, and items are yielded as ``(index, epoch)`` pairs so the
+            collate function (in any DataLoader worker) builds that epoch's batch.
 
     Distributed training: when ``sampler`` is a plain ``torch.utils.data.DistributedSampler``
     (what Lightning injects under DDP), only its ``num_replicas``, ``rank`` and ``drop_last``
@@ -72,6 +76,7 @@ class LengthBucketSampler(BatchSampler):
         sampler: Iterable[int] | None = None,
         bucket: bool = True,
         pad_ranks: bool | None = None,
+        lengths_at: Callable[[int], np.ndarray] | None = None,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
@@ -88,6 +93,7 @@ class LengthBucketSampler(BatchSampler):
         self.bucket = bucket
         self.pad_ranks = shuffle if pad_ranks is None else bool(pad_ranks)
         self.sampler = sampler if sampler is not None else EpochIndexSampler(len(self.lengths))
+        self.lengths_at = lengths_at
 
     @property
     def epoch(self) -> int:
@@ -139,25 +145,26 @@ class LengthBucketSampler(BatchSampler):
 
     def _batches(self) -> list[np.ndarray]:
         items = self.rank_items()
+        lengths = self.lengths if self.lengths_at is None else self.lengths_at(self.epoch)
         if not self.bucket:
             if self.shuffle:
                 rng = np.random.default_rng(self.seed + self.epoch)
                 items = items[rng.permutation(len(items))]
             return self._cut(items)
         if not self.shuffle:
-            return self._sorted_batches(items)
+            return self._sorted_batches(items, lengths)
         rng = np.random.default_rng(self.seed + self.epoch)
         perm = items[rng.permutation(len(items))]
         n = len(perm)
         pool = self.batch_size * self.pool_factor
         batches: list[np.ndarray] = []
         for start in range(0, n, pool):
-            batches.extend(self._sorted_batches(perm[start : start + pool]))
+            batches.extend(self._sorted_batches(perm[start : start + pool], lengths))
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
-    def _sorted_batches(self, items: np.ndarray) -> list[np.ndarray]:
-        lengths = self.lengths[items]
+    def _sorted_batches(self, items: np.ndarray, all_lengths: np.ndarray) -> list[np.ndarray]:
+        lengths = all_lengths[items]
         if lengths.ndim == 1:
             return self._cut(items[np.argsort(lengths, kind="stable")])
         items = items[np.argsort(lengths[:, 0], kind="stable")]
@@ -167,7 +174,7 @@ class LengthBucketSampler(BatchSampler):
         out: list[np.ndarray] = []
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
-            second = self.lengths[part][:, 1]
+            second = all_lengths[part][:, 1]
             out.extend(self._cut(part[np.argsort(second, kind="stable")]))
         return out
 
@@ -177,9 +184,14 @@ class LengthBucketSampler(BatchSampler):
             out.pop()
         return out
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._batches():
-            yield batch.tolist()
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        if self.lengths_at is None:
+            for batch in self._batches():
+                yield batch.tolist()
+        else:
+            epoch = self.epoch
+            for batch in self._batches():
+                yield [(i, epoch) for i in batch.tolist()]
 
     def __len__(self) -> int:
         n = self.rank_size()

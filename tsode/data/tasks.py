@@ -8,7 +8,8 @@ Tasks (all times are hours since each series' time origin, see ``SeriesTable``):
   last time). Without either, ``cutoff_fraction=0.5``. ``context_boundary="open"`` moves a
   time point at exactly the cutoff to the target: context ``t < cutoff``, target
   ``cutoff <= t <= cutoff + horizon`` (the t-PatchGNN benchmark protocol); the default
-  ``"closed"`` is the rule above.
+  ``"closed"`` is the rule above. ``train_cutoff_range=(lo, hi)`` varies the cutoff while
+  training (see :func:`draw_training_cutoffs`); validation and test keep the fixed one.
 * ``extrapolation``: as in the latent ODE paper, the first half of each series' time window
   ``[0, last time]`` is observed and the second half predicted (forecast at fraction 0.5).
 * ``interpolation``: a seeded random ``holdout_fraction`` of the observed entries is hidden
@@ -51,8 +52,11 @@ class TaskConfig:
     holdout_fraction: float = 0.3
     seed: int = 0
     context_boundary: str = "closed"
+    train_cutoff_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.train_cutoff_range is not None:
+            self.train_cutoff_range = self._checked_range(self.train_cutoff_range)
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.context_boundary not in CONTEXT_BOUNDARIES:
@@ -74,6 +78,29 @@ class TaskConfig:
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
+    def _checked_range(self, value: Any) -> tuple[float, float]:
+        if self.kind != "forecast":
+            raise ValueError(
+                f"train_cutoff_range varies a forecast cutoff; task {self.kind!r} has none"
+            )
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"train_cutoff_range must be two numbers (lo, hi), got {value!r}"
+            ) from None
+        if self.cutoff is None:  # fractions of each series' span, like cutoff_fraction
+            if not 0.0 < lo < hi < 1.0:
+                raise ValueError(
+                    "train_cutoff_range is a range of fractions of each series' span here (the "
+                    f"task sets no cutoff in hours): need 0 < lo < hi < 1, got ({lo}, {hi})"
+                )
+        elif not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
+            raise ValueError(
+                f"train_cutoff_range must be hours with 0 <= lo < hi, got ({lo}, {hi})"
+            )
+        return (lo, hi)
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -88,6 +115,9 @@ class TaskConfig:
                 where += f", horizon {self.horizon:g} h"
             if self.context_boundary == "open":
                 where += ", context t < cutoff"
+            if self.train_cutoff_range is not None:
+                lo, hi = self.train_cutoff_range
+                where += f", training cutoffs drawn in [{lo:g}, {hi:g}]"
             return f"forecast ({where})"
         if self.kind == "interpolation":
             return f"interpolation (holdout_fraction {self.holdout_fraction:g})"
@@ -128,22 +158,62 @@ def _per_series_sum(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return csum[offsets[1:]] - csum[offsets[:-1]]
 
 
-def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> TaskAssignment:
-    """Split every series of ``table`` into context and target according to ``task``."""
+def series_last_times(table: SeriesTable) -> np.ndarray:
+    """(S,) hours of each series' last time point (0 for an empty series)."""
+    last = np.zeros(table.num_series)
+    has = table.lengths > 0
+    last[has] = table.times[table.offsets[1:][has] - 1]
+    return last
+
+
+def forecast_cutoffs(table: SeriesTable, task: TaskConfig) -> np.ndarray:
+    """(S,) the cutoff in hours of every series under a forecast or extrapolation ``task``."""
+    if task.kind == "extrapolation":
+        return 0.5 * series_last_times(table)
+    if task.cutoff is not None:
+        return np.full(table.num_series, float(task.cutoff))
+    frac = task.cutoff_fraction if task.cutoff_fraction is not None else 0.5
+    return frac * series_last_times(table)
+
+
+def draw_training_cutoffs(table: SeriesTable, task: TaskConfig, epoch: int) -> np.ndarray:
+    """(S,) forecast cutoffs in hours for one training epoch under ``task.train_cutoff_range``.
+
+    Each series draws uniformly from the range (hours; or, for a task without ``cutoff``,
+    fractions of the series' last time), seeded by ``task.seed`` and ``epoch`` only, so every
+    process and DataLoader worker draws the same cutoffs. Training on many cutoffs teaches a
+    model contexts of every length it may meet at prediction time, and gives each series
+    several targets over the epochs.
+    """
+    if task.train_cutoff_range is None:
+        raise ValueError("the task has no train_cutoff_range")
+    lo, hi = task.train_cutoff_range
+    draw = np.random.default_rng([task.seed, 104729, epoch]).uniform(lo, hi, table.num_series)
+    return draw if task.cutoff is not None else draw * series_last_times(table)
+
+
+def assign_task(
+    table: SeriesTable,
+    task: TaskConfig,
+    seed_offset: int = 0,
+    cutoffs: np.ndarray | None = None,
+) -> TaskAssignment:
+    """Split every series of ``table`` into context and target according to ``task``.
+
+    ``cutoffs`` ((S,) hours, forecast tasks only) replaces the task's cutoff per series, e.g.
+    those of :func:`draw_training_cutoffs`.
+    """
     observed = table.mask
     lengths = table.lengths
     row_series = table.row_series
     n = table.times.shape[0]
+    if cutoffs is not None and task.kind != "forecast":
+        raise ValueError(f"per-series cutoffs need a forecast task, got {task.kind!r}")
     if task.kind in ("forecast", "extrapolation"):
-        last = np.zeros(table.num_series)
-        has = lengths > 0
-        last[has] = table.times[table.offsets[1:][has] - 1]
-        if task.kind == "extrapolation":
-            cutoff = 0.5 * last
-        elif task.cutoff is not None:
-            cutoff = np.full(table.num_series, float(task.cutoff))
+        if cutoffs is not None:
+            cutoff = np.asarray(cutoffs, dtype=np.float64)
         else:
-            cutoff = (task.cutoff_fraction if task.cutoff_fraction is not None else 0.5) * last
+            cutoff = forecast_cutoffs(table, task)
         row_cut = cutoff[row_series]
         if task.context_boundary == "open":  # context t < cutoff, target t >= cutoff
             context_rows = table.times < row_cut
@@ -175,10 +245,7 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
             if task.cutoff is not None:
                 cutoff = np.full(table.num_series, float(task.cutoff))
             else:
-                last = np.zeros(table.num_series)
-                has = lengths > 0
-                last[has] = table.times[table.offsets[1:][has] - 1]
-                cutoff = task.cutoff_fraction * last
+                cutoff = task.cutoff_fraction * series_last_times(table)
             row_cut = cutoff[row_series]
             open_ = task.context_boundary == "open"
             context_rows = table.times < row_cut if open_ else table.times <= row_cut
