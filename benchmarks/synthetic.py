@@ -67,6 +67,8 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
         batch_size=32, seed=seed,
     )
     data.setup("fit")
+    if args.train_cutoff_range is not None:
+        data.set_task(train_cutoff_range=tuple(args.train_cutoff_range))
     cls = MODELS[model_name]
     derived = {
         "num_channels": data.num_channels,
@@ -105,6 +107,11 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
     for metric in METRICS:
         if f"test/{metric}" in result:
             row[metric] = float(result[f"test/{metric}"])
+    ckpt = checkpoint.best_model_path if trainable else None
+    for cutoff in args.eval_cutoffs:  # the same model asked with shorter / longer contexts
+        data.set_task(cutoff=cutoff)
+        other = trainer.test(model, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
+        row[f"mse@{cutoff:g}"] = float(other["test/mse"])
     return row
 
 
@@ -130,9 +137,11 @@ def render(rows: list[dict], models: list[str]) -> str:
     by_model = {m: [r for r in rows if r["model"] == m] for m in models}
     mse_mean = _mean(by_model.get("mean", []), "mse")
     mse_locf = _mean(by_model.get("locf", []), "mse")
+    extra = sorted({k for r in rows for k in r if k.startswith("mse@")},
+                   key=lambda k: float(k[4:]))
     header = ("| model | MSE | MAE | skill vs mean | MSE / LOCF | cov80 | cov90 | CRPS | epochs | "
-              "wall s |")
-    lines = [header, "|" + "---|" * 10]
+              "wall s |" + "".join(f" MSE, cutoff {k[4:]} h |" for k in extra))
+    lines = [header, "|" + "---|" * (10 + len(extra))]
     for model, group in by_model.items():
         if not group:
             continue
@@ -151,6 +160,7 @@ def render(rows: list[dict], models: list[str]) -> str:
             f"| {model} | {cell('mse', '.4f')} | {cell('mae', '.4f')} | {skill:.3f} | {ratio:.3f} "
             f"| {cell('coverage80')} | {cell('coverage90')} | {cell('crps')} | "
             f"{cell('epochs', '.0f')} | {cell('seconds', '.0f')} |"
+            + "".join(f" {cell(key, '.4f')} |" for key in extra)
         )
     return "\n".join(lines)
 
@@ -184,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="name shown for this variant")
     parser.add_argument("--num-series", type=int, default=1000)
     parser.add_argument("--horizon", type=float, default=None, help="hours after the cutoff")
+    parser.add_argument("--train-cutoff-range", type=float, nargs=2, default=None,
+                        metavar=("LO", "HI"), help="draw each training series' cutoff "
+                        "uniformly in [LO, HI] hours every epoch (validation keeps 24 h)")
+    parser.add_argument("--eval-cutoffs", type=float, nargs="*", default=[],
+                        help="also test the best model with these cutoffs (hours; shorter or "
+                        "longer contexts than in training), same horizon")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once")
     parser.add_argument("--json", type=Path, default=None)
@@ -199,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
               "--num-series", str(args.num_series), "--model-kwargs", args.model_kwargs]
     if args.horizon is not None:
         shared += ["--horizon", str(args.horizon)]
+    if args.train_cutoff_range is not None:
+        shared += ["--train-cutoff-range", *map(str, args.train_cutoff_range)]
+    if args.eval_cutoffs:
+        shared += ["--eval-cutoffs", *map(str, args.eval_cutoffs)]
     queue = [(m, s) for s in args.seeds for m in args.models]
     running: list[tuple[str, int, subprocess.Popen]] = []
     rows: list[dict] = []
@@ -220,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if args.model_kwargs != "{}":
         print(f"model arguments: {args.model_kwargs} {args.label}")
-    print(f"Synthetic ICU, {args.num_series} series, cutoff 24 h, horizon "
-          f"{args.horizon or 'to the end (24 h)'}; seeds {args.seeds}; max {args.epochs} epochs")
+    varied = (f", training cutoffs drawn in [{args.train_cutoff_range[0]:g}, "
+              f"{args.train_cutoff_range[1]:g}] h" if args.train_cutoff_range else "")
+    print(f"Synthetic ICU, {args.num_series} series, cutoff 24 h{varied}, horizon "
+          f"{args.horizon or 'to the end'}; seeds {args.seeds}; max {args.epochs} epochs")
     print(render(rows, args.models))
     print()
     for line in targets(rows):
