@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from tsode.config import DATA_DERIVED_ARGS, legacy_key_hint
+from tsode.data.config import data_key_hint
 from tsode.errors import (
     RecipeFileError,
     SolverFailureContext,
@@ -325,7 +326,7 @@ def report_recipe_error(
     """Print ``tsode: invalid configuration in <file>: key '<key>': <reason>`` (plus the
     details) and exit with status 2 (:class:`RecipeError`)."""
     where = ", ".join(files) if files else "command-line arguments"
-    hint = legacy_key_hint(key) if key else None
+    hint = (legacy_key_hint(key) or data_key_hint(key)) if key else None
     if hint is not None:
         reason = f"{reason}: {hint}"
     if key:

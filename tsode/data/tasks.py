@@ -29,7 +29,8 @@ counted.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -42,14 +43,31 @@ CONTEXT_BOUNDARIES = ("closed", "open")
 
 @dataclass
 class TaskConfig:
-    """Task definition (see module docstring). Hours are relative to each series' origin."""
+    """Task definition (see module docstring): a data module's ``task:`` block.
+
+    Attributes:
+        kind: ``"forecast"``, ``"extrapolation"``, ``"interpolation"``, ``"classification"``
+            or ``"none"``.
+        cutoff: forecast: hours since each series' origin observed (e.g. 24.0);
+            classification: the context ends there (None: every observation). A data module
+            may have its own default for a forecast that names neither ``cutoff`` nor
+            ``cutoff_fraction`` (PhysioNet and the synthetic ICU data: 24 h).
+        cutoff_fraction: forecast: fraction of each series' span observed (instead of cutoff).
+        horizon: forecast: hours after the cutoff to predict (None: to the end).
+        holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
+        seed: seeds the interpolation hold-out; None: the data module's ``seed`` (0 outside a
+            data module).
+        context_boundary: forecast / extrapolation / classification: ``"closed"`` (context
+            ``t <= cutoff``, target ``t > cutoff``) or ``"open"`` (context ``t < cutoff``,
+            target ``t >= cutoff``).
+    """
 
     kind: str = "forecast"
     cutoff: float | None = None
     cutoff_fraction: float | None = None
     horizon: float | None = None
     holdout_fraction: float = 0.3
-    seed: int = 0
+    seed: int | None = None
     context_boundary: str = "closed"
 
     def __post_init__(self) -> None:
@@ -73,6 +91,25 @@ class TaskConfig:
             raise ValueError(f"horizon must be > 0 hours, got {self.horizon}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+
+    @classmethod
+    def of(cls, value: TaskConfig | str | Mapping[str, Any] | None, default: str = "forecast") -> TaskConfig:
+        """``value`` as a ``TaskConfig``: a kind (``"forecast"``) is shorthand for
+        ``TaskConfig(kind="forecast")``, a mapping holds its fields, None is ``default``'s kind."""
+        if value is None:
+            return cls(kind=default)
+        if isinstance(value, str):
+            return cls(kind=value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(
+                    f"task: unknown field(s) {unknown}; a task has {[f.name for f in fields(cls)]}"
+                )
+            return cls(**value)
+        if isinstance(value, cls):
+            return value
+        raise TypeError(f"task must be a TaskConfig, a mapping or a kind, got {type(value).__name__}")
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +192,7 @@ def assign_task(table: SeriesTable, task: TaskConfig, seed_offset: int = 0) -> T
         context_entries = observed & context_rows[:, None]
         target_entries = observed & target_rows[:, None]
     elif task.kind == "interpolation":
-        rng = np.random.default_rng(task.seed + 7919 * seed_offset)
+        rng = np.random.default_rng((task.seed or 0) + 7919 * seed_offset)
         held = (rng.random(observed.shape) < task.holdout_fraction) & observed
         keep = observed & ~held
         # every series keeps at least its first time point's entries in the context
