@@ -3,6 +3,7 @@
 Usage::
 
     tsode fit      --config recipes/<name>.yaml [--trainer.max_epochs 3 ...]
+    tsode fit      --recipe physionet_forecast_odernn     (a recipe by name, see tsode.recipes)
     tsode validate --config recipes/<name>.yaml --ckpt_path <checkpoint>
     tsode test     --config recipes/<name>.yaml --ckpt_path <checkpoint>
     tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint> --predictions.output f.csv
@@ -12,7 +13,9 @@ Usage::
 (the console script, :mod:`tsode.__main__`, sends ``quickstart`` to :mod:`tsode.quickstart`,
 which builds on this module; everything else to :func:`main` here.)
 
-A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
+``--recipe NAME`` stands for the ``--config`` files of recipe ``NAME`` (a single file
+``recipes/NAME.yaml``, or a composed combination such as ``physionet_forecast_odernn``: base,
+task and model overlays, see :mod:`tsode.recipes`). A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
 ``tsode.data`` data module) and trainer options. ``num_channels`` /
 ``channel_means`` / ``channel_stds`` of the model are linked from the data module. Every run
 logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see ``docs/tracking.md``); the
@@ -76,6 +79,7 @@ OPTIONALLY_LINKED = ("num_static", "num_classes")
 
 
 USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key value ...]
+       tsode {fit,validate,test,predict} --recipe NAME [--key value ...]   (e.g. physionet_forecast_odernn)
        tsode quickstart [--max_epochs N] [--config RECIPE.yaml]
 
   fit        train a model (an MLflow run)      validate / test   score a checkpoint (--ckpt_path)
@@ -201,6 +205,41 @@ def check_command_line_yaml(args: Sequence[str]) -> None:
                 if isinstance(err.__cause__, yaml.YAMLError):
                     continue  # not YAML: the parser will say what is wrong with it
                 raise
+
+
+def expand_recipe_args(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``args`` with each ``--recipe NAME`` (or ``--recipe=NAME``) replaced by ``--config``
+    options for the files of recipe ``NAME`` (:func:`tsode.recipes.recipe_files`), and the
+    last name given (None: no ``--recipe``). Raises :class:`RecipeFileError` for an unknown
+    name."""
+    from tsode.recipes import recipe_files
+
+    out: list[str] = []
+    name = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--recipe" or arg.startswith("--recipe="):
+            if arg == "--recipe":
+                if i + 1 >= len(args):
+                    raise RecipeFileError("--recipe needs a recipe name (e.g. physionet_forecast_odernn)")
+                name, i = args[i + 1], i + 2
+            else:
+                name, i = arg.split("=", 1)[1], i + 1
+            for path in recipe_files(name):
+                out += ["--config", str(path)]
+            continue
+        out.append(arg)
+        i += 1
+    return out, name
+
+
+def _run_name(files: Sequence[str]) -> str | None:
+    """The recipe's name for MLflow run names and resume folders: the ``--recipe`` name, else
+    the stem of the last ``--config`` file."""
+    if TsodeArgumentParser.recipe_name:
+        return TsodeArgumentParser.recipe_name
+    return Path(files[-1]).stem if files else None
 
 
 def _recipe_files(args: Sequence[str]) -> list[str]:
@@ -452,6 +491,8 @@ class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
     recipe_files: list[str] = []
+    #: the ``--recipe`` name the files came from (None: given as ``--config`` files)
+    recipe_name: str | None = None
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
@@ -649,7 +690,12 @@ class TsodeCLI(LightningCLI):
                 raise
             raise found from err
         if subcommand == "fit" and self.trainer.is_global_zero:
-            print(fit_summary(self.trainer, TsodeArgumentParser.recipe_files), flush=True)
+            print(
+                fit_summary(
+                    self.trainer, TsodeArgumentParser.recipe_files, TsodeArgumentParser.recipe_name
+                ),
+                flush=True,
+            )
 
     def _parent_run_tags(self, config: Any) -> dict[str, str]:
         """Tags making a test / predict run a child of the fit run that wrote its checkpoint."""
@@ -672,7 +718,7 @@ class TsodeCLI(LightningCLI):
         if logger is not None and not isinstance(logger, bool):
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
             if init_args is not None:
-                stem = Path(files[-1]).stem if files else None
+                stem = _run_name(files)
                 tags = self._parent_run_tags(config)
                 if tags:  # a child run of the fit: `<recipe>-test`, `<recipe>-predict`
                     init_args["tags"] = {**tags, **dict(init_args.get("tags") or {})}
@@ -688,8 +734,7 @@ class TsodeCLI(LightningCLI):
         last`` into that file, continuing the MLflow run stored in it."""
         from tsode.tracking import MLflowLogger, resolve_tracking_uri
 
-        files = TsodeArgumentParser.recipe_files
-        stem = Path(files[-1]).stem if files else None
+        stem = _run_name(TsodeArgumentParser.recipe_files)
         init_args = None
         class_path = getattr(logger, "class_path", None) if logger is not None else None
         if isinstance(class_path, str) and _is_subclass(class_path, MLflowLogger):
@@ -763,9 +808,12 @@ def fit_run_id(ckpt: str | Path) -> str | None:
     return None
 
 
-def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
+def fit_summary(
+    trainer: pl.Trainer, recipe_files: Sequence[str], recipe_name: str | None = None
+) -> str:
     """What a finished ``tsode fit`` produced and what to run next: the MLflow run, the best
-    checkpoint, the best validation score (and the last epoch's validation metrics)."""
+    checkpoint, the best validation score (and the last epoch's validation metrics). The next
+    commands name ``--recipe recipe_name`` when given, else the ``--config`` files."""
     lines = [f"tsode: fit finished after {trainer.current_epoch} epoch(s)"]
     logger = find_mlflow_logger(trainer)
     if logger is not None and logger.initialized:
@@ -783,7 +831,10 @@ def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
         shown = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(val.items())[:8])
         lines.append(f"  last epoch:      {shown}")
     if best:
-        config = " ".join(f"--config {f}" for f in recipe_files) or "--config <recipe>"
+        config = (
+            f"--recipe {recipe_name}" if recipe_name
+            else " ".join(f"--config {f}" for f in recipe_files) or "--config <recipe>"
+        )
         lines.append(f"  next:            tsode test {config} --ckpt_path {best}")
         lines.append(f"                   tsode predict {config} --ckpt_path {best} "
                      "--predictions.output forecasts.csv")
@@ -854,9 +905,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python -m tsode quickstart); reinstall tsode if your script predates it\n"
         )
         return 2
-    missing = [path for path in _recipe_files(args) if not _is_file(path)]
+    try:
+        expanded, _ = expand_recipe_args(args)
+    except RecipeFileError as err:
+        sys.stderr.write(f"tsode: invalid recipe: {err}\n")
+        return 2
+    missing = [path for path in _recipe_files(expanded) if not _is_file(path)]
     if missing:
-        sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
+        sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}{_moved_hint(missing)}\n")
         return 2
     from tsode.data import DataValidationError
 
@@ -871,10 +927,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _moved_hint(missing: Sequence[str]) -> str:
+    """For a missing file named like a recipe (``recipes/physionet_forecast_odernn.yaml``,
+    now composed from overlays), the ``--recipe`` option that runs it."""
+    from tsode.recipes import recipe_names
+
+    names = set(recipe_names())
+    found = [Path(m).stem for m in missing if Path(m).stem in names]
+    if not found:
+        return ""
+    return f" (recipe {found[0]!r} is composed from overlays: use --recipe {found[0]})"
+
+
 def run(args: Sequence[str]) -> TsodeCLI:
-    """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
-    (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
+    """Run the ``tsode`` LightningCLI on ``args`` in this process (``--recipe NAME`` expanded
+    to its ``--config`` files); returns the CLI object (its ``trainer``, ``model`` and
+    ``datamodule`` are inspectable afterwards)."""
     limit_threads()
+    args, name = expand_recipe_args(args)
+    TsodeArgumentParser.recipe_name = name
     check_command_line_yaml(args)  # inline YAML: bounded size / alias expansion
     files = [f for f in _recipe_files(args) if _is_file(f)]  # others: inline YAML
     for file in files:  # bounded size / alias expansion, no duplicate keys (RecipeFileError)
