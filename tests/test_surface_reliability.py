@@ -254,7 +254,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 SMALL_CLI = [
     "--data.init_args.num_series", "8",
-    "--data.init_args.batch_size", "8",
+    "--data.init_args.loader.batch_size", "8",
     "--trainer.max_epochs", "1",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",

@@ -412,13 +412,29 @@ def _class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, Any]]
     return found
 
 
+#: A configuration block's own error names its field first: ``task.cutoff must be ...``
+#: (:class:`tsode.data.TaskConfig`, :class:`tsode.data.LoaderConfig`).
+_BLOCK_FIELD_ERROR = re.compile(r"^\s*(?:- )?(?P<block>task|loader)\.(?P<field>[a-z_]+):? (?P<text>.+)$", re.M)
+
+
+def block_field_error(message: str) -> tuple[str, str] | None:
+    """``("task.cutoff", "task.cutoff must be ...")`` when ``message`` holds the error of a
+    data module's configuration block, else None."""
+    found = _BLOCK_FIELD_ERROR.search(message)
+    if found is None:
+        return None
+    return f"{found['block']}.{found['field']}", found.group(0).strip().removeprefix("- ")
+
+
 def explain_instantiation_error(error: BaseException, config: Any) -> tuple[str | None, str]:
     """Key and reason of an error raised while building the recipe's objects.
 
     The class whose constructor failed is found from the message (``class_path 'X'``) or
-    the traceback; the argument it names (``task must be one of ...``) completes the key.
+    the traceback; the argument it names (``grid must be one of ...``, or a block's field:
+    ``task.cutoff must be ...``) completes the key.
     """
     message = str(error)
+    block = block_field_error(message)
     bullets = re.findall(r"^\s*- (.+)$", message, flags=re.M)
     reason = next((b for b in bullets if "NoneType" not in b), None) or message.splitlines()[0]
     sections = _class_sections(config)
@@ -448,6 +464,8 @@ def explain_instantiation_error(error: BaseException, config: Any) -> tuple[str 
             return ("trainer." + option if option else "trainer"), f"rejected by the Trainer: {reason}"
         return None, reason
     section, init_args = sections[owner]
+    if block is not None:  # the block names its field
+        return f"{section}.init_args.{block[0]}", f"rejected by {owner}: {block[1]}"
     names = list(vars(init_args)) if hasattr(init_args, "__dict__") else list(init_args or {})
     words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
     param = next((w for w in words if w in names), None)

@@ -72,25 +72,25 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
+            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.context_boundary not in CONTEXT_BOUNDARIES:
             raise ValueError(
-                f"context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
+                f"task.context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
                 f"t <= cutoff; 'open': context t < cutoff), got {self.context_boundary!r}"
             )
         if self.cutoff is not None and self.cutoff_fraction is not None:
-            raise ValueError("give either cutoff (hours) or cutoff_fraction, not both")
+            raise ValueError("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")
         if self.cutoff is not None and not (np.isfinite(self.cutoff) and self.cutoff >= 0.0):
             raise ValueError(
-                f"cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
+                f"task.cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
                 f"got {self.cutoff}"
             )
         if self.cutoff_fraction is not None and not 0.0 < self.cutoff_fraction < 1.0:
-            raise ValueError(f"cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
+            raise ValueError(f"task.cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
         if self.horizon is not None and not self.horizon > 0:
-            raise ValueError(f"horizon must be > 0 hours, got {self.horizon}")
+            raise ValueError(f"task.horizon must be > 0 hours, got {self.horizon}")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ValueError(f"task.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
     @classmethod
     def of(cls, value: TaskConfig | str | Mapping[str, Any] | None, default: str = "forecast") -> TaskConfig:
