@@ -15,6 +15,10 @@ never need the training data.
 
 Output tables are tidy, one row per (series, time, channel), in original units and in the
 input's time representation: ``series_id, time, channel, mean[, q<level> ...]``.
+
+Why one long module: it is the one public class, ``Forecaster``, whose methods (fit, predict,
+evaluate, save / load, the per-request checks) share its state; what other layers also need
+lives below it (:mod:`tsode.forecasts`, :mod:`tsode.checkpoints`, :mod:`tsode.data.fitted`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ A subclass only implements :meth:`IrregularDataModule.load_table` (returning a
 ``SeriesTable`` in original units). The base class drops too-short series (counted), splits
 by series, fits the per-channel normalizer on the training split, builds the task's
 context/target views and serves ``IrregularBatch`` dataloaders (length-bucketed by default).
+The task and the loader are typed blocks (``task:`` / ``loader:``, :mod:`tsode.data.config`).
+
+Why one long module (a little over 500 lines): the split, the drop counts, the normalizers and
+the task's views are one ``setup`` over the same table, and the report of dropped series
+(per split and reason) reads all of them.
 """
 
 from __future__ import annotations

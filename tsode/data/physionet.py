@@ -21,6 +21,9 @@ Conversion to tsode:
 
 Parsing the 4000 records of a set takes a few seconds and happens once: the parsed table is
 cached as Parquet files keyed by the source files (name, size, mtime) and parser version.
+
+Why one long module: the parser, its cache (keyed by the parser version), the verified
+download and the data module are the one dataset's format; they change together.
 """
 
 from __future__ import annotations
