@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from tsode.data import IrregularBatch, PeriodicToyDataModule, SyntheticICUDataModule
+from tsode.data import (
+    IrregularBatch,
+    LoaderConfig,
+    PeriodicToyDataModule,
+    SyntheticICUDataModule,
+    TaskConfig,
+)
 from tsode.data.synthetic import ICU_CHANNELS, ICU_SCALE
 
 
 @pytest.fixture(scope="module")
 def icu() -> SyntheticICUDataModule:
-    dm = SyntheticICUDataModule(num_series=120, batch_size=16, seed=3)
+    dm = SyntheticICUDataModule(num_series=120, loader=LoaderConfig(batch_size=16), seed=3)
     dm.setup()
     return dm
 
@@ -117,7 +123,7 @@ def test_inverse_normalized_batch_matches_table(icu: SyntheticICUDataModule) -> 
 
 
 def test_interpolation_targets_among_context_times() -> None:
-    dm = SyntheticICUDataModule(num_series=30, task="interpolation", holdout_fraction=0.3)
+    dm = SyntheticICUDataModule(num_series=30, task=TaskConfig("interpolation", holdout_fraction=0.3))
     dm.setup()
     ds = dm.datasets["train"]
     a = ds.assignment
@@ -145,7 +151,7 @@ def test_extrapolation_splits_window_in_half() -> None:
 
 
 def test_horizon_limits_targets() -> None:
-    dm = SyntheticICUDataModule(num_series=30, cutoff=12.0, horizon=6.0)
+    dm = SyntheticICUDataModule(num_series=30, task=TaskConfig(cutoff=12.0, horizon=6.0))
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     tm = batch.target.time_mask
