@@ -91,6 +91,8 @@ def test_recipe_fast_dev_run(
     cli = run(args)
     trainer = cli.trainer
     assert trainer.state.finished
+    # the MLflow run is named after the recipe, not after its last overlay file
+    assert cli.config["fit"]["trainer"]["logger"]["init_args"]["run_name"] == recipe
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1  # one train batch ran
     if config["data"]["init_args"]["task"]["kind"] == "classification":
         assert cli.model.num_classes == 2  # linked from the data module
