@@ -127,3 +127,18 @@ def test_old_flat_data_key_in_a_recipe_names_the_new_one(
     err = capsys.readouterr().err
     assert f"invalid configuration in {path}: key 'data.init_args.{old}'" in err
     assert f"moved to {new}" in err
+
+
+def test_block_field_errors_are_read_from_nested_messages() -> None:
+    from tsode.recipe_errors import block_field_error
+
+    message = (
+        "Does not validate against any of the Union subtypes\n  Errors:\n"
+        "    - task.cutoff must be a finite number of hours >= 0, got -1.0\n"
+        "    - Expected a <class 'str'>"
+    )
+    assert block_field_error(message) == (
+        "task.cutoff", "task.cutoff must be a finite number of hours >= 0, got -1.0"
+    )
+    assert block_field_error("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")[0] == "task.cutoff"
+    assert block_field_error("grid must be one of ('per_sample',)") is None

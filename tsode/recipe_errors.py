@@ -185,13 +185,17 @@ def _class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, Any]]
 
 
 #: A configuration block's own error names its field first: ``task.cutoff must be ...``
-#: (:class:`tsode.data.TaskConfig`, :class:`tsode.data.LoaderConfig`).
-_BLOCK_FIELD_ERROR = re.compile(r"^\s*(?:- )?(?P<block>task|loader)\.(?P<field>[a-z_]+):? (?P<text>.+)$", re.M)
+#: (:class:`tsode.data.TaskConfig`, :class:`tsode.data.LoaderConfig`,
+#: :class:`tsode.config.OptimConfig`).
+_BLOCK_FIELD_ERROR = re.compile(
+    r"^\s*(?:- )?(?P<block>task|loader|optim)\.(?P<field>[a-z_]+):? (?P<text>.+)$", re.M
+)
 
 
 def block_field_error(message: str) -> tuple[str, str] | None:
     """``("task.cutoff", "task.cutoff must be ...")`` when ``message`` holds the error of a
-    data module's configuration block, else None."""
+    configuration block (a data module's ``task`` / ``loader``, a model's ``optim``), else
+    None."""
     found = _BLOCK_FIELD_ERROR.search(message)
     if found is None:
         return None
