@@ -142,3 +142,9 @@ def test_block_field_errors_are_read_from_nested_messages() -> None:
     )
     assert block_field_error("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")[0] == "task.cutoff"
     assert block_field_error("grid must be one of ('per_sample',)") is None
+
+
+def test_flat_fields_on_a_mapping_block_keep_the_dataset_kind() -> None:
+    with pytest.warns(DeprecationWarning):
+        toy = PeriodicToyDataModule(num_series=12, task={"holdout_fraction": 0.2}, cutoff_fraction=0.4)
+    assert toy.task.kind == "extrapolation" and toy.task.cutoff_fraction == 0.4

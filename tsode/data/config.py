@@ -104,9 +104,10 @@ def group_data_args(flat: Mapping[str, Any]) -> dict[str, Any]:
             out["task"] = {"kind": task or None, **task_fields}
             if out["task"]["kind"] is None:
                 del out["task"]["kind"]  # the data module's default kind
+        elif isinstance(task, Mapping):  # a block as a mapping (its kind may be left out)
+            out["task"] = {**task, **exclusive_cutoff(task_fields)}
         else:
-            task = TaskConfig.of(task)
-            out["task"] = dataclasses.replace(task, **exclusive_cutoff(task_fields))
+            out["task"] = dataclasses.replace(TaskConfig.of(task), **exclusive_cutoff(task_fields))
     if loader_fields:
         out["loader"] = dataclasses.replace(_as_loader(flat.get("loader")), **loader_fields)
     return out
