@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tsode.cli import run
 from tsode.recipes import load_recipe, recipe_files, recipe_names
@@ -100,3 +101,32 @@ def test_recipe_fast_dev_run(
     else:
         score = trainer.callback_metrics["val/mse"]  # and one validation batch was scored
     assert math.isfinite(float(score))
+
+
+@pytest.mark.parametrize("recipe", ["physionet_forecast_locf", "physionet_classification_latent_ode"])
+def test_cli_composes_the_overlays_as_load_recipe_does(
+    recipe: str, capsys: pytest.CaptureFixture
+) -> None:
+    """LightningCLI's own merge of the overlay files (lists replaced, mappings merged) is the
+    one :func:`load_recipe` reproduces; a command-line override of one task field keeps the
+    others."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--recipe", recipe, "--data.init_args.task.cutoff", "12", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    expected = load_recipe(recipe)
+    task = resolved["data"]["init_args"]["task"]
+    assert task["cutoff"] == 12.0
+    assert {k: task[k] for k in expected["data"]["init_args"]["task"] if k != "cutoff"} == {
+        k: v for k, v in expected["data"]["init_args"]["task"].items() if k != "cutoff"
+    }
+    assert resolved["data"]["init_args"]["loader"]["batch_size"] == expected["data"]["init_args"]["loader"]["batch_size"]
+    callbacks = resolved["trainer"]["callbacks"] or []
+    assert [c["class_path"] for c in callbacks] == [
+        c["class_path"] for c in expected["trainer"].get("callbacks") or []
+    ]
+    assert resolved["checkpoint"]["monitor"] == expected["checkpoint"]["monitor"]
+    assert resolved["model"]["class_path"] == expected["model"]["class_path"]
+    for key, value in (expected["model"].get("init_args") or {}).items():
+        if not isinstance(value, dict):
+            assert resolved["model"]["init_args"][key] == value, key
