@@ -7,7 +7,7 @@ CDE) at least 0.83.
 
 Protocol:
 
-* data: ``PhysioNet2012DataModule(sets=("a",), task="classification", cutoff=48.0,
+* data: ``PhysioNet2012DataModule(sets=("a",), task=TaskConfig("classification", cutoff=48.0),
   quantization_minutes=1)`` (``--quantization-minutes``): 37 channels z-scored with training
   statistics, the descriptors as static covariates, labels from ``Outcomes-a.txt``; a stay
   with fewer than 2 time points (7 of the 4000) is dropped before splitting, one without an
@@ -20,9 +20,9 @@ Protocol:
   those the same way;
 * models: ``tsode.models.MODELS[name]`` with ``num_classes=2`` and the data-derived sizes
   (``num_channels``, ``num_static``, the channel means / stds), plus the model's ``init_args``
-  of its recipe (``recipes/physionet_classification_<model>.yaml``; the Neural CDE has no
-  classification recipe and takes its PhysioNet settings from
-  ``recipes/physionet_forecast_ncde.yaml``), then ``--model-kwargs`` on top;
+  of its recipe (``physionet_classification_<model>``, composed from ``recipes/physionet/``;
+  the Neural CDE has no classification recipe and takes its PhysioNet settings from
+  ``physionet_forecast_ncde``), then ``--model-kwargs`` on top;
 * training: Adam (each model's optimizer and lr schedule as configured), batch 50, the
   recipes' linear lr warm-up (200 steps), gradient clipping 1.0, at most ``--epochs`` epochs
   (default 100, as the recipes) with early stopping on ``val/auroc`` (mode max, patience
@@ -70,11 +70,11 @@ SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 BATCH_SIZE = 50
 # where each model's settings come from (model init_args and the warm-up callback)
 RECIPES = {
-    "gru_dt": "recipes/physionet_classification_gru_dt.yaml",
-    "odernn": "recipes/physionet_classification_odernn.yaml",
-    "latent_ode": "recipes/physionet_classification_latent_ode.yaml",
-    "latent_ode_poisson": "recipes/physionet_classification_latent_ode_poisson.yaml",
-    "ncde": "recipes/physionet_forecast_ncde.yaml",  # no classification recipe: its PhysioNet settings
+    "gru_dt": "physionet_classification_gru_dt",
+    "odernn": "physionet_classification_odernn",
+    "latent_ode": "physionet_classification_latent_ode",
+    "latent_ode_poisson": "physionet_classification_latent_ode_poisson",
+    "ncde": "physionet_forecast_ncde",  # no classification recipe: its PhysioNet settings
 }
 # the issue's targets (test AUROC)
 TARGET_BEST = 0.85
@@ -114,15 +114,15 @@ def peak_rss_mb() -> float:
 def recipe_settings(model: str) -> dict:
     """The model's ``init_args`` and warm-up steps from its recipe (see :data:`RECIPES`).
 
-    Returns ``{"recipe": path, "model_kwargs": {...}, "warmup_steps": int}``; a model without
+    Returns ``{"recipe": name, "model_kwargs": {...}, "warmup_steps": int}``; a model without
     a recipe gets the library defaults and the recipes' 200 warm-up steps.
     """
-    import yaml
+    from tsode.recipes import load_recipe
 
     path = RECIPES.get(model)
     if path is None:
         return {"recipe": None, "model_kwargs": {}, "warmup_steps": 200}
-    config = yaml.safe_load((REPO / path).read_text())
+    config = load_recipe(path)  # base, task and model overlays merged
     warmup = 0
     for callback in config.get("trainer", {}).get("callbacks") or []:
         if callback.get("class_path", "").endswith("LearningRateWarmup"):
@@ -148,7 +148,7 @@ def build_split(root: Path, max_series: int | None, split_seed: int,
     explicit series ids, with per-split counts of stays, usable stays and deaths."""
     import numpy as np
 
-    from tsode.data import PhysioNet2012DataModule
+    from tsode.data import PhysioNet2012DataModule, TaskConfig
     from tsode.data.splits import SPLIT_NAMES
 
     class _FirstStays(PhysioNet2012DataModule):
@@ -159,7 +159,7 @@ def build_split(root: Path, max_series: int | None, split_seed: int,
             return table.subset(np.arange(max_series))
 
     data = _FirstStays(
-        root=str(root), sets=("a",), task="classification", cutoff=CUTOFF_HOURS,
+        root=str(root), sets=("a",), task=TaskConfig("classification", cutoff=CUTOFF_HOURS),
         quantization_minutes=quantization_minutes, split_fractions=SPLIT_FRACTIONS,
         seed=split_seed, progress=False,
     )
@@ -209,7 +209,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, split: dict)
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from tsode.config import accepted_args
-    from tsode.data import PhysioNet2012DataModule
+    from tsode.data import LoaderConfig, PhysioNet2012DataModule, TaskConfig
     from tsode.models import MODELS
     from tsode.tracking import MLflowLogger
     from tsode.warmup import LearningRateWarmup
@@ -219,9 +219,9 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, split: dict)
         logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(seed, verbose=False)
     data = PhysioNet2012DataModule(
-        root=str(args.root), sets=("a",), task="classification", cutoff=CUTOFF_HOURS,
+        root=str(args.root), sets=("a",), task=TaskConfig("classification", cutoff=CUTOFF_HOURS),
         quantization_minutes=args.quantization_minutes, splits=split["splits"],
-        batch_size=BATCH_SIZE, seed=seed, progress=False,
+        loader=LoaderConfig(batch_size=BATCH_SIZE), seed=seed, progress=False,
     )
     data.setup("fit")
     cls = MODELS[model_name]

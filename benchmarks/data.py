@@ -30,7 +30,12 @@ from pathlib import Path
 
 import torch
 
-from tsode.data import IrregularDataModule, PhysioNet2012DataModule, SyntheticICUDataModule
+from tsode.data import (
+    IrregularDataModule,
+    LoaderConfig,
+    PhysioNet2012DataModule,
+    SyntheticICUDataModule,
+)
 from tsode.data.physionet import load_physionet2012
 
 
@@ -115,8 +120,7 @@ def main() -> None:
                     lambda b: PhysioNet2012DataModule(
                         root=str(root),
                         cache_dir=cache,
-                        batch_size=64,
-                        bucketing=b,
+                        loader=LoaderConfig(batch_size=64, bucketing=b),
                         progress=False,
                     ),
                     args.repeats,
@@ -130,7 +134,9 @@ def main() -> None:
     results["synthetic_icu_setup_300_series_s"] = setup_s
     results["synthetic_icu_setup_300_series_all_s"] = setup_all
     results["synthetic_icu"] = bench_module(
-        lambda b: SyntheticICUDataModule(num_series=2000, batch_size=64, bucketing=b),
+        lambda b: SyntheticICUDataModule(
+            num_series=2000, loader=LoaderConfig(batch_size=64, bucketing=b)
+        ),
         args.repeats,
     )
     print(json.dumps(results, indent=2))

@@ -92,11 +92,11 @@ def default_physionet_dir() -> Path:
 
 def prepare_batches(args: argparse.Namespace, path: Path) -> dict:
     """Load PhysioNet, draw the benchmark batches, save them to ``path``; return data facts."""
-    from tsode.data import PhysioNet2012DataModule
+    from tsode.data import LoaderConfig, PhysioNet2012DataModule
 
     dm = PhysioNet2012DataModule(
-        root=str(args.root), sets=tuple(args.sets), task="interpolation", batch_size=BATCH_SIZE,
-        bucketing=False, progress=False, seed=0,
+        root=str(args.root), sets=tuple(args.sets), task="interpolation",
+        loader=LoaderConfig(batch_size=BATCH_SIZE, bucketing=False), progress=False, seed=0,
     )
     dm.setup()
     loader = dm.train_dataloader()

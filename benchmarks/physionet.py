@@ -580,7 +580,7 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from tsode.config import accepted_args
-    from tsode.data import PhysioNet2012DataModule
+    from tsode.data import LoaderConfig, PhysioNet2012DataModule, TaskConfig
     from tsode.models import MODELS
     from tsode.tracking import MLflowLogger
 
@@ -590,20 +590,20 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace, protocol: di
     if rubanova:
         # extrap: the test batch's boundary for every series; interp: tsode's interpolation
         # task (30 % of the entries held out) for training and validation
-        task_kwargs = (
-            dict(task="forecast", cutoff=protocol["boundary"], context_boundary="open")
-            if args.protocol == "extrap" else dict(task="interpolation")
+        task = (
+            TaskConfig("forecast", cutoff=protocol["boundary"], context_boundary="open")
+            if args.protocol == "extrap" else TaskConfig("interpolation")
         )
         data = PhysioNet2012DataModule(
             root=str(args.root), sets=tuple(args.sets), progress=False,
             quantization_minutes=protocol["quantization"] * 60.0, splits=protocol["split"],
-            batch_size=RUBANOVA_BATCH, seed=seed, **task_kwargs,
+            loader=LoaderConfig(batch_size=RUBANOVA_BATCH), seed=seed, task=task,
         )
     else:
         data = PhysioNet2012DataModule(
-            root=str(args.root), sets=tuple(args.sets), progress=False, task="forecast",
-            cutoff=HISTORY_HOURS, context_boundary="open", splits=protocol["split"],
-            batch_size=32, seed=seed,
+            root=str(args.root), sets=tuple(args.sets), progress=False,
+            task=TaskConfig("forecast", cutoff=HISTORY_HOURS, context_boundary="open"),
+            splits=protocol["split"], loader=LoaderConfig(batch_size=32), seed=seed,
         )
     data.setup("fit")
     if args.train_cutoff_range is not None:

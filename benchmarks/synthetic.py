@@ -57,14 +57,14 @@ def train_one(model_name: str, seed: int, args: argparse.Namespace) -> dict:
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from tsode.data import SyntheticICUDataModule
+    from tsode.data import LoaderConfig, SyntheticICUDataModule, TaskConfig
     from tsode.models import MODELS
 
     torch.set_num_threads(1)
     pl.seed_everything(seed, verbose=False)
     data = SyntheticICUDataModule(
-        num_series=args.num_series, task="forecast", cutoff=24.0, horizon=args.horizon,
-        batch_size=32, seed=seed,
+        num_series=args.num_series, task=TaskConfig("forecast", cutoff=24.0, horizon=args.horizon),
+        loader=LoaderConfig(batch_size=32), seed=seed,
     )
     data.setup("fit")
     if args.train_cutoff_range is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsode.data import DataValidationError, TableDataModule
+from tsode.data import DataValidationError, LoaderConfig, TableDataModule
 from tsode.data.series import SeriesTable
 from tsode.data.tasks import TaskConfig, assign_task
 
@@ -92,8 +92,13 @@ def test_context_boundary_is_validated():
 def test_data_module_threads_the_open_boundary():
     frame = _frame()
     for boundary, ctx_last, tgt_first in (("closed", 24.0, 30.0), ("open", 12.0, 24.0)):
-        dm = TableDataModule(frame, time_origin="absolute", cutoff=24.0, batch_size=64,
-                             context_boundary=boundary, split_fractions=(0.5, 0.25, 0.25))
+        dm = TableDataModule(
+            frame,
+            time_origin="absolute",
+            task=TaskConfig(cutoff=24.0, context_boundary=boundary),
+            loader=LoaderConfig(batch_size=64),
+            split_fractions=(0.5, 0.25, 0.25),
+        )
         dm.setup()
         assert dm.task.context_boundary == boundary
         batch = next(iter(dm.train_dataloader()))
@@ -106,7 +111,7 @@ def test_data_module_threads_the_open_boundary():
 # ---------------------------------------------------------------------- explicit splits
 def test_explicit_splits_are_used_and_unlisted_series_left_out(caplog):
     splits = {"train": ["s0", "s3", "s5", "s7"], "val": ["s1"], "test": ["s2", "s4"]}
-    dm = TableDataModule(_frame(), time_origin="absolute", cutoff=24.0, splits=splits)
+    dm = TableDataModule(_frame(), time_origin="absolute", task=TaskConfig(cutoff=24.0), splits=splits)
     with caplog.at_level(logging.INFO, logger="tsode.data"):
         dm.setup()
     for name, ids in splits.items():
@@ -122,22 +127,34 @@ def test_explicit_splits_are_used_and_unlisted_series_left_out(caplog):
 
 
 def test_explicit_splits_missing_key_is_an_empty_split():
-    dm = TableDataModule(_frame(), time_origin="absolute", cutoff=24.0,
-                         splits={"train": ["s0", "s1"], "val": ["s2"]})
+    dm = TableDataModule(
+        _frame(),
+        time_origin="absolute",
+        task=TaskConfig(cutoff=24.0),
+        splits={"train": ["s0", "s1"], "val": ["s2"]},
+    )
     dm.setup()
     assert len(dm.split_indices["test"]) == 0 and len(dm.datasets["test"]) == 0
 
 
 def test_explicit_splits_unknown_ids_are_named():
-    dm = TableDataModule(_frame(), time_origin="absolute", cutoff=24.0,
-                         splits={"train": ["s0", "nope"], "val": ["s1"], "test": ["ghost"]})
+    dm = TableDataModule(
+        _frame(),
+        time_origin="absolute",
+        task=TaskConfig(cutoff=24.0),
+        splits={"train": ["s0", "nope"], "val": ["s1"], "test": ["ghost"]},
+    )
     with pytest.raises(DataValidationError, match=r"2 series id\(s\) not in the table.*'nope', 'ghost'"):
         dm.setup()
 
 
 def test_explicit_splits_ids_in_two_splits_are_named():
-    dm = TableDataModule(_frame(), time_origin="absolute", cutoff=24.0,
-                         splits={"train": ["s0", "s1"], "val": ["s1"], "test": ["s2", "s2"]})
+    dm = TableDataModule(
+        _frame(),
+        time_origin="absolute",
+        task=TaskConfig(cutoff=24.0),
+        splits={"train": ["s0", "s1"], "val": ["s1"], "test": ["s2", "s2"]},
+    )
     with pytest.raises(DataValidationError, match=r"'s1' \(train and val\), 's2' \(test and test\)"):
         dm.setup()
 
@@ -235,9 +252,15 @@ def test_protocol_records_minmax_and_targets_against_tsode_loader(protocol, tmp_
 def test_data_module_with_protocol_split_serves_every_protocol_target(protocol, tmp_path):
     from tsode.data import PhysioNet2012DataModule
 
-    dm = PhysioNet2012DataModule(root=str(PHYSIONET_DIR), sets=("a",), progress=False,
-                                 cache_dir=str(tmp_path), cutoff=24.0, context_boundary="open",
-                                 splits=protocol["split"], batch_size=32)
+    dm = PhysioNet2012DataModule(
+        root=str(PHYSIONET_DIR),
+        sets=("a",),
+        progress=False,
+        cache_dir=str(tmp_path),
+        task=TaskConfig(cutoff=24.0, context_boundary="open"),
+        splits=protocol["split"],
+        loader=LoaderConfig(batch_size=32),
+    )
     dm.setup()
     assert dm.summary.counts["series_left_out_by_splits"] == 4000 - 300
     counts = dict.fromkeys(dm.channels, 0)

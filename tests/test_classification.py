@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc
 
-from tsode.data import TableDataModule
+from tsode.data import LoaderConfig, TableDataModule, TaskConfig
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.data.series import DataValidationError
 from tsode.models import MODELS
@@ -194,8 +194,14 @@ def test_data_module_classification_task():
     df.loc[df.series_id == "s3", "y"] = np.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dm = TableDataModule(df, value_cols=["a", "b"], label_col="y", task="classification",
-                             cutoff=48.0, batch_size=64, split_fractions=(0.5, 0.25, 0.25))
+        dm = TableDataModule(
+            df,
+            value_cols=["a", "b"],
+            label_col="y",
+            task=TaskConfig("classification", cutoff=48.0),
+            loader=LoaderConfig(batch_size=64),
+            split_fractions=(0.5, 0.25, 0.25),
+        )
         dm.setup()
     assert dm.num_classes == 2
     assert sum(len(ds) for ds in dm.datasets.values()) == 23  # s3 has no label
@@ -260,8 +266,14 @@ def test_per_time_point_label_error_says_labels_are_per_series(tmp_path):
 
 
 def test_lightning_fit_logs_classification_metrics(tmp_path):
-    dm = TableDataModule(frame(32), value_cols=["a", "b"], label_col="y", task="classification",
-                         batch_size=8, split_fractions=(0.5, 0.25, 0.25))
+    dm = TableDataModule(
+        frame(32),
+        value_cols=["a", "b"],
+        label_col="y",
+        task="classification",
+        loader=LoaderConfig(batch_size=8),
+        split_fractions=(0.5, 0.25, 0.25),
+    )
     model = build("gru_dt", num_classes=dm.num_classes)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
@@ -324,7 +336,7 @@ def test_cli_links_num_classes(tmp_path, monkeypatch):
         "--model", "tsode.models.baselines.GRUDelta", "--model.init_args.hidden_dim", "8",
         "--data", "tsode.data.TableDataModule", "--data.init_args.data", str(path),
         "--data.init_args.value_cols", "[a, b]", "--data.init_args.label_col", "y",
-        "--data.init_args.task", "classification", "--data.init_args.batch_size", "8",
+        "--data.init_args.task", "classification", "--data.init_args.loader.batch_size", "8",
         "--checkpoint.monitor", "val/auroc", "--checkpoint.mode", "max",
         "--trainer.fast_dev_run", "true", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -343,7 +355,7 @@ def test_cli_fit_then_predict_writes_probabilities(tmp_path, monkeypatch):
         "--model", "tsode.models.baselines.GRUDelta", "--model.init_args.hidden_dim", "8",
         "--data", "tsode.data.TableDataModule", "--data.init_args.data", str(path),
         "--data.init_args.value_cols", "[a, b]", "--data.init_args.label_col", "y",
-        "--data.init_args.task", "classification", "--data.init_args.batch_size", "8",
+        "--data.init_args.task.kind", "classification", "--data.init_args.loader.batch_size", "8",
         "--data.init_args.split_fractions", "[0.5, 0.25, 0.25]",
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",

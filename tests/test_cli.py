@@ -25,7 +25,7 @@ TSODE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tsode"]
 # a tiny, fast version of the quickstart recipe
 SMALL = [
     "--data.init_args.num_series", "30",
-    "--data.init_args.batch_size", "16",
+    "--data.init_args.loader.batch_size", "16",
     "--trainer.max_epochs", "1",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
@@ -113,14 +113,14 @@ def test_fit_then_test_with_overrides_tracked_in_mlflow(tmp_path: Path) -> None:
 def test_print_config_shows_resolved_recipe_with_overrides(tmp_path: Path) -> None:
     out = run_tsode(
         ["fit", "--config", str(QUICKSTART), "--model.latent_dim", "7",  # short form of init_args
-         "--trainer.max_epochs", "3", "--data.init_args.batch_size", "8", "--print_config"],
+         "--trainer.max_epochs", "3", "--data.init_args.loader.batch_size", "8", "--print_config"],
         tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     config = yaml.safe_load(out.stdout)
     assert config["model"]["class_path"] == "tsode.models.latent_ode.LatentODE"
     assert config["model"]["init_args"]["latent_dim"] == 7
-    assert config["trainer"]["max_epochs"] == 3 and config["data"]["init_args"]["batch_size"] == 8
+    assert config["trainer"]["max_epochs"] == 3 and config["data"]["init_args"]["loader"]["batch_size"] == 8
     assert config["model"]["init_args"]["solver"]["method"] == "rk4"
     assert config["data"]["class_path"] == "tsode.data.SyntheticICUDataModule"
     assert config["checkpoint"]["monitor"] == "val/mse"
@@ -159,8 +159,8 @@ def _fit_bad_recipe(
          "unknown key"),
         (lambda r: r["model"]["init_args"].update(latent_dim="many"), "model.init_args.latent_dim",
          "wrong type"),
-        (lambda r: r["data"]["init_args"].update(batch_size=[1, 2]), "data.init_args.batch_size",
-         "wrong type"),
+        (lambda r: r["data"]["init_args"]["loader"].update(batch_size=[1, 2]),
+         "data.init_args.loader.batch_size", "wrong type"),
         (lambda r: r.update(optimiser="adam"), "optimiser", "unknown key"),
     ],
     ids=["unknown-model-key", "wrong-type-model", "wrong-type-data", "unknown-top-level-key"],
@@ -249,8 +249,8 @@ def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:
          "trainer.callbacks[0].init_args.patiense", "unknown key"),
         (lambda r: r["model"].update(class_path="tsode.models.Nope"), "model.class_path",
          "has no attribute 'Nope'"),
-        (lambda r: r["data"]["init_args"].update(task="forecastt"), "data.init_args.task",
-         "task must be one of"),  # rejected by the data module's constructor
+        (lambda r: r["data"]["init_args"]["task"].update(kind="forecastt"),
+         "data.init_args.task.kind", "task.kind must be one of"),  # rejected by the task block
         (lambda r: r["model"]["init_args"].update(grid="bad"), "model.init_args.grid",
          "grid must be one of"),  # rejected by the model's constructor
         (lambda r: r["trainer"].update(accelerator="gpux"), "trainer.accelerator",
@@ -310,7 +310,7 @@ def test_num_static_and_channels_linked_from_data(tmp_path: Path, monkeypatch: p
         "--data", "tsode.data.TableDataModule",
         "--data.init_args.data", str(data),
         "--data.init_args.static_cols", "[age, sex]",
-        "--data.init_args.cutoff", "1.5",
+        "--data.init_args.task.cutoff", "1.5",
         "--trainer.logger", "false",
     ]
     TsodeArgumentParser.recipe_files = []
@@ -351,12 +351,12 @@ def test_bad_data_is_reported_as_data_not_recipe(
     frame.loc[5, "hr"] = 61.0
     frame.to_csv(data, index=False)
     with pytest.raises(SystemExit):  # a cutoff after every series ends: nothing to learn
-        main([*args, "--data.init_args.cutoff", "50"])
+        main([*args, "--data.init_args.task.cutoff", "50"])
     assert "tsode: invalid data: TableDataModule: task forecast (cutoff 50 h)" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a negative cutoff is a bad value of the recipe key
-        main([*args, "--data.init_args.cutoff", "-1"])
+        main([*args, "--data.init_args.task.cutoff", "-1"])
     headline = capsys.readouterr().err.splitlines()[0]
-    assert "key 'data.init_args.cutoff'" in headline and "cutoff must be a finite number" in headline
+    assert "key 'data.init_args.task.cutoff'" in headline and "cutoff must be a finite number" in headline
 
 
 def test_recipe_solver_mappings_reach_the_model_as_solver_configs() -> None:

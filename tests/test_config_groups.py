@@ -86,3 +86,18 @@ def test_accepted_args_see_through_the_base_arguments(name: str) -> None:
     for arg in ("num_channels", "num_static", "channel_means", "channel_stds",
                 "loss_weighting", "loss_channel_weights", "optim", "lr"):
         assert arg in accepted, arg
+
+
+def test_bad_value_in_the_optim_block_names_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    recipe = yaml.safe_load((REPO / "recipes" / "table_forecast.yaml").read_text())
+    recipe["model"]["init_args"]["optim"]["lr"] = -1.0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path)])
+    assert exit_info.value.code == 2
+    headline = capsys.readouterr().err.splitlines()[0]
+    assert f"invalid configuration in {path}: key 'model.init_args.optim.lr'" in headline
+    assert "optim.lr must be > 0, got -1.0" in headline

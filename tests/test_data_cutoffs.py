@@ -3,6 +3,8 @@ fallbacks, workers, DDP injection, and that validation / test keep the task's ow
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -12,12 +14,14 @@ from lightning.fabric.utilities.data import _replace_dunder_methods
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from tsode.data import IrregularBatch, SyntheticICUDataModule, TableDataModule
+from tsode.data import IrregularBatch, LoaderConfig, SyntheticICUDataModule, TableDataModule
 from tsode.data.tasks import TaskConfig, draw_training_cutoffs
 
 
 def _module(**task_changes) -> SyntheticICUDataModule:
-    dm = SyntheticICUDataModule(num_series=60, batch_size=8, seed=3, cutoff=24.0)
+    dm = SyntheticICUDataModule(
+        num_series=60, seed=3, task=TaskConfig(cutoff=24.0), loader=LoaderConfig(batch_size=8)
+    )
     dm.setup()
     if task_changes:
         dm.set_task(**task_changes)
@@ -119,7 +123,10 @@ def test_a_series_left_without_target_keeps_the_task_cutoff() -> None:
         "time": list(np.arange(6.0)) + list(np.arange(10.0)),
         "x": np.arange(16.0),
     })
-    dm = TableDataModule(df, cutoff=3.0, split_fractions=(0.9, 0.05, 0.05), batch_size=4)
+    dm = TableDataModule(
+        df, task=TaskConfig(cutoff=3.0), split_fractions=(0.9, 0.05, 0.05),
+        loader=LoaderConfig(batch_size=4),
+    )
     dm.setup()
     dm.set_task(train_cutoff_range=(6.0, 8.0))
     batches = _epoch_batches(dm, 0)
@@ -137,7 +144,7 @@ def test_a_series_left_without_target_keeps_the_task_cutoff() -> None:
 def test_workers_build_the_same_batches() -> None:
     dm = _module(train_cutoff_range=(12.0, 36.0))
     in_process = [(b.series_ids, b.context.times) for b in _epoch_batches(dm, 1)]
-    dm.num_workers = 1
+    dm.loader = dataclasses.replace(dm.loader, num_workers=1)
     loader = dm.train_dataloader()
     assert loader.num_workers == 1
     loader.batch_sampler.sampler.set_epoch(1)
@@ -172,9 +179,10 @@ def test_ddp_injected_sampler_keeps_varied_cutoffs() -> None:
 def test_fit_with_varied_cutoffs_trains(tmp_path) -> None:
     from tsode.models.baselines import GRUDelta
 
-    dm = SyntheticICUDataModule(num_series=40, batch_size=8, seed=0, cutoff=24.0)
-    dm.setup()
-    dm.set_task(train_cutoff_range=(12.0, 36.0))
+    dm = SyntheticICUDataModule(
+        num_series=40, seed=0, loader=LoaderConfig(batch_size=8),
+        task=TaskConfig(cutoff=24.0, train_cutoff_range=(12.0, 36.0)),
+    )
     model = GRUDelta(num_channels=dm.num_channels, hidden_dim=8)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
@@ -183,3 +191,27 @@ def test_fit_with_varied_cutoffs_trains(tmp_path) -> None:
     trainer.fit(model, datamodule=dm)
     assert trainer.current_epoch == 2
     assert torch.isfinite(trainer.callback_metrics["val/mse"])
+
+
+def test_forecaster_fit_takes_the_range(synthetic_long_frame, tmp_path) -> None:  # noqa: ANN001
+    from tsode.api import Forecaster
+
+    class ContextEnds(L.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            ctx = batch.context
+            self.ends += ctx.times[torch.arange(len(ctx.lengths)), ctx.lengths - 1].tolist()
+
+    seen = ContextEnds()
+    fc = Forecaster(
+        "gru_dt", hidden_dim=8, tracking=False, work_dir=tmp_path, verbose=False,
+        trainer_kwargs={"max_epochs": 1, "enable_progress_bar": False, "callbacks": [seen]},
+    )
+    fc.fit(synthetic_long_frame(30), cutoff=12.0, train_cutoff_range=(30.0, 40.0), batch_size=8)
+    assert fc.data.task.train_cutoff_range == (30.0, 40.0)
+    assert fc.data.task.cutoff == 12.0
+    assert max(seen.ends) > 12.0  # training contexts reach the drawn cutoffs, past 12 h
+    forecast = fc.predict(synthetic_long_frame(30).query("time <= 12"), horizon=6.0)
+    assert len(forecast) > 0

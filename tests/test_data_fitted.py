@@ -29,7 +29,7 @@ def frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def datamodule(frame: pd.DataFrame) -> TableDataModule:
-    dm = TableDataModule(frame, task="forecast", cutoff=24.0, split_fractions=(0.5, 0.25, 0.25))
+    dm = TableDataModule(frame, task=TaskConfig("forecast", cutoff=24.0), split_fractions=(0.5, 0.25, 0.25))
     dm.setup("fit")
     return dm
 

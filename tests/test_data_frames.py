@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from tsode.data import TableDataModule, batch_to_frame
+from tsode.data import LoaderConfig, TableDataModule, TaskConfig, batch_to_frame
 from tsode.data.frames import snap_to_table_times
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "icu_long.csv"
@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "samples" / "icu_lon
 
 def _module() -> tuple[TableDataModule, pd.DataFrame]:
     frame = pd.read_csv(SAMPLE, parse_dates=["time"])
-    dm = TableDataModule(frame, cutoff=24.0, batch_size=64, split_fractions=(0.6, 0.2, 0.2))
+    dm = TableDataModule(frame, task=TaskConfig(cutoff=24.0), loader=LoaderConfig(batch_size=64), split_fractions=(0.6, 0.2, 0.2))
     dm.setup()
     return dm, frame
 

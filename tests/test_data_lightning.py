@@ -12,7 +12,13 @@ from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sample
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from tsode.data import IrregularBatch, SyntheticICUDataModule, TableDataModule
+from tsode.data import (
+    IrregularBatch,
+    LoaderConfig,
+    SyntheticICUDataModule,
+    TableDataModule,
+    TaskConfig,
+)
 from tsode.data.sampler import LengthBucketSampler
 
 
@@ -63,7 +69,7 @@ def _trainer(**kw) -> L.Trainer:
 
 
 def test_fit_validate_predict_and_epoch_reshuffle(tmp_path) -> None:
-    dm = SyntheticICUDataModule(num_series=60, batch_size=8, seed=1)
+    dm = SyntheticICUDataModule(num_series=60, loader=LoaderConfig(batch_size=8), seed=1)
     model = LastValueModel(dm.num_channels)
     trainer = _trainer(max_epochs=2, default_root_dir=tmp_path, enable_checkpointing=True)
     trainer.fit(model, datamodule=dm)
@@ -80,7 +86,7 @@ def test_fit_validate_predict_and_epoch_reshuffle(tmp_path) -> None:
     # the fitted data state is stored in the checkpoint and restores the same normalizer
     ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=False)
     state = ckpt[type(dm).__qualname__]
-    other = SyntheticICUDataModule(num_series=60, batch_size=8, seed=1, noise_std=0.5)
+    other = SyntheticICUDataModule(num_series=60, loader=LoaderConfig(batch_size=8), seed=1, noise_std=0.5)
     other.load_state_dict(state)
     other.setup()
     assert other.normalizer == dm.normalizer
@@ -94,9 +100,9 @@ def test_loaded_state_replaces_refitting() -> None:
             "x": np.arange(40.0),
         }
     )
-    dm = TableDataModule(df, cutoff=1.5)
+    dm = TableDataModule(df, task=TaskConfig(cutoff=1.5))
     dm.setup()
-    shifted = TableDataModule(df.assign(x=df.x + 1000.0), cutoff=1.5)
+    shifted = TableDataModule(df.assign(x=df.x + 1000.0), task=TaskConfig(cutoff=1.5))
     shifted.load_state_dict(dm.state_dict())
     assert shifted.normalizer == dm.normalizer
     batch = next(iter(shifted.val_dataloader()))
@@ -104,7 +110,7 @@ def test_loaded_state_replaces_refitting() -> None:
 
 
 def test_ddp_sampler_injection_partitions_buckets() -> None:
-    dm = SyntheticICUDataModule(num_series=80, batch_size=8, seed=2)
+    dm = SyntheticICUDataModule(num_series=80, loader=LoaderConfig(batch_size=8), seed=2)
     dm.setup()
     ds = dm.datasets["train"]
     with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
@@ -129,7 +135,7 @@ def test_ddp_two_ranks_disjoint_complete_and_seeded(bucketing: bool, num_series:
     data module's seed, so the shares are disjoint, cover every series and reshuffle per
     epoch. Training shares are padded like DistributedSampler's (equal batch counts);
     validation shares are not (every series scored once, batch counts differ by at most one)."""
-    dm = SyntheticICUDataModule(num_series=num_series, batch_size=8, seed=2, bucketing=bucketing)
+    dm = SyntheticICUDataModule(num_series=num_series, loader=LoaderConfig(batch_size=8, bucketing=bucketing), seed=2)
     dm.setup()
     for split, shuffle in (("train", True), ("val", False)):
         ds = dm.datasets[split]
@@ -196,7 +202,7 @@ def test_ddp_rank_shares_padded_for_training_only(
 
 def test_unbucketed_shuffle_is_seeded_not_global_rng() -> None:
     def order(seed: int) -> list:
-        dm = SyntheticICUDataModule(num_series=40, batch_size=4, seed=seed, bucketing=False)
+        dm = SyntheticICUDataModule(num_series=40, loader=LoaderConfig(batch_size=4, bucketing=False), seed=seed)
         torch.manual_seed(np.random.randint(1 << 30))  # the global RNG must not matter
         return [i for b in dm.train_dataloader() for i in b.series_ids]
 

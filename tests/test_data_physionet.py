@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsode.data import DataValidationError, PhysioNet2012DataModule, load_physionet2012
+from tsode.data import DataValidationError, PhysioNet2012DataModule, TaskConfig, load_physionet2012
 from tsode.data.physionet import PHYSIONET_CHANNELS, STATIC_NAMES, download_physionet2012
 
 RECORDS = {
@@ -197,7 +197,7 @@ def test_download_verifies_checksums(tmp_path: Path, http_root) -> None:
         base_url=url,
         cache_dir=str(tmp_path / "c"),
         split_fractions=(0.34, 0.33, 0.33),
-        cutoff=1.0,
+        task=TaskConfig(cutoff=1.0),
     )
     dm.prepare_data()
     assert (root / "set-a.tar.gz").read_bytes() == (served / "set-a.tar.gz").read_bytes()

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tsode.data import TableDataModule, TableSpec, load_physionet2012, load_table
+from tsode.data import (
+    LoaderConfig,
+    TableDataModule,
+    TableSpec,
+    TaskConfig,
+    load_physionet2012,
+    load_table,
+)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "datasets" / "samples"
 WIDE = TableSpec(static_cols=["icu_unit"], label_col="lactate_high")
@@ -38,8 +45,8 @@ def test_wide_sample_trains_through_a_datamodule() -> None:
         str(SAMPLES / "icu_wide.csv"),
         static_cols=["icu_unit"],
         label_col="lactate_high",
-        cutoff=24.0,
-        batch_size=4,
+        task=TaskConfig(cutoff=24.0),
+        loader=LoaderConfig(batch_size=4),
         split_fractions=(0.6, 0.2, 0.2),
     )
     dm.setup()

@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from tsode.data import IrregularBatch, PeriodicToyDataModule, SyntheticICUDataModule
+from tsode.data import (
+    IrregularBatch,
+    LoaderConfig,
+    PeriodicToyDataModule,
+    SyntheticICUDataModule,
+    TaskConfig,
+)
 from tsode.data.synthetic import ICU_CHANNELS, ICU_SCALE
 
 
 @pytest.fixture(scope="module")
 def icu() -> SyntheticICUDataModule:
-    dm = SyntheticICUDataModule(num_series=120, batch_size=16, seed=3)
+    dm = SyntheticICUDataModule(num_series=120, loader=LoaderConfig(batch_size=16), seed=3)
     dm.setup()
     return dm
 
@@ -117,7 +123,7 @@ def test_inverse_normalized_batch_matches_table(icu: SyntheticICUDataModule) -> 
 
 
 def test_interpolation_targets_among_context_times() -> None:
-    dm = SyntheticICUDataModule(num_series=30, task="interpolation", holdout_fraction=0.3)
+    dm = SyntheticICUDataModule(num_series=30, task=TaskConfig("interpolation", holdout_fraction=0.3))
     dm.setup()
     ds = dm.datasets["train"]
     a = ds.assignment
@@ -145,7 +151,7 @@ def test_extrapolation_splits_window_in_half() -> None:
 
 
 def test_horizon_limits_targets() -> None:
-    dm = SyntheticICUDataModule(num_series=30, cutoff=12.0, horizon=6.0)
+    dm = SyntheticICUDataModule(num_series=30, task=TaskConfig(cutoff=12.0, horizon=6.0))
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     tm = batch.target.time_mask
@@ -168,16 +174,21 @@ def test_explicit_cutoff_is_honoured(cls: str) -> None:
     """An explicit cutoff, 24.0 included, is used as given; None means the dataset's default."""
     from tsode.data import PhysioNet2012DataModule
 
-    make = SyntheticICUDataModule if cls == "synthetic" else PhysioNet2012DataModule
-    assert make().task.cutoff == 24.0  # default forecast: the first 24 h
+    module = SyntheticICUDataModule if cls == "synthetic" else PhysioNet2012DataModule
+
+    def make(kind: str = "forecast", **fields: float):  # noqa: ANN202
+        return module(task=TaskConfig(kind, **fields))
+
+    assert module().task.cutoff == 24.0  # default forecast: the first 24 h
+    assert make().task.cutoff == 24.0  # a forecast block naming no cutoff: the same default
     assert make(cutoff=12.0).task.cutoff == 12.0
     assert make(cutoff=24.0).task.cutoff == 24.0
     assert make(cutoff_fraction=0.4).task.cutoff is None  # fraction-based: no default cutoff
     # other tasks: no cutoff unless one is given, and an explicit 24.0 is not dropped
-    assert make(task="classification").task.cutoff is None
-    assert make(task="classification", cutoff=24.0).task.cutoff == 24.0
-    assert make(task="classification", cutoff=36.0).task.cutoff == 36.0
-    assert make(task="extrapolation", cutoff=24.0).task.cutoff == 24.0
+    assert make("classification").task.cutoff is None
+    assert make("classification", cutoff=24.0).task.cutoff == 24.0
+    assert make("classification", cutoff=36.0).task.cutoff == 36.0
+    assert make("extrapolation", cutoff=24.0).task.cutoff == 24.0
     with pytest.raises(ValueError, match="either cutoff"):  # no longer silently dropped
         make(cutoff=24.0, cutoff_fraction=0.5)
 

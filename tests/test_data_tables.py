@@ -9,8 +9,10 @@ import torch
 
 from tsode.data import (
     DataValidationError,
+    LoaderConfig,
     TableDataModule,
     TableSpec,
+    TaskConfig,
     batch_to_frame,
     load_table,
     table_from_frame,
@@ -201,7 +203,12 @@ def test_predict_on_new_table_and_unknown_channels() -> None:
     df = _long_frame()
     df = pd.concat([df.assign(pid=df.pid + f"_{k}") for k in range(6)], ignore_index=True)
     dm = TableDataModule(
-        df, id_col="pid", time_col="t", channel_col="var", value_col="val", cutoff_fraction=0.5
+        df,
+        id_col="pid",
+        time_col="t",
+        channel_col="var",
+        value_col="val",
+        task=TaskConfig(cutoff_fraction=0.5),
     )
     dm.setup()
     new = _long_frame().iloc[:5]
@@ -220,7 +227,7 @@ def test_predict_on_new_table_and_unknown_channels() -> None:
         pd.DataFrame(
             {"series_id": [1, 1, 2, 2, 3, 3, 4, 4], "time": [0, 1] * 4, "a": np.arange(8.0)}
         ),
-        cutoff_fraction=0.5,
+        task=TaskConfig(cutoff_fraction=0.5),
     )
     wide_dm.setup()
     with pytest.raises(DataValidationError, match=r"unknown channel column.*\['b'\]"):
@@ -244,7 +251,7 @@ def test_static_and_labels_reach_the_batch() -> None:
             )
         )
     df = pd.concat(frames, ignore_index=True)
-    dm = TableDataModule(df, static_cols=["age"], label_col="y", cutoff=1.2, batch_size=4)
+    dm = TableDataModule(df, static_cols=["age"], label_col="y", task=TaskConfig(cutoff=1.2), loader=LoaderConfig(batch_size=4))
     dm.setup()
     assert dm.num_static == 1 and dm.num_channels == 1
     for batch in dm.train_dataloader():
@@ -264,7 +271,7 @@ def test_timezone_survives_the_round_trip() -> None:
             "x": np.arange(15.0),
         }
     )
-    dm = TableDataModule(df, cutoff=1.0)
+    dm = TableDataModule(df, task=TaskConfig(cutoff=1.0))
     dm.setup()
     batch = next(iter(dm.predict_dataloader_for(df)))
     out = batch_to_frame(batch, "context", normalizer=dm.normalizer, time_axis=dm.time_axis)
@@ -277,7 +284,7 @@ def test_timezone_survives_the_round_trip() -> None:
 def test_unknown_channel_errors_are_located() -> None:
     """Unknown channels at predict time name the source, series and row/time."""
     wide = pd.DataFrame({"series_id": [1, 1, 2, 2], "time": [0.0, 1.0] * 2, "a": np.arange(4.0)})
-    dm = TableDataModule(wide, cutoff_fraction=0.5, split_fractions=(1.0, 0.0, 0.0))
+    dm = TableDataModule(wide, task=TaskConfig(cutoff_fraction=0.5), split_fractions=(1.0, 0.0, 0.0))
     dm.setup()
     new = pd.DataFrame({"series_id": [7, 8], "time": [0.0, 2.0], "a": [1.0, 2.0], "b": [None, 3.0]})
     with pytest.raises(DataValidationError, match=r"row 1, series 8, column 'b'.*unknown channel"):
@@ -325,7 +332,7 @@ def test_nonsensical_cutoff_is_rejected() -> None:
     names = {"id_col": "pid", "time_col": "t", "channel_col": "var", "value_col": "val"}
     for cutoff in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="cutoff must be a finite number of hours >= 0"):
-            TableDataModule(df, cutoff=cutoff, **names)
+            TableDataModule(df, task=TaskConfig(cutoff=cutoff), **names)
     dm = TableDataModule(df, cutoff=48.0, **names)  # after every series ends: nothing to predict
     with pytest.raises(
         DataValidationError, match=r"forecast \(cutoff 48 h\) leaves no series.*spans 2-3 h"

@@ -41,8 +41,9 @@ RECIPE = {
         "class_path": "tsode.data.SyntheticICUDataModule",
         "init_args": {
             # 33 series: 23 train, 5 val, 5 test (odd: DistributedSampler would pad)
-            "num_series": 33, "min_obs": 10, "max_obs": 20, "task": "forecast", "cutoff": 24.0,
-            "batch_size": 8, "eval_batch_size": 2, "seed": 0,
+            "num_series": 33, "min_obs": 10, "max_obs": 20,
+            "task": {"kind": "forecast", "cutoff": 24.0},
+            "loader": {"batch_size": 8, "eval_batch_size": 2}, "seed": 0,
         },
     },
     "trainer": {

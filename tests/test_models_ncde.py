@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import make_batch, select_rows
 
+from tsode.data import LoaderConfig
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models import MODELS
 from tsode.models.ncde import CDEFunc, NeuralCDE
@@ -280,7 +281,7 @@ def test_lightning_fit_logs_loss_and_adjoint_nfe(tmp_path) -> None:
 
     from tsode.data import SyntheticICUDataModule
 
-    data = SyntheticICUDataModule(num_series=12, min_obs=5, max_obs=10, batch_size=4, seed=0)
+    data = SyntheticICUDataModule(num_series=12, min_obs=5, max_obs=10, loader=LoaderConfig(batch_size=4), seed=0)
     model = NeuralCDE(
         num_channels=5,
         hidden_dim=8,

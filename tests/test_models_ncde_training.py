@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from tsode.data import SyntheticICUDataModule
+from tsode.data import LoaderConfig, SyntheticICUDataModule, TaskConfig
 from tsode.models import MODELS
 from tsode.models.base import IrregularModel
 from tsode.models.ncde import NeuralCDE
@@ -32,7 +32,7 @@ def held_out_mse(model: IrregularModel, loader) -> float:
 @pytest.mark.slow
 def test_trained_ncde_beats_locf_and_channel_mean_on_held_out_series() -> None:
     L.seed_everything(0, verbose=False)
-    data = SyntheticICUDataModule(num_series=600, horizon=6.0, batch_size=32, seed=0)
+    data = SyntheticICUDataModule(num_series=600, task=TaskConfig(horizon=6.0), loader=LoaderConfig(batch_size=32), seed=0)
     data.setup("fit")
     data.setup("test")
     model = NeuralCDE(

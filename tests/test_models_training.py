@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from tsode.data import SyntheticICUDataModule
+from tsode.data import LoaderConfig, SyntheticICUDataModule
 from tsode.models import MODELS
 from tsode.solvers import SolverConfig
 
@@ -28,7 +28,7 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def datamodule():
-    dm = SyntheticICUDataModule(num_series=160, max_obs=40, batch_size=16, seed=0)
+    dm = SyntheticICUDataModule(num_series=160, max_obs=40, loader=LoaderConfig(batch_size=16), seed=0)
     dm.setup()
     return dm
 

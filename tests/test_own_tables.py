@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tsode.api import Forecaster
-from tsode.data import DataValidationError, TableDataModule
+from tsode.data import DataValidationError, TableDataModule, TaskConfig
 
 torch.set_num_threads(1)
 
@@ -47,7 +47,7 @@ def tiny(model: str = "gru_dt", **kwargs) -> Forecaster:  # noqa: ANN003
 
 def test_declared_static_and_label_columns_are_not_channels(tmp_path: Path) -> None:
     frame = wide_frame()
-    dm = TableDataModule(frame, static_cols=["age", "unit"], label_col="died", cutoff=24.0)
+    dm = TableDataModule(frame, static_cols=["age", "unit"], label_col="died", task=TaskConfig(cutoff=24.0))
     dm.setup()
     assert dm.channels == ["hr", "map"]
     assert dm.static_names == ["age", "unit"]
@@ -64,12 +64,12 @@ def test_declared_static_and_label_columns_are_not_channels(tmp_path: Path) -> N
 def test_undeclared_per_series_columns_are_warned_about() -> None:
     frame = wide_frame()
     with pytest.warns(UserWarning, match=r"\['age', 'unit', 'died'\] hold one value per series"):
-        dm = TableDataModule(frame, cutoff=24.0)
+        dm = TableDataModule(frame, task=TaskConfig(cutoff=24.0))
         dm.setup()
     assert dm.channels == ["hr", "map", "age", "unit", "died"]  # as asked, but warned
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        TableDataModule(frame, value_cols=["hr", "map"], cutoff=24.0).setup()
+        TableDataModule(frame, value_cols=["hr", "map"], task=TaskConfig(cutoff=24.0)).setup()
 
 
 # ---------------------------------------------------------------- 2. dropped series
@@ -85,8 +85,13 @@ def test_dropped_series_are_warned_with_counts_per_split_and_reason() -> None:
     splits = {"train": [f"s{i:02d}" for i in range(8)], "val": ["s08", "s09"],
               "test": ["s10", "s11"]}
     with pytest.warns(UserWarning) as record:
-        dm = TableDataModule(frame, value_cols=["hr", "map"], static_cols=["age"],
-                             cutoff=24.0, splits=splits)
+        dm = TableDataModule(
+            frame,
+            value_cols=["hr", "map"],
+            static_cols=["age"],
+            task=TaskConfig(cutoff=24.0),
+            splits=splits,
+        )
         dm.setup()
     messages = [str(w.message) for w in record if "are not used" in str(w.message)]
     assert len(messages) == 1, [str(w.message) for w in record]
@@ -113,8 +118,13 @@ def test_fit_with_explicit_splits_and_split_column(tmp_path: Path) -> None:
     split_of = {sid: name for name, ids in SPLITS.items() for sid in ids}
     frame["fold"] = frame["series_id"].map(split_of).str.upper()
     frame.loc[frame.groupby("series_id").cumcount() == 1, "fold"] = None
-    dm = TableDataModule(frame, static_cols=["age", "unit"], label_col="died",
-                         split_col="fold", cutoff=24.0)
+    dm = TableDataModule(
+        frame,
+        static_cols=["age", "unit"],
+        label_col="died",
+        split_col="fold",
+        task=TaskConfig(cutoff=24.0),
+    )
     dm.setup()
     assert dm.channels == ["hr", "map"]
     for name, ids in SPLITS.items():
@@ -238,8 +248,14 @@ def test_outputs_carry_no_float32_noise(fitted_wide: Forecaster, tmp_path: Path)
     shortest = [float(str(np.float32(v))) for v in out["mean"]]
     np.testing.assert_array_equal(out["mean"].to_numpy(), shortest)
     # observations written by `tsode predict` (ForecastWriter) are the source's values
-    dm = TableDataModule(frame, static_cols=["age", "unit"], label_col="died", cutoff=24.0,
-                         time_origin="absolute", split_fractions=(0.5, 0.25, 0.25))
+    dm = TableDataModule(
+        frame,
+        static_cols=["age", "unit"],
+        label_col="died",
+        task=TaskConfig(cutoff=24.0),
+        time_origin="absolute",
+        split_fractions=(0.5, 0.25, 0.25),
+    )
     path = tmp_path / "forecasts.csv"
     trainer = pl.Trainer(callbacks=[ForecastWriter(output=str(path))], logger=False,
                          enable_progress_bar=False, enable_model_summary=False)

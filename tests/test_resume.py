@@ -108,7 +108,7 @@ model:
   init_args: {hidden_dim: 4, decoder_hidden_dim: 4}
 data:
   class_path: tsode.data.SyntheticICUDataModule
-  init_args: {num_series: 12, batch_size: 4, cutoff: 24.0, seed: 0}
+  init_args: {num_series: 12, loader: {batch_size: 4}, task: {kind: forecast, cutoff: 24.0}, seed: 0}
 trainer:
   max_epochs: 2
   enable_progress_bar: false

@@ -15,6 +15,10 @@ never need the training data.
 
 Output tables are tidy, one row per (series, time, channel), in original units and in the
 input's time representation: ``series_id, time, channel, mean[, q<level> ...]``.
+
+Why one long module: it is the one public class, ``Forecaster``, whose methods (fit, predict,
+evaluate, save / load, the per-request checks) share its state; what other layers also need
+lives below it (:mod:`tsode.forecasts`, :mod:`tsode.checkpoints`, :mod:`tsode.data.fitted`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from tsode.data import (
     TaskConfig,
 )
 from tsode.data.atomic import atomic_directory
+from tsode.data.config import group_data_args
 from tsode.data.fitted import FittedData
 from tsode.data.series import DataValidationError
 from tsode.errors import (
@@ -424,7 +429,9 @@ class Forecaster:
     # ------------------------------------------------------------------ fit
     def _monitor(self) -> str:
         """``val/mse``, or ``val/ce`` for a classification fit."""
-        classifying = self.data_kwargs.get("task") == "classification" or (
+        task = self.data_kwargs.get("task")
+        kind = task.get("kind") if isinstance(task, Mapping) else task
+        classifying = kind == "classification" or (
             self.data is not None and self.data.num_classes > 0
         )
         return CLASSIFICATION_MONITOR if classifying else MONITOR
@@ -476,10 +483,15 @@ class Forecaster:
                 ``static_cols``), ``time_unit``, ``task`` (``"forecast"``, ``"extrapolation"``,
                 ``"interpolation"``, or ``"classification"`` with ``label_col``: a series-level
                 classifier, monitored on ``val/ce``, see :meth:`predict_proba`),
-                ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours),
+                ``cutoff`` / ``cutoff_fraction`` / ``horizon`` (hours), ``train_cutoff_range``
+                (``(lo, hi)``: training cutoffs drawn per series and epoch, see
+                :class:`~tsode.data.TaskConfig`),
                 ``split_fractions`` (default ``(0.8, 0.2, 0.0)``), or explicit splits:
                 ``splits={"train": ids, "val": ids, "test": ids}`` or ``split_col`` (a column
-                naming each series' split), ``batch_size``, ...
+                naming each series' split), ``batch_size``, ... The task and loader keywords
+                go into the data module's ``task`` / ``loader`` blocks (a
+                :class:`~tsode.data.TaskConfig` / :class:`~tsode.data.LoaderConfig` may be
+                given as ``task=`` / ``loader=`` instead).
 
         Returns:
             self, with the best-validation weights loaded.
@@ -497,7 +509,8 @@ class Forecaster:
         elif not resume and last_checkpoint(last_dir) is not None:
             close_orphaned_run(last_checkpoint(last_dir))  # a killed fit's run: KILLED
         options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
-        datamodule = TableDataModule(data, **options)
+        # the flat task / loader keywords of this call go into the data module's blocks
+        datamodule = TableDataModule(data, **group_data_args(options))
         datamodule.setup("fit")
         explicit = options.get("splits") is not None or options.get("split_col") is not None
         check_validation_split(datamodule, None if explicit else options.get("split_fractions"))

@@ -3,6 +3,7 @@
 Usage::
 
     tsode fit      --config recipes/<name>.yaml [--trainer.max_epochs 3 ...]
+    tsode fit      --recipe physionet_forecast_odernn     (a recipe by name, see tsode.recipes)
     tsode validate --config recipes/<name>.yaml --ckpt_path <checkpoint>
     tsode test     --config recipes/<name>.yaml --ckpt_path <checkpoint>
     tsode predict  --config recipes/<name>.yaml --ckpt_path <checkpoint> --predictions.output f.csv
@@ -12,12 +13,20 @@ Usage::
 (the console script, :mod:`tsode.__main__`, sends ``quickstart`` to :mod:`tsode.quickstart`,
 which builds on this module; everything else to :func:`main` here.)
 
-A recipe names ``model.class_path`` (any ``tsode.models`` class), ``data.class_path`` (any
-``tsode.data`` data module) and trainer options. ``num_channels`` /
-``channel_means`` / ``channel_stds`` of the model are linked from the data module. Every run
-logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see ``docs/tracking.md``); the
-``checkpoint`` section configures the best-checkpoint callback, ``tracking`` the MLflow
-artifacts callback and ``predictions`` where ``tsode predict`` writes its forecasts.
+``--recipe NAME`` stands for the ``--config`` files of recipe ``NAME`` (a single file
+``recipes/NAME.yaml``, or a composed combination such as ``physionet_forecast_odernn``: base,
+task and model overlays, see :mod:`tsode.recipes`). A recipe names ``model.class_path`` (any
+``tsode.models`` class), ``data.class_path`` (any ``tsode.data`` data module) and trainer
+options. ``num_channels`` / ``channel_means`` / ``channel_stds`` of the model are linked from
+the data module. Every run logs to MLflow (:class:`tsode.tracking.MLflowLogger`, see
+``docs/tracking.md``); the ``checkpoint`` section configures the best-checkpoint callback,
+``tracking`` the MLflow artifacts callback and ``predictions`` where ``tsode predict`` writes
+its forecasts.
+
+Reading recipe files (bounds, names, composition) is :mod:`tsode.recipes`; turning a rejected
+recipe into ``file: key: reason`` is :mod:`tsode.recipe_errors`. Why this module is still
+over 500 lines: the ``TsodeCLI`` hooks (links from the data module, run names, resume,
+checkpoint checks, the end-of-fit summary) all act on the one LightningCLI object.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from tsode.config import DATA_DERIVED_ARGS, legacy_key_hint
+from tsode.config import DATA_DERIVED_ARGS
 from tsode.errors import (
     RecipeFileError,
     SolverFailureContext,
@@ -52,6 +61,24 @@ from tsode.progress import (
     quiet_lightning_warnings,
     stdout_is_tty,
 )
+from tsode.recipe_errors import (  # noqa: F401  (explain_parse_error, locate_key: public here too)
+    RecipeError,
+    _caused_by,
+    _data_error,
+    explain_instantiation_error,
+    explain_parse_error,
+    locate_key,
+    report_recipe_error,
+)
+from tsode.recipes import (  # noqa: F401  (the recipe-file checks, public here too)
+    MAX_RECIPE_BYTES,
+    MAX_RECIPE_NODES,
+    REPO_RECIPES,
+    _is_file,
+    check_command_line_yaml,
+    check_recipe_file,
+    check_recipe_text,
+)
 from tsode.resume import (
     EpochSeed,
     ResumeCheckpoint,
@@ -65,7 +92,6 @@ from tsode.tracking import MLflowArtifacts, find_mlflow_logger
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 MONITOR = "val/mse"
-REPO_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Values every model may take from the data module (linked only where the model accepts them).
 LINKED_FROM_DATA = DATA_DERIVED_ARGS
@@ -75,6 +101,7 @@ OPTIONALLY_LINKED = ("num_static", "num_classes")
 
 
 USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key value ...]
+       tsode {fit,validate,test,predict} --recipe NAME [--key value ...]   (e.g. physionet_forecast_odernn)
        tsode quickstart [--max_epochs N] [--config RECIPE.yaml]
 
   fit        train a model (an MLflow run)      validate / test   score a checkpoint (--ckpt_path)
@@ -83,123 +110,39 @@ USAGE = """usage: tsode {fit,validate,test,predict} --config RECIPE.yaml [--key 
 """
 
 
-class RecipeError(SystemExit):
-    """A recipe (or command-line override) was rejected; the message names key and file."""
+def expand_recipe_args(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``args`` with each ``--recipe NAME`` (or ``--recipe=NAME``) replaced by ``--config``
+    options for the files of recipe ``NAME`` (:func:`tsode.recipes.recipe_files`), and the
+    last name given (None: no ``--recipe``). Raises :class:`RecipeFileError` for an unknown
+    name."""
+    from tsode.recipes import recipe_files
+
+    out: list[str] = []
+    name = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--recipe" or arg.startswith("--recipe="):
+            if arg == "--recipe":
+                if i + 1 >= len(args):
+                    raise RecipeFileError("--recipe needs a recipe name (e.g. physionet_forecast_odernn)")
+                name, i = args[i + 1], i + 2
+            else:
+                name, i = arg.split("=", 1)[1], i + 1
+            for path in recipe_files(name):
+                out += ["--config", str(path)]
+            continue
+        out.append(arg)
+        i += 1
+    return out, name
 
 
-#: Largest recipe file read (bytes), and most YAML nodes it may expand to (aliases included).
-MAX_RECIPE_BYTES = 1 << 20
-MAX_RECIPE_NODES = 100_000
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (naming key and line) and bounds the
-    number of nodes the document expands to, aliases counted at every use (YAML alias bombs)."""
-
-    def compose_document(self) -> Any:  # noqa: D102
-        node = super().compose_document()
-        _expanded_size(node, self.name, {})
-        return node
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # noqa: D102
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.get(key)
-            except TypeError:
-                continue  # unhashable key: reported by SafeLoader itself
-            if first is not None:
-                raise RecipeFileError(
-                    f"{self.name}: duplicate key {key!r} at line {line} (first given at line "
-                    f"{first}); keep one of them"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _expanded_size(node: yaml.Node, name: str, memo: dict[int, int]) -> int:
-    """Nodes ``node`` expands to (an alias counts the whole anchored subtree each time)."""
-    if id(node) in memo:
-        size = memo[id(node)]
-    else:
-        size = 1
-        if isinstance(node, yaml.SequenceNode):
-            size += sum(_expanded_size(child, name, memo) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            size += sum(
-                _expanded_size(k, name, memo) + _expanded_size(v, name, memo)
-                for k, v in node.value
-            )
-        memo[id(node)] = size
-    if size > MAX_RECIPE_NODES:
-        raise RecipeFileError(
-            f"{name}: the recipe expands to more than {MAX_RECIPE_NODES:,} YAML nodes "
-            f"(line {node.start_mark.line + 1}; nested aliases such as a YAML 'alias bomb'?); "
-            "write the values out or use fewer nested aliases"
-        )
-    return size
-
-
-def check_recipe_file(path: str | Path) -> Any:
-    """Read a recipe with bounded size and alias expansion and no duplicate keys; returns its
-    content. Raises :class:`tsode.errors.RecipeFileError` naming the file (and key / line)."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeFileError(
-            f"{path}: recipe file is {size:,} bytes, more than the {MAX_RECIPE_BYTES:,} allowed"
-        )
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return check_recipe_text(text, str(path))
-
-
-def check_recipe_text(text: str, name: str) -> Any:
-    """:func:`check_recipe_file` for YAML given as text (``name`` says where it came from)."""
-    if len(text.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
-        raise RecipeFileError(f"{name}: {len(text):,} characters, more than the {MAX_RECIPE_BYTES:,} bytes allowed")
-    loader = _RecipeLoader(text)
-    loader.name = name
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as err:
-        raise RecipeFileError(f"{name}: not valid YAML: {err}") from err
-    finally:
-        loader.dispose()
-
-
-def _is_file(value: str) -> bool:
-    """Whether ``value`` names an existing file (False for strings no path can be)."""
-    try:
-        return Path(value).is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def check_command_line_yaml(args: Sequence[str]) -> None:
-    """The bounds of :func:`check_recipe_file` for YAML given on the command line: an inline
-    ``--config '<yaml>'`` and any option value (jsonargparse parses values as YAML). Values that
-    are not YAML are left to the parser."""
-    for i, arg in enumerate(args):
-        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
-        if arg.startswith("--") and "=" not in arg:
-            continue  # an option name; its value is the next item
-        option = args[i - 1] if i and args[i - 1].startswith("-") and "=" not in args[i - 1] else arg.split("=", 1)[0]
-        name = f"command-line value of {option}"
-        if len(value.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
-            raise RecipeFileError(
-                f"{name}: {len(value):,} characters, more than the {MAX_RECIPE_BYTES:,} bytes allowed"
-            )
-        if ("&" in value or "*" in value or "\n" in value) and not _is_file(value):
-            try:
-                check_recipe_text(value, name)
-            except RecipeFileError as err:
-                if isinstance(err.__cause__, yaml.YAMLError):
-                    continue  # not YAML: the parser will say what is wrong with it
-                raise
+def _run_name(files: Sequence[str]) -> str | None:
+    """The recipe's name for MLflow run names and resume folders: the ``--recipe`` name, else
+    the stem of the last ``--config`` file."""
+    if TsodeArgumentParser.recipe_name:
+        return TsodeArgumentParser.recipe_name
+    return Path(files[-1]).stem if files else None
 
 
 def _recipe_files(args: Sequence[str]) -> list[str]:
@@ -213,104 +156,6 @@ def _recipe_files(args: Sequence[str]) -> list[str]:
     return files
 
 
-def explain_parse_error(message: str) -> tuple[str | None, str]:
-    """Pull the offending dotted key and a one-line reason out of a jsonargparse message."""
-    top = re.search(r"does not accept option '([^']+)'", message)
-    if top:
-        return top.group(1), "unknown key"
-    path: list[str] = []
-    reason = "invalid value"
-    token = re.compile(
-        r"Parser key \"(?P<key>[^\"]+)\"|class_path '(?P<cls>[^']+)'|"
-        r"Option '(?P<opt>[^']+)' is not accepted|Key \"(?P<k2>[^\"]+)\" is required|"
-        r"(?P<exp>Expected a [^\n]*)"
-    )
-    owner = None
-    for match in token.finditer(message):
-        if match.group("key"):
-            path.append(match.group("key"))
-        elif match.group("cls"):
-            owner = match.group("cls")
-            detail = message[match.end() :].lstrip(":").strip().splitlines()
-            first = detail[0].strip() if detail else ""
-            if first and not token.match(first) and not first.startswith("Does not validate"):
-                # the class itself is the problem (not importable, not a subclass, ...)
-                path.append("class_path")
-                reason = f"class_path '{owner}': {first}"
-                break
-            path.append("init_args")
-        elif match.group("opt"):
-            path.append(match.group("opt"))
-            reason = f"unknown key (not a parameter of {owner})" if owner else "unknown key"
-            break
-        elif match.group("k2"):
-            path.append(match.group("k2"))
-            reason = "required key missing"
-            break
-        elif match.group("exp"):
-            if "NoneType" in match.group("exp"):
-                continue
-            reason = f"wrong type: {match.group('exp').strip()}"
-            break
-    if path and path[-1] == "init_args":
-        path.pop()
-    key = ".".join(path) if path else None
-    return key, reason
-
-
-def locate_key(key: str, files: Sequence[str]) -> tuple[str, str | None]:
-    """Spell ``key`` (dotted, from :func:`explain_parse_error`) as it is written in a recipe.
-
-    jsonargparse names nested class arguments ``<section>.init_args.<name>`` even where the
-    recipe gives them as a plain mapping (``solver: {rtol: ...}``) and does not say which
-    item of a list (``trainer.callbacks``) is wrong. Walking the recipe files (last one
-    first) drops the ``init_args`` the file does not have and adds list indices
-    (``trainer.callbacks[0].init_args.patience``). Returns the key and the file holding it
-    (None: not in any file, e.g. a command-line override).
-    """
-    parts = re.sub(r"\[\d+\]", "", key).split(".")
-    partial: str | None = None  # spelled along the recipe up to a missing last key
-    for file in reversed(list(files)):
-        try:
-            node: Any = yaml.safe_load(Path(file).read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        out: list[str] = []
-        found = True
-        for i, part in enumerate(parts):
-            if isinstance(node, list):
-                rest = parts[i:]
-                index = next(
-                    (
-                        j
-                        for j, item in enumerate(node)
-                        if isinstance(item, dict)
-                        and (rest[0] in item or rest[0] in (item.get("init_args") or {}))
-                        and (len(rest) < 2 or rest[0] != "init_args"
-                             or rest[1] in (item.get("init_args") or {}))
-                    ),
-                    None,
-                )
-                if index is None:
-                    found = False
-                    break
-                out[-1] += f"[{index}]"
-                node = node[index]
-            if isinstance(node, dict) and part in node:
-                out.append(part)
-                node = node[part]
-            elif isinstance(node, dict) and part == "init_args":
-                continue  # given as a plain mapping in the recipe
-            else:
-                if i == len(parts) - 1 and isinstance(node, dict) and partial is None:
-                    partial = ".".join([*out, part])  # e.g. a key set on the command line
-                found = False
-                break
-        if found:
-            return ".".join(out), file
-    return partial or key, None
-
-
 def _normalizer_means(normalizer: Any) -> list[float]:
     return [float(x) for x in normalizer.mean]
 
@@ -319,138 +164,12 @@ def _normalizer_stds(normalizer: Any) -> list[float]:
     return [float(x) for x in normalizer.std]
 
 
-def report_recipe_error(
-    key: str | None, reason: str, details: str, files: Sequence[str]
-) -> NoReturn:
-    """Print ``tsode: invalid configuration in <file>: key '<key>': <reason>`` (plus the
-    details) and exit with status 2 (:class:`RecipeError`)."""
-    where = ", ".join(files) if files else "command-line arguments"
-    hint = legacy_key_hint(key) if key else None
-    if hint is not None:
-        reason = f"{reason}: {hint}"
-    if key:
-        key, file = locate_key(key, files)
-        if file is not None:
-            where = file
-        elif files:
-            where += " / command-line arguments"
-    headline = f"tsode: invalid configuration in {where}"
-    if key:
-        headline += f": key '{key}': {reason}"
-    elif reason != "invalid value":
-        headline += f": {reason}"
-    indented = "\n".join(f"  {line}" for line in details.splitlines())
-    sys.stderr.write(
-        f"{headline}\n{indented}\n(see accepted keys with `tsode <subcommand> --help`, "
-        f"or the resolved recipe with --print_config)\n"
-    )
-    raise RecipeError(2)
-
-
-def _class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, Any]]:
-    """class_path -> (dotted section, its init_args) for every class named in ``config``."""
-    found: dict[str, tuple[str, Any]] = {}
-    items: Any
-    if hasattr(config, "items") and callable(config.items):
-        items = config.items() if not hasattr(config, "__dict__") else vars(config).items()
-    elif isinstance(config, list):
-        items = ((f"[{i}]", v) for i, v in enumerate(config))
-    else:
-        return found
-    for name, value in items:
-        name = str(name)
-        dotted = f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}"
-        class_path = getattr(value, "class_path", None) if not isinstance(value, dict) else (
-            value.get("class_path")
-        )
-        if isinstance(class_path, str):
-            init_args = (
-                value.get("init_args") if isinstance(value, dict) else getattr(value, "init_args", None)
-            )
-            found.setdefault(class_path, (dotted, init_args))
-        found.update({k: v for k, v in _class_sections(value, dotted).items() if k not in found})
-    return found
-
-
-def explain_instantiation_error(error: BaseException, config: Any) -> tuple[str | None, str]:
-    """Key and reason of an error raised while building the recipe's objects.
-
-    The class whose constructor failed is found from the message (``class_path 'X'``) or
-    the traceback; the argument it names (``task must be one of ...``) completes the key.
-    """
-    message = str(error)
-    bullets = re.findall(r"^\s*- (.+)$", message, flags=re.M)
-    reason = next((b for b in bullets if "NoneType" not in b), None) or message.splitlines()[0]
-    sections = _class_sections(config)
-    owner = None
-    named = re.search(r"class_path='([^']+)'|class_path '([^']+)'", message)
-    if named:
-        owner = named.group(1) or named.group(2)
-    if owner is None:  # walk the traceback for a constructor of a configured class
-        tb = error.__traceback__
-        while tb is not None:
-            local_self = tb.tb_frame.f_locals.get("self")
-            if tb.tb_frame.f_code.co_name == "__init__" and local_self is not None:
-                cls = type(local_self)
-                for path in (f"{cls.__module__}.{cls.__qualname__}",):
-                    if path in sections:
-                        owner = path
-                tb_owner = [c for c in sections if c.rsplit(".", 1)[-1] == cls.__name__]
-                if owner is None and tb_owner:
-                    owner = tb_owner[0]
-            tb = tb.tb_next
-    if owner is None or owner not in sections:
-        if any(name.startswith(("Trainer.", "_AcceleratorConnector.")) for name in traceback_names(error)):
-            trainer = config.get("trainer") if hasattr(config, "get") else None
-            options = list(vars(trainer)) if hasattr(trainer, "__dict__") else list(trainer or {})
-            words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
-            option = next((w for w in words if w in options), None)
-            return ("trainer." + option if option else "trainer"), f"rejected by the Trainer: {reason}"
-        return None, reason
-    section, init_args = sections[owner]
-    names = list(vars(init_args)) if hasattr(init_args, "__dict__") else list(init_args or {})
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
-    param = next((w for w in words if w in names), None)
-    key = f"{section}.init_args.{param}" if param else section
-    return key, f"rejected by {owner}: {reason}"
-
-
-def traceback_names(error: BaseException) -> list[str]:
-    """Qualified names of the functions an exception passed through (outermost first)."""
-    names = []
-    tb = error.__traceback__
-    while tb is not None:
-        local_self = tb.tb_frame.f_locals.get("self")
-        prefix = type(local_self).__name__ + "." if local_self is not None else ""
-        names.append(prefix + tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return names
-
-
-def _caused_by(error: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """``error`` itself, or the first exception of type ``kind`` in its cause/context chain."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _data_error(error: BaseException) -> BaseException | None:
-    """The :class:`tsode.data.DataValidationError` behind ``error`` (itself, or its cause or
-    context, e.g. when jsonargparse wraps it), if any."""
-    from tsode.data import DataValidationError
-
-    return _caused_by(error, DataValidationError)
-
-
 class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
     recipe_files: list[str] = []
+    #: the ``--recipe`` name the files came from (None: given as ``--config`` files)
+    recipe_name: str | None = None
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
@@ -648,7 +367,12 @@ class TsodeCLI(LightningCLI):
                 raise
             raise found from err
         if subcommand == "fit" and self.trainer.is_global_zero:
-            print(fit_summary(self.trainer, TsodeArgumentParser.recipe_files), flush=True)
+            print(
+                fit_summary(
+                    self.trainer, TsodeArgumentParser.recipe_files, TsodeArgumentParser.recipe_name
+                ),
+                flush=True,
+            )
 
     def _parent_run_tags(self, config: Any) -> dict[str, str]:
         """Tags making a test / predict run a child of the fit run that wrote its checkpoint."""
@@ -671,7 +395,7 @@ class TsodeCLI(LightningCLI):
         if logger is not None and not isinstance(logger, bool):
             init_args = logger.get("init_args") if hasattr(logger, "get") else None
             if init_args is not None:
-                stem = Path(files[-1]).stem if files else None
+                stem = _run_name(files)
                 tags = self._parent_run_tags(config)
                 if tags:  # a child run of the fit: `<recipe>-test`, `<recipe>-predict`
                     init_args["tags"] = {**tags, **dict(init_args.get("tags") or {})}
@@ -687,8 +411,7 @@ class TsodeCLI(LightningCLI):
         last`` into that file, continuing the MLflow run stored in it."""
         from tsode.tracking import MLflowLogger, resolve_tracking_uri
 
-        files = TsodeArgumentParser.recipe_files
-        stem = Path(files[-1]).stem if files else None
+        stem = _run_name(TsodeArgumentParser.recipe_files)
         init_args = None
         class_path = getattr(logger, "class_path", None) if logger is not None else None
         if isinstance(class_path, str) and _is_subclass(class_path, MLflowLogger):
@@ -762,9 +485,12 @@ def fit_run_id(ckpt: str | Path) -> str | None:
     return None
 
 
-def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
+def fit_summary(
+    trainer: pl.Trainer, recipe_files: Sequence[str], recipe_name: str | None = None
+) -> str:
     """What a finished ``tsode fit`` produced and what to run next: the MLflow run, the best
-    checkpoint, the best validation score (and the last epoch's validation metrics)."""
+    checkpoint, the best validation score (and the last epoch's validation metrics). The next
+    commands name ``--recipe recipe_name`` when given, else the ``--config`` files."""
     lines = [f"tsode: fit finished after {trainer.current_epoch} epoch(s)"]
     logger = find_mlflow_logger(trainer)
     if logger is not None and logger.initialized:
@@ -782,7 +508,10 @@ def fit_summary(trainer: pl.Trainer, recipe_files: Sequence[str]) -> str:
         shown = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(val.items())[:8])
         lines.append(f"  last epoch:      {shown}")
     if best:
-        config = " ".join(f"--config {f}" for f in recipe_files) or "--config <recipe>"
+        config = (
+            f"--recipe {recipe_name}" if recipe_name
+            else " ".join(f"--config {f}" for f in recipe_files) or "--config <recipe>"
+        )
         lines.append(f"  next:            tsode test {config} --ckpt_path {best}")
         lines.append(f"                   tsode predict {config} --ckpt_path {best} "
                      "--predictions.output forecasts.csv")
@@ -853,9 +582,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python -m tsode quickstart); reinstall tsode if your script predates it\n"
         )
         return 2
-    missing = [path for path in _recipe_files(args) if not _is_file(path)]
+    try:
+        expanded, _ = expand_recipe_args(args)
+    except RecipeFileError as err:
+        sys.stderr.write(f"tsode: invalid recipe: {err}\n")
+        return 2
+    missing = [path for path in _recipe_files(expanded) if not _is_file(path)]
     if missing:
-        sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}\n")
+        sys.stderr.write(f"tsode: recipe file not found: {', '.join(missing)}{_moved_hint(missing)}\n")
         return 2
     from tsode.data import DataValidationError
 
@@ -870,10 +604,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _moved_hint(missing: Sequence[str]) -> str:
+    """For a missing file named like a recipe (``recipes/physionet_forecast_odernn.yaml``,
+    now composed from overlays), the ``--recipe`` option that runs it."""
+    from tsode.recipes import recipe_names
+
+    names = set(recipe_names())
+    found = [Path(m).stem for m in missing if Path(m).stem in names]
+    if not found:
+        return ""
+    return f" (recipe {found[0]!r} is composed from overlays: use --recipe {found[0]})"
+
+
 def run(args: Sequence[str]) -> TsodeCLI:
-    """Run the ``tsode`` LightningCLI on ``args`` in this process; returns the CLI object
-    (its ``trainer``, ``model`` and ``datamodule`` are inspectable afterwards)."""
+    """Run the ``tsode`` LightningCLI on ``args`` in this process (``--recipe NAME`` expanded
+    to its ``--config`` files); returns the CLI object (its ``trainer``, ``model`` and
+    ``datamodule`` are inspectable afterwards)."""
     limit_threads()
+    args, name = expand_recipe_args(args)
+    TsodeArgumentParser.recipe_name = name
     check_command_line_yaml(args)  # inline YAML: bounded size / alias expansion
     files = [f for f in _recipe_files(args) if _is_file(f)]  # others: inline YAML
     for file in files:  # bounded size / alias expansion, no duplicate keys (RecipeFileError)

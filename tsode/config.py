@@ -97,11 +97,11 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(f"optim.optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {'/'.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise ValueError(f"optim.scheduler must be one of {'/'.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
 
     def given(self) -> dict[str, Any]:
         """The fields set (not None)."""

@@ -16,6 +16,10 @@ Two pieces, both usable from recipes (``trainer.logger`` / ``trainer.callbacks``
 
 Per-step / per-epoch metrics (loss terms, MSE/MAE, NFE) are whatever the model logs with
 ``self.log``; they reach MLflow through the logger.
+
+Why one long module (a little over 500 lines): the logger and the artifacts callback share the
+run handling (store resolution, rank-0 logging, failed / killed runs); splitting them would
+spread that over two modules that always change together.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ See docs/data.md. Time is float hours; masks are bool (True = observed).
 
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.data.collate import SeriesDataset
+from tsode.data.config import LoaderConfig
 from tsode.data.fitted import FittedData, build_dataset
 from tsode.data.frames import batch_to_frame, forecast_to_frame, values_to_frame
 from tsode.data.module import IrregularDataModule
@@ -32,7 +33,7 @@ def _register_safe_globals() -> None:
 
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:
-        add([TaskConfig, TableSpec, TimeAxis])
+        add([TaskConfig, LoaderConfig, TableSpec, TimeAxis])
 
 
 _register_safe_globals()
@@ -44,6 +45,7 @@ __all__ = [
     "IrregularBatch",
     "IrregularDataModule",
     "LengthBucketSampler",
+    "LoaderConfig",
     "Normalizer",
     "PeriodicToyDataModule",
     "PhysioNet2012DataModule",

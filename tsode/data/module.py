@@ -4,20 +4,27 @@ A subclass only implements :meth:`IrregularDataModule.load_table` (returning a
 ``SeriesTable`` in original units). The base class drops too-short series (counted), splits
 by series, fits the per-channel normalizer on the training split, builds the task's
 context/target views and serves ``IrregularBatch`` dataloaders (length-bucketed by default).
+The task and the loader are typed blocks (``task:`` / ``loader:``, :mod:`tsode.data.config`).
+
+Why one long module (a little over 500 lines): the split, the drop counts, the normalizers and
+the task's views are one ``setup`` over the same table, and the report of dropped series
+(per split and reason) reads all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tsode.data.collate import SeriesDataset
+from tsode.data.config import DEFAULT_LOADER, LoaderConfig, exclusive_cutoff, resolve_data_groups
 from tsode.data.fitted import FittedData, build_dataset
 from tsode.data.normalize import Normalizer
 from tsode.data.sampler import LengthBucketSampler
@@ -34,56 +41,61 @@ class IrregularDataModule(L.LightningDataModule):
     """Common DataModule logic (see module docstring).
 
     Args:
-        task: ``"forecast"``, ``"extrapolation"``, ``"interpolation"`` or ``"classification"``
-            (series-level labels; see ``tsode.data.tasks`` and :attr:`num_classes`).
-        cutoff: forecast: hours since series origin observed (e.g. 24.0); classification: the
-            context ends there (e.g. the first 48 h; None: every observation).
-        cutoff_fraction: forecast: fraction of each series' span observed (alternative to cutoff).
-        horizon: forecast: hours after the cutoff to predict (None: to the end).
-        holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
+        task: the task block (:class:`~tsode.data.tasks.TaskConfig`: kind, cutoff /
+            cutoff_fraction, horizon, holdout_fraction, context_boundary, seed), a mapping of
+            its fields, or a kind as shorthand (``"forecast"`` is ``TaskConfig(kind="forecast")``).
+            None: :attr:`default_task`. A forecast naming neither cutoff nor cutoff_fraction
+            observes :attr:`default_cutoff` hours when the dataset has one (else half of each
+            series' span).
+        loader: the loader block (:class:`~tsode.data.config.LoaderConfig`: batch_size,
+            eval_batch_size, bucketing, num_workers); fields left None take
+            :attr:`default_loader`'s.
         split_fractions: train/val/test fractions of series.
         splits: explicit split instead of ``split_fractions``: ``{"train": [series ids], "val":
             [...], "test": [...]}`` (original ids; missing keys mean empty splits). Ids not in
             the table or listed in two splits raise ``DataValidationError`` naming them; series
             of the table not listed are left out (counted and logged).
-        batch_size: training batch size; ``eval_batch_size`` for val/test/predict (default same).
-        bucketing: group series of similar length into batches (less padding).
         min_time_points: series with fewer time points are dropped (counted in the summary).
         normalize: standardize channels (and static covariates) with train statistics.
-        seed: seeds the split, the task's random hold-out and batch shuffling (``seed + epoch``;
-            under DDP every rank derives the same split of batches from it).
-        num_workers: DataLoader workers (collation is cheap; 0 is usually best).
-        context_boundary: forecast / extrapolation: ``"closed"`` (context ``t <= cutoff``,
-            target ``t > cutoff``) or ``"open"`` (context ``t < cutoff``, target ``t >= cutoff``).
+        seed: seeds the split, the task's random hold-out (unless ``task.seed`` is set) and
+            batch shuffling (``seed + epoch``; under DDP every rank derives the same split of
+            batches from it).
+        legacy: former flat task / loader arguments (``cutoff=24.0``, ``batch_size=64``, ...),
+            mapped into the blocks with a ``DeprecationWarning``.
+
+    The split, ``min_time_points``, ``normalize`` and ``seed`` stay flat: they say what the
+    dataset is (which series, in which split, in which units) whatever the task and the
+    loader, and one seed keeps a run reproducible (docs/data.md, "Configuration blocks").
     """
+
+    #: task kind when ``task`` is None
+    default_task: ClassVar[str] = "forecast"
+    #: hours observed by a forecast naming neither cutoff nor cutoff_fraction (None: half the span)
+    default_cutoff: ClassVar[float | None] = None
+    #: loader settings for the fields ``loader`` leaves None
+    default_loader: ClassVar[LoaderConfig] = DEFAULT_LOADER
 
     def __init__(
         self,
-        task: str = "forecast",
-        cutoff: float | None = None,
-        cutoff_fraction: float | None = None,
-        horizon: float | None = None,
-        holdout_fraction: float = 0.3,
+        task: TaskConfig | str | None = None,
+        loader: LoaderConfig | None = None,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        bucketing: bool = True,
+        splits: Mapping[str, Sequence[Any]] | None = None,
         min_time_points: int = 2,
         normalize: bool = True,
         seed: int = 0,
-        num_workers: int = 0,
-        context_boundary: str = "closed",
-        splits: Mapping[str, Sequence[Any]] | None = None,
+        **legacy: Any,
     ):
         super().__init__()
-        self.task = TaskConfig(
-            kind=task,
-            cutoff=cutoff,
-            cutoff_fraction=cutoff_fraction,
-            horizon=horizon,
-            holdout_fraction=holdout_fraction,
+        self.task, self.loader = resolve_data_groups(
+            task,
+            loader,
+            legacy,
+            owner=type(self).__name__,
+            default_kind=self.default_task,
+            default_cutoff=self.default_cutoff,
+            default_loader=self.default_loader.over(DEFAULT_LOADER),
             seed=seed,
-            context_boundary=context_boundary,
         )
         self.split_fractions = tuple(split_fractions)
         if splits is not None:
@@ -92,13 +104,9 @@ class IrregularDataModule(L.LightningDataModule):
                 raise ValueError(f"splits: unknown split names {unknown_keys}; use {SPLIT_NAMES}")
             splits = {name: list(splits.get(name, ())) for name in SPLIT_NAMES}
         self.splits = splits
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.bucketing = bucketing
         self.min_time_points = min_time_points
         self.normalize = normalize
         self.seed = seed
-        self.num_workers = num_workers
         self.table: SeriesTable | None = None
         self.split_indices: dict[str, np.ndarray] = {}
         self.datasets: dict[str, SeriesDataset] = {}
@@ -167,14 +175,8 @@ class IrregularDataModule(L.LightningDataModule):
         """Re-derive every split's context and target under the task with ``changes`` (e.g.
         ``cutoff=20.0, horizon=12.0`` at predict time); the table, split and normalizers stay.
         ``cutoff`` replaces a ``cutoff_fraction`` and vice versa."""
-        import dataclasses
-
         self._ensure_setup()
-        if changes.get("cutoff") is not None:
-            changes.setdefault("cutoff_fraction", None)
-        if changes.get("cutoff_fraction") is not None:
-            changes.setdefault("cutoff", None)
-        self.task = dataclasses.replace(self.task, **changes)  # validated by TaskConfig
+        self.task = dataclasses.replace(self.task, **exclusive_cutoff(changes))  # validated
         self._setup_classes(self.table)
         for k, name in enumerate(SPLIT_NAMES):
             part = self.table.subset(self.split_indices[name])
@@ -274,7 +276,8 @@ class IrregularDataModule(L.LightningDataModule):
         message = (
             f"{type(self).__name__}: {total} of {loaded} series are not used -- "
             f"{'; '.join(parts)}. "
-            "Lower min_time_points, move the cutoff (cutoff / cutoff_fraction) or the horizon, "
+            "Lower min_time_points, move the cutoff (task.cutoff / task.cutoff_fraction) or "
+            "task.horizon, "
             "or drop these series from the table"
             + (" (series without a label take no part in classification)"
                if any("no_label" in reasons for reasons in dropped.values()) else "")
@@ -427,6 +430,12 @@ class IrregularDataModule(L.LightningDataModule):
         return self._summary
 
     # ------------------------------------------------------------------ loaders
+    @property
+    def eval_batch_size(self) -> int:
+        """Series per validation / test / predict batch (``loader.eval_batch_size``, else
+        ``loader.batch_size``)."""
+        return self.loader.eval_batch_size or self.loader.batch_size
+
     def _loader(self, dataset: SeriesDataset, batch_size: int, shuffle: bool) -> DataLoader:
         # One sampler class with or without bucketing: shuffling is seeded by ``seed + epoch``
         # (never by the global RNG), and under DDP the split between ranks is the sampler's
@@ -436,19 +445,19 @@ class IrregularDataModule(L.LightningDataModule):
             batch_size,
             shuffle=shuffle,
             seed=self.seed,
-            bucket=self.bucketing,
+            bucket=self.loader.bucketing,
             lengths_at=dataset.part_lengths_at if shuffle and dataset.varies_by_epoch else None,
         )
         return DataLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=dataset.collate,
-            num_workers=self.num_workers,
+            num_workers=self.loader.num_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
         self._ensure_setup()
-        return self._loader(self.datasets["train"], self.batch_size, shuffle=True)
+        return self._loader(self.datasets["train"], self.loader.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         self._ensure_setup()
@@ -476,6 +485,8 @@ class IrregularDataModule(L.LightningDataModule):
         self._ensure_setup()
         if task is None or isinstance(task, str):
             task = TaskConfig(kind=task or "none", seed=self.seed)
+        elif task.seed is None:
+            task = dataclasses.replace(task, seed=self.seed)
         return build_dataset(
             table, task, self.channels, self.static_names, self._normalizer,
             self._static_normalizer,

@@ -21,6 +21,9 @@ Conversion to tsode:
 
 Parsing the 4000 records of a set takes a few seconds and happens once: the parsed table is
 cached as Parquet files keyed by the source files (name, size, mtime) and parser version.
+
+Why one long module: the parser, its cache (keyed by the parser version), the verified
+download and the data module are the one dataset's format; they change together.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -47,6 +51,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tsode.data.atomic import atomic_path
+from tsode.data.config import LoaderConfig
 from tsode.data.module import IrregularDataModule
 from tsode.data.series import DataValidationError, SeriesTable
 from tsode.data.timeaxis import TimeAxis
@@ -613,11 +618,16 @@ class PhysioNet2012DataModule(IrregularDataModule):
             paper; repeated entries are then averaged). None keeps minute resolution.
         strict: raise on record lines with an empty parameter name instead of skipping them
             (with a warning naming record and line; counted in the data summary).
-        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
-            ``cutoff=None`` (default) means the dataset's default: a forecast without
-            ``cutoff_fraction`` observes the first ``DEFAULT_CUTOFF`` (24) hours; other tasks
-            get no cutoff. Any cutoff given explicitly (24.0 included) is used as given.
+        progress: show a progress bar while parsing (on a terminal).
+        base: ``task``, ``loader``, ``split_fractions``, ``splits``, ``min_time_points``,
+            ``normalize``, ``seed``: see :class:`IrregularDataModule`. A forecast task naming
+            neither ``cutoff`` nor ``cutoff_fraction`` observes the first
+            :attr:`default_cutoff` (24) hours; any cutoff given is used as given. Batches of
+            64 unless ``loader.batch_size`` says otherwise.
     """
+
+    default_cutoff: ClassVar[float | None] = DEFAULT_CUTOFF
+    default_loader: ClassVar[LoaderConfig] = LoaderConfig(batch_size=64)
 
     def __init__(
         self,
@@ -629,42 +639,10 @@ class PhysioNet2012DataModule(IrregularDataModule):
         use_cache: bool = True,
         quantization_minutes: float | None = None,
         progress: bool = True,
-        task: str = "forecast",
-        cutoff: float | None = None,
-        cutoff_fraction: float | None = None,
-        horizon: float | None = None,
-        holdout_fraction: float = 0.3,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        bucketing: bool = True,
-        min_time_points: int = 2,
-        normalize: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        context_boundary: str = "closed",
-        splits: dict[str, list] | None = None,
         strict: bool = False,
+        **base: Any,
     ):
-        if cutoff is None and task == "forecast" and cutoff_fraction is None:
-            cutoff = DEFAULT_CUTOFF  # the dataset's default; an explicit cutoff is kept as given
-        super().__init__(
-            task=task,
-            cutoff=cutoff,
-            cutoff_fraction=cutoff_fraction,
-            horizon=horizon,
-            holdout_fraction=holdout_fraction,
-            split_fractions=split_fractions,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            bucketing=bucketing,
-            min_time_points=min_time_points,
-            normalize=normalize,
-            seed=seed,
-            num_workers=num_workers,
-            context_boundary=context_boundary,
-            splits=splits,
-        )
+        super().__init__(**base)
         self.root = Path(root) if root is not None else default_root()
         self.sets = tuple(sets)
         self.download = download

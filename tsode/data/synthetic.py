@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from tsode.data.config import LoaderConfig
 from tsode.data.module import IrregularDataModule
 from tsode.data.series import SeriesTable
 
@@ -147,11 +149,13 @@ class SyntheticICUDataModule(IrregularDataModule):
         missing_rates: per-channel probability that a channel is unobserved at a time point.
         noise_std: observation noise std in state units (scaled per channel to original units).
         data_seed: seeds the simulation and sampling (default: ``seed``).
-        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
-            ``cutoff=None`` (default) means the dataset's default: a forecast without
-            ``cutoff_fraction`` observes the first ``DEFAULT_CUTOFF`` (24) hours; other tasks
-            get no cutoff. Any cutoff given explicitly (24.0 included) is used as given.
+        base: ``task``, ``loader``, ``split_fractions``, ``splits``, ``min_time_points``,
+            ``normalize``, ``seed``: see :class:`IrregularDataModule`. A forecast task naming
+            neither ``cutoff`` nor ``cutoff_fraction`` observes the first
+            :attr:`default_cutoff` (24) hours; any cutoff given is used as given.
     """
+
+    default_cutoff: ClassVar[float | None] = DEFAULT_CUTOFF
 
     def __init__(
         self,
@@ -162,41 +166,9 @@ class SyntheticICUDataModule(IrregularDataModule):
         missing_rates: tuple[float, ...] = ICU_MISSING,
         noise_std: float = 0.05,
         data_seed: int | None = None,
-        task: str = "forecast",
-        cutoff: float | None = None,
-        cutoff_fraction: float | None = None,
-        horizon: float | None = None,
-        holdout_fraction: float = 0.3,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        bucketing: bool = True,
-        min_time_points: int = 2,
-        normalize: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        context_boundary: str = "closed",
-        splits: dict[str, list] | None = None,
+        **base: Any,
     ):
-        if cutoff is None and task == "forecast" and cutoff_fraction is None:
-            cutoff = DEFAULT_CUTOFF  # the dataset's default; an explicit cutoff is kept as given
-        super().__init__(
-            task=task,
-            cutoff=cutoff,
-            cutoff_fraction=cutoff_fraction,
-            horizon=horizon,
-            holdout_fraction=holdout_fraction,
-            split_fractions=split_fractions,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            bucketing=bucketing,
-            min_time_points=min_time_points,
-            normalize=normalize,
-            seed=seed,
-            num_workers=num_workers,
-            context_boundary=context_boundary,
-            splits=splits,
-        )
+        super().__init__(**base)
         if len(missing_rates) != len(ICU_CHANNELS):
             raise ValueError(f"missing_rates needs {len(ICU_CHANNELS)} values (one per channel)")
         if not 1 <= min_obs <= max_obs:
@@ -209,7 +181,7 @@ class SyntheticICUDataModule(IrregularDataModule):
         self.max_obs = max_obs
         self.missing_rates = tuple(missing_rates)
         self.noise_std = noise_std
-        self.data_seed = seed if data_seed is None else data_seed
+        self.data_seed = self.seed if data_seed is None else data_seed
         self.trajectories: SyntheticTrajectories | None = None
 
     @property
@@ -254,8 +226,15 @@ class PeriodicToyDataModule(IrregularDataModule):
     ``a ~ U(0.5, 1.5)``, frequency ``f ~ U(f_min, f_max)`` cycles per hour and phase
     ``φ ~ U(0, 2π)``, observed at ``num_obs`` random distinct times drawn from a regular grid
     of ``grid_size`` points over ``[0, span]`` hours, plus Gaussian noise. Default task:
-    extrapolation (first half of the window observed, second half predicted).
+    extrapolation (first half of the window observed, second half predicted); batches of 50;
+    values not normalized (``normalize=False``).
+
+    ``base``: ``task``, ``loader``, ``split_fractions``, ``splits``, ``min_time_points``,
+    ``seed``: see :class:`IrregularDataModule`.
     """
+
+    default_task: ClassVar[str] = "extrapolation"
+    default_loader: ClassVar[LoaderConfig] = LoaderConfig(batch_size=50)
 
     def __init__(
         self,
@@ -266,39 +245,10 @@ class PeriodicToyDataModule(IrregularDataModule):
         freq_range: tuple[float, float] = (0.5, 1.5),
         noise_std: float = 0.01,
         data_seed: int | None = None,
-        task: str = "extrapolation",
-        cutoff: float | None = None,
-        cutoff_fraction: float | None = None,
-        horizon: float | None = None,
-        holdout_fraction: float = 0.3,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 50,
-        eval_batch_size: int | None = None,
-        bucketing: bool = True,
-        min_time_points: int = 2,
         normalize: bool = False,
-        seed: int = 0,
-        num_workers: int = 0,
-        context_boundary: str = "closed",
-        splits: dict[str, list] | None = None,
+        **base: Any,
     ):
-        super().__init__(
-            task=task,
-            cutoff=cutoff,
-            cutoff_fraction=cutoff_fraction,
-            horizon=horizon,
-            holdout_fraction=holdout_fraction,
-            split_fractions=split_fractions,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            bucketing=bucketing,
-            min_time_points=min_time_points,
-            normalize=normalize,
-            seed=seed,
-            num_workers=num_workers,
-            context_boundary=context_boundary,
-            splits=splits,
-        )
+        super().__init__(normalize=normalize, **base)
         if not 1 <= num_obs <= grid_size:
             raise ValueError(f"need 1 <= num_obs <= grid_size, got {num_obs}, {grid_size}")
         self.num_series = num_series
@@ -307,7 +257,7 @@ class PeriodicToyDataModule(IrregularDataModule):
         self.num_obs = num_obs
         self.freq_range = tuple(freq_range)
         self.noise_std = noise_std
-        self.data_seed = seed if data_seed is None else data_seed
+        self.data_seed = self.seed if data_seed is None else data_seed
 
     @property
     def channels(self) -> list[str]:

@@ -38,9 +38,10 @@ class TableDataModule(IrregularDataModule):
         max_span_hours: largest plausible series span (hours) before an error.
         encoding: text encoding of a CSV/TSV file (default UTF-8), e.g. ``"latin-1"``.
         channels: fixed channel list (table channels outside it raise); default: inferred.
-        task, cutoff, ..., context_boundary, splits: see :class:`IrregularDataModule`.
         split_col: column naming each series' split (``train`` / ``val`` / ``test``), instead
             of ``split_fractions`` or ``splits`` (see :func:`tsode.data.tables.splits_from_column`).
+        base: ``task``, ``loader``, ``split_fractions``, ``splits``, ``min_time_points``,
+            ``normalize``, ``seed``: see :class:`IrregularDataModule`.
 
     After ``setup``, :meth:`table_from` and :meth:`predict_dataloader_for` turn *new* tables into
     batches with the fitted channels, time axis and normalizers.
@@ -63,45 +64,15 @@ class TableDataModule(IrregularDataModule):
         max_span_hours: float | None = 24.0 * 365 * 100,
         encoding: str | None = None,
         channels: list[str] | None = None,
-        task: str = "forecast",
-        cutoff: float | None = None,
-        cutoff_fraction: float | None = None,
-        horizon: float | None = None,
-        holdout_fraction: float = 0.3,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        bucketing: bool = True,
-        min_time_points: int = 2,
-        normalize: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        context_boundary: str = "closed",
-        splits: dict[str, list] | None = None,
         split_col: str | None = None,
+        **base: Any,
     ):
-        if split_col is not None and splits is not None:
+        if split_col is not None and base.get("splits") is not None:
             raise ValueError(
                 f"TableDataModule: give either splits= (lists of ids) or split_col= (a column, "
                 f"here {split_col!r}), not both"
             )
-        super().__init__(
-            task=task,
-            cutoff=cutoff,
-            cutoff_fraction=cutoff_fraction,
-            horizon=horizon,
-            holdout_fraction=holdout_fraction,
-            split_fractions=split_fractions,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            bucketing=bucketing,
-            min_time_points=min_time_points,
-            normalize=normalize,
-            seed=seed,
-            num_workers=num_workers,
-            context_boundary=context_boundary,
-            splits=splits,
-        )
+        super().__init__(**base)
         self.data = data
         self.spec = TableSpec(
             format=format,

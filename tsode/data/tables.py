@@ -26,6 +26,10 @@ Validation policy (every error names the source, series id, row and column):
 * negative times with ``time_origin="absolute"`` and series spans longer than
   ``max_span_hours`` (usually a wrong ``time_unit``) -> ``DataValidationError``;
 * at predict time, channels the model was not fitted on -> ``DataValidationError``.
+
+Why one long module: reading, format detection, time conversion and the located checks above
+are one pipeline over the same frame and :class:`TableSpec`; each error names the row it
+found, which needs the row bookkeeping all of them share.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ counted.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -43,14 +44,31 @@ CONTEXT_BOUNDARIES = ("closed", "open")
 
 @dataclass
 class TaskConfig:
-    """Task definition (see module docstring). Hours are relative to each series' origin."""
+    """Task definition (see module docstring): a data module's ``task:`` block.
+
+    Attributes:
+        kind: ``"forecast"``, ``"extrapolation"``, ``"interpolation"``, ``"classification"``
+            or ``"none"``.
+        cutoff: forecast: hours since each series' origin observed (e.g. 24.0);
+            classification: the context ends there (None: every observation). A data module
+            may have its own default for a forecast that names neither ``cutoff`` nor
+            ``cutoff_fraction`` (PhysioNet and the synthetic ICU data: 24 h).
+        cutoff_fraction: forecast: fraction of each series' span observed (instead of cutoff).
+        horizon: forecast: hours after the cutoff to predict (None: to the end).
+        holdout_fraction: interpolation: fraction of observed entries to hide and reconstruct.
+        seed: seeds the interpolation hold-out; None: the data module's ``seed`` (0 outside a
+            data module).
+        context_boundary: forecast / extrapolation / classification: ``"closed"`` (context
+            ``t <= cutoff``, target ``t > cutoff``) or ``"open"`` (context ``t < cutoff``,
+            target ``t >= cutoff``).
+    """
 
     kind: str = "forecast"
     cutoff: float | None = None
     cutoff_fraction: float | None = None
     horizon: float | None = None
     holdout_fraction: float = 0.3
-    seed: int = 0
+    seed: int | None = None
     context_boundary: str = "closed"
     train_cutoff_range: tuple[float, float] | None = None
 
@@ -58,25 +76,44 @@ class TaskConfig:
         if self.train_cutoff_range is not None:
             self.train_cutoff_range = self._checked_range(self.train_cutoff_range)
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task must be one of {TASK_KINDS}, got {self.kind!r}")
+            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.context_boundary not in CONTEXT_BOUNDARIES:
             raise ValueError(
-                f"context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
+                f"task.context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
                 f"t <= cutoff; 'open': context t < cutoff), got {self.context_boundary!r}"
             )
         if self.cutoff is not None and self.cutoff_fraction is not None:
-            raise ValueError("give either cutoff (hours) or cutoff_fraction, not both")
+            raise ValueError("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")
         if self.cutoff is not None and not (np.isfinite(self.cutoff) and self.cutoff >= 0.0):
             raise ValueError(
-                f"cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
+                f"task.cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
                 f"got {self.cutoff}"
             )
         if self.cutoff_fraction is not None and not 0.0 < self.cutoff_fraction < 1.0:
-            raise ValueError(f"cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
+            raise ValueError(f"task.cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
         if self.horizon is not None and not self.horizon > 0:
-            raise ValueError(f"horizon must be > 0 hours, got {self.horizon}")
+            raise ValueError(f"task.horizon must be > 0 hours, got {self.horizon}")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ValueError(f"task.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+
+    @classmethod
+    def of(cls, value: TaskConfig | str | Mapping[str, Any] | None, default: str = "forecast") -> TaskConfig:
+        """``value`` as a ``TaskConfig``: a kind (``"forecast"``) is shorthand for
+        ``TaskConfig(kind="forecast")``, a mapping holds its fields, None is ``default``'s kind."""
+        if value is None:
+            return cls(kind=default)
+        if isinstance(value, str):
+            return cls(kind=value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ValueError(
+                    f"task: unknown field(s) {unknown}; a task has {[f.name for f in fields(cls)]}"
+                )
+            return cls(**value)
+        if isinstance(value, cls):
+            return value
+        raise TypeError(f"task must be a TaskConfig, a mapping or a kind, got {type(value).__name__}")
 
     def _checked_range(self, value: Any) -> tuple[float, float]:
         if self.kind != "forecast":
@@ -188,7 +225,7 @@ def draw_training_cutoffs(table: SeriesTable, task: TaskConfig, epoch: int) -> n
     if task.train_cutoff_range is None:
         raise ValueError("the task has no train_cutoff_range")
     lo, hi = task.train_cutoff_range
-    draw = np.random.default_rng([task.seed, 104729, epoch]).uniform(lo, hi, table.num_series)
+    draw = np.random.default_rng([task.seed or 0, 104729, epoch]).uniform(lo, hi, table.num_series)
     return draw if task.cutoff is not None else draw * series_last_times(table)
 
 
@@ -225,7 +262,7 @@ def assign_task(
         context_entries = observed & context_rows[:, None]
         target_entries = observed & target_rows[:, None]
     elif task.kind == "interpolation":
-        rng = np.random.default_rng(task.seed + 7919 * seed_offset)
+        rng = np.random.default_rng((task.seed or 0) + 7919 * seed_offset)
         held = (rng.random(observed.shape) < task.holdout_fraction) & observed
         keep = observed & ~held
         # every series keeps at least its first time point's entries in the context
