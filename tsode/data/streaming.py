@@ -61,8 +61,8 @@ log = logging.getLogger("tsode.data")
 
 #: bump when the cache layout changes (part of the fingerprint)
 CACHE_VERSION = 1
-#: source rows per bucket aimed at by :func:`default_num_buckets` (about 0.5 GB in pass 2)
-ROWS_PER_BUCKET = 4_000_000
+#: source rows per bucket aimed at by :func:`default_num_buckets` (pass 2 holds one bucket)
+ROWS_PER_BUCKET = 2_000_000
 
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
