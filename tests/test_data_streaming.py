@@ -224,3 +224,29 @@ def test_tasks_not_streamed_yet_raise(tmp_path, task):
                                       label_col="y")
     with pytest.raises(NotImplementedError, match="not streamed yet"):
         module.setup()
+
+
+def test_restart_reads_no_rows_until_batches(tmp_path):
+    df = long_frame(80)
+    _, first = modules(df, tmp_path, normalize=True)
+    assert len(list(first.cache.path.glob("lengths-*.npz"))) == 3  # one per split
+    again = StreamingTableDataModule(
+        tmp_path / "data", cache_dir=tmp_path / "cache", num_buckets=3, task=TASK,
+        loader={"batch_size": 8},
+    )
+    again.prepare_data()
+    again.setup()
+    assert again.cache_report.reused
+    assert again.cache.read_log == []  # index, normalizer and lengths from the cache
+    assert again.normalizer == first.normalizer
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(again.datasets[split].series, first.datasets[split].series)
+    assert_same_batches(first.train_dataloader(), again.train_dataloader())
+    # another task measures its own lengths
+    other = StreamingTableDataModule(
+        tmp_path / "data", cache_dir=tmp_path / "cache", num_buckets=3,
+        task={"kind": "forecast", "cutoff": 12.0}, loader={"batch_size": 8},
+    )
+    other.setup()
+    assert other.cache.read_log != []
+    assert len(list(first.cache.path.glob("lengths-*.npz"))) == 6

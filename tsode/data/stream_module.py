@@ -10,6 +10,8 @@ itself, on a table of just those series.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +20,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from tsode.data.atomic import atomic_path
 from tsode.data.batch import IrregularBatch
 from tsode.data.collate import SeriesDataset
 from tsode.data.config import DEFAULT_LOADER, LoaderConfig, resolve_data_groups
@@ -68,18 +71,38 @@ class StreamingSeriesDataset(Dataset):
         self.static_normalizer = static_normalizer
         self.seed_offset = seed_offset
         series = np.asarray(series, dtype=np.int64)
-        usable = np.zeros(len(series), dtype=bool)
-        lengths = np.zeros((len(series), 2), dtype=np.int64)
-        # one pass over the split, a chunk of series at a time (bounded memory): which series
-        # the task can use, and their context / target lengths for bucketing
-        for lo in range(0, len(series), chunk_series):
-            part = self._dataset(series[lo: lo + chunk_series], keep_unusable=False)
-            usable[lo + part.indices] = True
-            lengths[lo + part.indices] = part.part_lengths
+        store = cache.path / f"lengths-{self._key(series)}.npz"
+        if store.exists():  # measured at an earlier start: no pass over the rows
+            with np.load(store) as saved:
+                usable, lengths = saved["usable"], saved["lengths"]
+        else:
+            usable = np.zeros(len(series), dtype=bool)
+            lengths = np.zeros((len(series), 2), dtype=np.int64)
+            # one pass over the split, a chunk of series at a time (bounded memory): which
+            # series the task can use, and their context / target lengths for bucketing
+            for lo in range(0, len(series), chunk_series):
+                part = self._dataset(series[lo: lo + chunk_series], keep_unusable=False)
+                usable[lo + part.indices] = True
+                lengths[lo + part.indices] = part.part_lengths
+            with atomic_path(store) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, usable=usable, lengths=lengths)
         self.series = series[usable]
         self.part_lengths = lengths[usable]
         self.num_excluded = int((~usable).sum())
         self.varies_by_epoch = False
+
+    def _key(self, series: np.ndarray) -> str:
+        """Digest of what the lengths depend on: the split's series, the task, the seed offset
+        and the normalizers (whose overflow check the pass also makes)."""
+        state = {
+            "task": self.task.state_dict(), "seed_offset": self.seed_offset,
+            "normalizer": self.normalizer.state_dict(),
+            "static": None if self.static_normalizer is None
+            else self.static_normalizer.state_dict(),
+        }
+        digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode())
+        digest.update(np.ascontiguousarray(series, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:24]
 
     def _dataset(self, series: np.ndarray, keep_unusable: bool) -> SeriesDataset:
         return SeriesDataset(
@@ -184,13 +207,21 @@ class StreamingTableDataModule(L.LightningDataModule):
         self._normalizer: Normalizer | None = None
         self._static_normalizer: Normalizer | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.cache is not None:
-            return
-        cache, self.cache_report = build_cache(
+    def _build_cache(self) -> tuple[SeriesCache, CacheReport]:
+        return build_cache(
             self.data, self.spec, self.cache_dir, channels=self.fixed_channels,
             num_buckets=self.num_buckets, batch_rows=self.batch_rows,
         )
+
+    def prepare_data(self) -> None:
+        """The index pass, once per node (Lightning calls this on local rank 0 only, before
+        ``setup`` on every rank); a no-op when the cache exists."""
+        self._build_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache is not None:
+            return
+        cache, self.cache_report = self._build_cache()
         keep = np.flatnonzero(cache.lengths >= self.min_time_points)
         if len(keep) == 0:
             raise DataValidationError(
