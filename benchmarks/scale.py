@@ -7,11 +7,12 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
 
 * ``index``: the cold index pass (:func:`tsode.data.streaming.build_cache`): seconds, rows/s,
   peak RSS;
+* ``stream``: the first ``StreamingTableDataModule.setup`` on the new cache (the normalizer
+  from the moments, and one pass over every split, a chunk of series at a time, for the
+  usable series and their context / target lengths, then stored in the cache), then training
+  batches of ``--batch-size`` series: batches/s, series/s, padding fraction, peak RSS;
 * ``restart``: a second start on the same files: the cache lookup alone, then
-  ``StreamingTableDataModule.setup`` (which also measures every split's context / target
-  lengths for bucketing, one chunk of series at a time);
-* ``stream``: training batches of ``--batch-size`` series from the streaming module: batches/s,
-  series/s, padding fraction, peak RSS;
+  ``StreamingTableDataModule.setup`` (index, normalizer and lengths from the cache);
 * ``memory``: ``TableDataModule`` (today's in-memory path) on the first ``--memory-files``
   files read into one DataFrame: setup seconds, rows/s, peak RSS, batches/s; the report gives
   the streaming / in-memory ratios of ingestion rows/s and batches/s.
@@ -194,7 +195,7 @@ def main() -> None:
         report = {"dataset": generate(args.data, args.series, args.rows, args.channels,
                                       args.rows_per_file)}
         report["dataset"]["generate_seconds"] = time.perf_counter() - t
-        for name in ("index", "restart", "stream", "memory"):
+        for name in ("index", "stream", "restart", "memory"):
             report[name] = run_phase(args, name)
             print(name, json.dumps(report[name]), file=sys.stderr, flush=True)
         report["ratio_streaming_over_memory"] = {

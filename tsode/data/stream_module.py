@@ -80,10 +80,16 @@ class StreamingSeriesDataset(Dataset):
             lengths = np.zeros((len(series), 2), dtype=np.int64)
             # one pass over the split, a chunk of series at a time (bounded memory): which
             # series the task can use, and their context / target lengths for bucketing
-            for lo in range(0, len(series), chunk_series):
-                part = self._dataset(series[lo: lo + chunk_series], keep_unusable=False)
-                usable[lo + part.indices] = True
-                lengths[lo + part.indices] = part.part_lengths
+            # bucket by bucket, so that one bucket is mapped at a time
+            buckets = cache.bucket[series]
+            for b in np.unique(buckets):
+                members = np.flatnonzero(buckets == b)
+                for lo in range(0, len(members), chunk_series):
+                    pos = members[lo: lo + chunk_series]
+                    part = self._dataset(series[pos], keep_unusable=False)
+                    usable[pos[part.indices]] = True
+                    lengths[pos[part.indices]] = part.part_lengths
+                cache.release()
             with atomic_path(store) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, usable=usable, lengths=lengths)
         self.series = series[usable]

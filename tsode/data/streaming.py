@@ -472,8 +472,10 @@ class SeriesCache:
     ``static`` (S, K), ``labels`` (S,) or None.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, release_every: int = 64):
         self.path = Path(path)
+        self.release_every = release_every
+        self._reads = 0
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.channels: list[str] = list(self.meta["channels"])
         self.static_names: list[str] = list(self.meta["static_names"])
@@ -515,6 +517,12 @@ class SeriesCache:
     def num_channels(self) -> int:
         return len(self.channels)
 
+    def release(self) -> None:
+        """Unmap the bucket files: the pages read so far leave this process's resident set
+        (they are mapped again on the next read). :meth:`read` does it every
+        ``release_every`` calls, so a long epoch does not keep the whole cache resident."""
+        self._maps.clear()
+
     def _bucket_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(times (N_b,), values (N_b, C)) of bucket ``b``, memory-mapped (no copy)."""
         if b not in self._maps:
@@ -530,6 +538,9 @@ class SeriesCache:
         their rows are read from the memory-mapped buckets."""
         idx = np.asarray(indices, dtype=np.int64)
         self.read_log.append(idx.copy())
+        self._reads += 1
+        if self.release_every and self._reads % self.release_every == 0:
+            self.release()
         lens = self.lengths[idx]
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
