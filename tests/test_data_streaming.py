@@ -251,3 +251,15 @@ def test_restart_reads_no_rows_until_batches(tmp_path):
     other.setup()
     assert other.cache.read_log != []
     assert len(list(first.cache.path.glob("lengths-*.npz"))) == 6
+
+
+def test_empty_table_and_missing_column_are_errors(tmp_path):
+    empty = long_frame(5).iloc[:0]
+    (tmp_path / "e").mkdir()
+    empty.to_parquet(tmp_path / "e" / "a.parquet")
+    with pytest.raises(DataValidationError, match="has no rows"):
+        build_cache(tmp_path / "e", TableSpec(), tmp_path / "cache")
+    (tmp_path / "m").mkdir()
+    long_frame(5).drop(columns="value").to_parquet(tmp_path / "m" / "a.parquet")
+    with pytest.raises(DataValidationError, match=r"a\.parquet: missing required long-format"):
+        build_cache(tmp_path / "m", TableSpec(format="long"), tmp_path / "cache")

@@ -423,14 +423,16 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
             part["label"] = table.labels
         parts.append(part)
         del table
-    index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if not parts:
+        raise DataValidationError(f"{root}: the table has no rows ({len(files)} file(s))")
+    index = pd.concat(parts, ignore_index=True)
     try:
         codes, _ = pd.factorize(index["series_id"], sort=True)
     except TypeError:
         codes = np.arange(len(index))
     order = np.argsort(codes, kind="stable")
     index = index.iloc[order].reset_index(drop=True)
-    all_moments = np.concatenate(moments)[order] if moments else np.zeros((0, 3, len(chans)))
+    all_moments = np.concatenate(moments)[order]
     np.save(out / "moments.npy", all_moments)
     ids = index.pop("series_id")
     pd.to_pickle(list(ids), out / "series_ids.pkl")
