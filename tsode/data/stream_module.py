@@ -58,7 +58,7 @@ class StreamingSeriesDataset(Dataset):
         normalizer: Normalizer,
         static_normalizer: Normalizer | None,
         seed_offset: int = 0,
-        chunk_series: int = 4096,
+        chunk_series: int = 2048,
     ):
         if task.kind not in STREAMABLE_TASKS:
             raise NotImplementedError(

@@ -11,8 +11,8 @@ batches and writes an **indexed, validated** copy of it to a cache directory:
 * **pass 2** (bucket by bucket, one in memory at a time): each bucket is validated and built
   into a :class:`~tsode.data.series.SeriesTable` by :func:`~tsode.data.tables.table_from_frame`
   (the in-memory path itself: duplicates, sorting, time origin, static / label columns,
-  ``max_span_hours``), and written as one Arrow IPC file (``times`` float64 hours, ``values``
-  a fixed-size list of C float32) that is read back memory-mapped; per-series moments
+  ``max_span_hours``), and written as two ``.npy`` arrays (``times`` (N,) float64 hours,
+  ``values`` (N, C) float32) that are read back memory-mapped; per-series moments
   (count, mean, M2 per channel) are kept for the normalizer (:meth:`SeriesCache.normalizer`).
 
 The cache directory is named by a fingerprint of the source files (paths, sizes, mtimes), the
@@ -60,7 +60,7 @@ from tsode.data.timeaxis import TimeAxis, unit_to_hours
 log = logging.getLogger("tsode.data")
 
 #: bump when the cache layout changes (part of the fingerprint)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: source rows per bucket aimed at by :func:`default_num_buckets` (pass 2 holds one bucket)
 ROWS_PER_BUCKET = 2_000_000
 
@@ -401,7 +401,7 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
         for name in ("duplicate_entries_merged", "missing_values_skipped",
                      "series_without_observation"):
             info[name] += int(table.info.get(name, 0))
-        _write_bucket(out / f"bucket-{b}.arrow", table)
+        _write_bucket(out, b, table)
         count, mean, m2 = series_moments(table.values, table.offsets)
         moments.append(np.stack([count, mean, m2], axis=1))  # (S_b, 3, C)
         lengths = table.lengths
@@ -454,14 +454,11 @@ def _schema_names(path: Path, kind: str, spec: TableSpec) -> list[str]:
     return list(pads.dataset(str(path), format="csv").schema.names)
 
 
-def _write_bucket(path: Path, table: SeriesTable) -> None:
-    """One bucket as an Arrow IPC file: ``times`` (N,) float64, ``values`` (N,) lists of C
-    float32 (NaN: unobserved), one record batch (memory-mapped zero-copy by the reader)."""
-    c = table.num_channels
-    values = pa.FixedSizeListArray.from_arrays(pa.array(table.values.reshape(-1)), c)
-    batch = pa.record_batch([pa.array(table.times), values], names=["times", "values"])
-    with ipc.new_file(str(path), batch.schema) as writer:
-        writer.write_batch(batch)
+def _write_bucket(out: Path, b: int, table: SeriesTable) -> None:
+    """One bucket as two ``.npy`` files read memory-mapped: ``times-<b>.npy`` (N,) float64
+    and ``values-<b>.npy`` (N, C) float32 (NaN: unobserved)."""
+    np.save(out / f"times-{b}.npy", np.ascontiguousarray(table.times))
+    np.save(out / f"values-{b}.npy", np.ascontiguousarray(table.values))
 
 
 class SeriesCache:
@@ -474,7 +471,7 @@ class SeriesCache:
     ``static`` (S, K), ``labels`` (S,) or None.
     """
 
-    def __init__(self, path: str | os.PathLike, release_every: int = 64):
+    def __init__(self, path: str | os.PathLike, release_every: int = 16):
         self.path = Path(path)
         self.release_every = release_every
         self._reads = 0
@@ -528,11 +525,11 @@ class SeriesCache:
     def _bucket_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(times (N_b,), values (N_b, C)) of bucket ``b``, memory-mapped (no copy)."""
         if b not in self._maps:
-            mm = pa.memory_map(str(self.path / f"bucket-{b}.arrow"))
-            batch = ipc.open_file(mm).get_batch(0)
-            times = batch.column(0).to_numpy(zero_copy_only=True)
-            flat = batch.column(1).values.to_numpy(zero_copy_only=True)
-            self._maps[b] = (times, flat.reshape(-1, self.num_channels))
+            # plain memory maps: only the pages of the rows read become resident
+            self._maps[b] = (
+                np.load(self.path / f"times-{b}.npy", mmap_mode="r"),
+                np.load(self.path / f"values-{b}.npy", mmap_mode="r"),
+            )
         return self._maps[b]
 
     def read(self, indices: Sequence[int] | np.ndarray) -> SeriesTable:
