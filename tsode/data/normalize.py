@@ -66,6 +66,33 @@ class Normalizer:
         return cls(names, mean, std)
 
     @classmethod
+    def from_moments(
+        cls,
+        names: Sequence[str],
+        count: np.ndarray,
+        mean: np.ndarray,
+        m2: np.ndarray,
+        min_std: float = 1e-6,
+    ) -> Normalizer:
+        """The normalizer :meth:`fit` gives, from per-group moments merged exactly.
+
+        Args:
+            count: (G, C) observations per group (e.g. per series) and channel.
+            mean: (G, C) per-group means (any value where ``count`` is 0).
+            m2: (G, C) per-group sums of squared deviations from the group mean.
+
+        The groups are merged with Chan et al.'s parallel formula (``n = sum n_g``,
+        ``mean = sum n_g mean_g / n``, ``M2 = sum M2_g + sum n_g (mean_g - mean)^2``), so the
+        result equals :meth:`fit` on all rows up to float rounding.
+        """
+        total, mu, sq = merge_moments(count, mean, m2)
+        c = len(names)
+        var = np.divide(sq, total, out=np.zeros(c), where=total > 0)
+        std = np.sqrt(var)
+        std = np.where(std > min_std, std, 1.0)
+        return cls(names, np.where(total > 0, mu, 0.0), std)
+
+    @classmethod
     def identity(cls, names: Sequence[str]) -> Normalizer:
         """A normalizer that changes nothing (mean 0, std 1)."""
         return cls(names, np.zeros(len(names)), np.ones(len(names)))
@@ -153,3 +180,46 @@ class Normalizer:
 
     def __repr__(self) -> str:
         return f"Normalizer(channels={self.names})"
+
+
+def series_moments(
+    values: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-series, per-channel (count, mean, M2) of ``values`` (N, C), NaN meaning missing.
+
+    Args:
+        values: (N, C) rows of S series, concatenated.
+        offsets: (S+1,) row boundaries.
+
+    Returns three (S, C) float64 arrays; mean and M2 are 0 where the count is 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    num_s, num_c = len(offsets) - 1, values.shape[1]
+    row_series = np.repeat(np.arange(num_s), np.diff(offsets))
+    count = np.zeros((num_s, num_c))
+    mean = np.zeros((num_s, num_c))
+    m2 = np.zeros((num_s, num_c))
+    for c in range(num_c):
+        col = values[:, c]
+        seen = ~np.isnan(col)
+        filled = np.where(seen, col, 0.0)
+        count[:, c] = np.bincount(row_series, weights=seen, minlength=num_s)
+        total = np.bincount(row_series, weights=filled, minlength=num_s)
+        mean[:, c] = np.divide(total, count[:, c], out=np.zeros(num_s), where=count[:, c] > 0)
+        dev = np.where(seen, col - mean[row_series, c], 0.0)
+        m2[:, c] = np.bincount(row_series, weights=dev * dev, minlength=num_s)
+    return count, mean, m2
+
+
+def merge_moments(
+    count: np.ndarray, mean: np.ndarray, m2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge (G, C) group moments into (C,) totals: count, mean, M2 (Chan's formula)."""
+    count = np.asarray(count, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    m2 = np.asarray(m2, dtype=np.float64)
+    total = count.sum(0)
+    weighted = np.where(count > 0, count * mean, 0.0).sum(0)
+    mu = np.divide(weighted, total, out=np.zeros(total.shape), where=total > 0)
+    spread = np.where(count > 0, count * (mean - mu) ** 2, 0.0).sum(0)
+    return total, mu, m2.sum(0) + spread

@@ -606,13 +606,16 @@ def table_from_frame(
         _check_label_collisions(chan_raw, loc, spec.channel_col, "channel names")
         chan_str = chan_raw.astype(str)
         values = _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan_raw)
-        found = sorted(pd.unique(chan_str))
+        # factorize first: the channel names are few, the rows many
+        name_codes, names_found = pd.factorize(chan_str)
+        found = sorted(str(c) for c in names_found)
         if channels is None:
             channels = found
         channels = _channel_names(channels, source)
         index = {c: j for j, c in enumerate(channels)}
-        chan_codes = chan_str.map(index)
-        unknown = chan_codes.isna().to_numpy()
+        lookup = np.array([index.get(str(c), -1) for c in names_found], dtype=np.int64)
+        chan_codes = lookup[name_codes] if len(lookup) else np.zeros(0, dtype=np.int64)
+        unknown = chan_codes < 0
         if unknown.any():
             pos = int(np.flatnonzero(unknown)[0])
             names = sorted(set(chan_str[unknown]))
@@ -620,7 +623,6 @@ def table_from_frame(
                 f"{loc(pos, spec.channel_col)}: unknown channel(s) {names}; known channels: "
                 f"{channels}"
             )
-        chan_codes = chan_codes.to_numpy(dtype=np.int64)
         present = ~np.isnan(values)
         counts["missing_values_skipped"] = int((~present).sum())
         e_codes, e_times, e_chan, e_vals, e_rows = (

@@ -1,0 +1,214 @@
+"""Scale benchmark of the streaming data path (not a timed test; prints a JSON report).
+
+Generates a synthetic long table (``--series`` series, about ``--rows`` observation rows,
+``--channels`` channels, integer stay ids, float hours) as a partitioned Parquet dataset of
+about ``--rows-per-file`` rows per file in a temporary directory (deleted at the end unless
+``--keep``), then measures, each step in a fresh subprocess so that its peak RSS is its own:
+
+* ``index``: the cold index pass (:func:`tsode.data.streaming.build_cache`): seconds, rows/s,
+  peak RSS;
+* ``stream``: the first ``StreamingTableDataModule.setup`` on the new cache (the normalizer
+  from the moments, and one pass over every split, a chunk of series at a time, for the
+  usable series and their context / target lengths, then stored in the cache), then training
+  batches of ``--batch-size`` series: batches/s, series/s, padding fraction, peak RSS;
+* ``restart``: a second start on the same files: the cache lookup alone, then
+  ``StreamingTableDataModule.setup`` (index, normalizer and lengths from the cache);
+* ``memory``: ``TableDataModule`` (today's in-memory path) on the first ``--memory-files``
+  files read into one DataFrame: setup seconds, rows/s, peak RSS, batches/s; the report gives
+  the streaming / in-memory ratios of ingestion rows/s and batches/s.
+
+Usage (the issue's size is the default; a quick run)::
+
+    python benchmarks/scale.py --series 20000 --rows 5000000
+
+Training throughput with 1 vs 2 DDP processes is not measured here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = {"kind": "forecast", "cutoff_fraction": 0.5}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def generate(root: Path, series: int, rows: int, channels: int, rows_per_file: int,
+             seed: int = 0) -> dict:
+    """Write the synthetic dataset; returns its size. Memory: one file's rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    per_series = rows / series
+    # rows of every series: about per_series on average, skewed like ICU stays
+    lengths = np.maximum(1, rng.gamma(2.0, per_series / 2.0, series).round().astype(np.int64))
+    names = np.array([f"ch{c:02d}" for c in range(channels)])
+    files, total, start = 0, 0, 0
+    root.mkdir(parents=True)
+    while start < series:
+        stop = start + 1
+        acc = lengths[start]
+        while stop < series and acc + lengths[stop] <= rows_per_file:
+            acc += lengths[stop]
+            stop += 1
+        n = lengths[start:stop]
+        ids = np.repeat(np.arange(start, stop, dtype=np.int64) + 100_000, n)
+        # times: sorted per series, up to ~n / 4 hours (four rows an hour)
+        step = rng.exponential(0.25, len(ids))
+        ends = np.cumsum(n)
+        times = np.cumsum(step)
+        base = np.repeat(np.r_[0.0, times[ends[:-1] - 1]], n)
+        times = np.round(times - base, 4)
+        chan = rng.integers(0, channels, len(ids))
+        values = rng.normal(50.0 + 10.0 * chan, 5.0)
+        order = rng.permutation(len(ids))  # rows of a file in no particular order
+        table = pa.table({
+            "series_id": ids[order], "time": times[order],
+            "channel": pa.array(names[chan[order]]), "value": values[order],
+        })
+        part = root / f"part={files:04d}"
+        part.mkdir()
+        pq.write_table(table, part / "data.parquet", row_group_size=250_000)
+        files += 1
+        total += len(ids)
+        start = stop
+    return {"series": int(series), "rows": int(total), "files": files, "channels": channels}
+
+
+def _module(args, data):
+    from tsode.data.stream_module import StreamingTableDataModule
+
+    return StreamingTableDataModule(
+        data, cache_dir=args.cache, task=TASK, loader={"batch_size": args.batch_size},
+    )
+
+
+def phase(args) -> dict:
+    """One measured step (runs in its own subprocess)."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    from tsode.data.streaming import build_cache
+    from tsode.data.tables import TableSpec
+
+    out: dict = {}
+    if args.phase == "index":
+        t = time.perf_counter()
+        cache, report = build_cache(args.data, TableSpec(), args.cache)
+        out.update(seconds=time.perf_counter() - t, rows=report.rows,
+                   rows_per_s=report.rows / (time.perf_counter() - t),
+                   pass1_seconds=report.pass1_seconds, pass2_seconds=report.pass2_seconds,
+                   buckets=cache.meta["num_buckets"], series=cache.num_series)
+    elif args.phase == "restart":
+        t = time.perf_counter()
+        _, report = build_cache(args.data, TableSpec(), args.cache)
+        out["cache_lookup_seconds"] = time.perf_counter() - t
+        out["reused"] = report.reused
+        t = time.perf_counter()
+        module = _module(args, args.data)
+        module.setup()
+        out["module_setup_seconds"] = time.perf_counter() - t
+    elif args.phase in ("stream", "memory"):
+        t = time.perf_counter()
+        if args.phase == "stream":
+            module = _module(args, args.data)
+        else:
+            import pandas as pd
+
+            from tsode.data.table_module import TableDataModule
+
+            files = sorted(Path(args.data).rglob("*.parquet"))[: args.memory_files]
+            frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+            out["rows"] = len(frame)
+            module = TableDataModule(frame, task=TASK, loader={"batch_size": args.batch_size})
+        module.setup()
+        out["setup_seconds"] = time.perf_counter() - t
+        if "rows" in out:
+            out["rows_per_s"] = out["rows"] / out["setup_seconds"]
+        loader = module.train_dataloader()
+        t = time.perf_counter()
+        batches = series = 0
+        real = padded = 0
+        for batch in loader:
+            batches += 1
+            series += len(batch.series_ids)
+            for part in (batch.context, batch.target):
+                real += int(part.lengths.sum())
+                padded += part.times.numel()
+            if batches >= args.max_batches:
+                break
+        seconds = time.perf_counter() - t
+        out.update(batches=batches, batches_per_s=batches / seconds,
+                   series_per_s=series / seconds, padding_fraction=1 - real / max(padded, 1))
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
+def run_phase(args, name: str) -> dict:
+    cmd = [sys.executable, __file__, "--phase", name, "--data", str(args.data), "--cache",
+           str(args.cache), "--batch-size", str(args.batch_size), "--max-batches",
+           str(args.max_batches), "--memory-files", str(args.memory_files)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"phase {name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=50_000_000)
+    parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--rows-per-file", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-batches", type=int, default=300)
+    parser.add_argument("--memory-files", type=int, default=5,
+                        help="files the in-memory TableDataModule reads")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args)))
+        return
+    work = Path(tempfile.mkdtemp(prefix="tsode-scale-", dir=args.workdir))
+    try:
+        args.data, args.cache = work / "data", work / "cache"
+        t = time.perf_counter()
+        report = {"dataset": generate(args.data, args.series, args.rows, args.channels,
+                                      args.rows_per_file)}
+        report["dataset"]["generate_seconds"] = time.perf_counter() - t
+        for name in ("index", "stream", "restart", "memory"):
+            report[name] = run_phase(args, name)
+            print(name, json.dumps(report[name]), file=sys.stderr, flush=True)
+        report["ratio_streaming_over_memory"] = {
+            "ingest_rows_per_s": report["index"]["rows_per_s"] / report["memory"]["rows_per_s"],
+            "batches_per_s": report["stream"]["batches_per_s"] / report["memory"]["batches_per_s"],
+        }
+        print(json.dumps(report, indent=1))
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The streaming table source: cache, normalizer moments, batches equal to the in-memory path."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from torch.utils.data import DistributedSampler
+
+from tsode.data.normalize import Normalizer, series_moments
+from tsode.data.series import DataValidationError
+from tsode.data.stream_module import StreamingTableDataModule
+from tsode.data.streaming import build_cache
+from tsode.data.table_module import TableDataModule
+from tsode.data.tables import TableSpec
+
+TASK = {"kind": "forecast", "cutoff": 24.0}
+
+
+def long_frame(num_series: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Long rows in shuffled order, with duplicates, NaN values, short and empty series."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(num_series):
+        n = int(rng.integers(1, 25))
+        for t in np.sort(rng.uniform(0, 48, n)).round(1):
+            for c in rng.choice(["hr", "sbp", "temp", "spo2"], int(rng.integers(1, 4)), False):
+                rows.append((f"p{s:04d}", t, c, rng.normal(80, 15), s % 3, float(s % 2)))
+    df = pd.DataFrame(rows, columns=["series_id", "time", "channel", "value", "age", "y"])
+    df.loc[df.sample(frac=0.05, random_state=1).index, "value"] = np.nan
+    dup = df.sample(n=20, random_state=2).assign(value=lambda f: f["value"] + 1.0)
+    df = pd.concat([df, dup], ignore_index=True)
+    return df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def write_partitioned(df: pd.DataFrame, root: Path, parts: int = 4, group: int = 300) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(np.array_split(np.arange(len(df)), parts)):
+        (root / f"part={k}").mkdir()
+        df.iloc[part].to_parquet(root / f"part={k}" / "data.parquet", row_group_size=group)
+    return root
+
+
+def modules(df, tmp_path, buckets=3, **kwargs):
+    memory = TableDataModule(df, task=TASK, loader={"batch_size": 8}, **kwargs)
+    stream = StreamingTableDataModule(
+        write_partitioned(df, tmp_path / "data"), cache_dir=tmp_path / "cache",
+        num_buckets=buckets, task=TASK, loader={"batch_size": 8}, **kwargs,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        memory.setup()
+        stream.setup()
+    return memory, stream
+
+
+def assert_same_batches(a, b, atol: float = 0.0) -> None:
+    a, b = list(a), list(b)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x.series_ids == y.series_ids
+        assert x.channels == y.channels
+        np.testing.assert_array_equal(x.time_offset.numpy(), y.time_offset.numpy())
+        for part in ("context", "target"):
+            px, py = getattr(x, part), getattr(y, part)
+            np.testing.assert_array_equal(px.times.numpy(), py.times.numpy())
+            np.testing.assert_array_equal(px.mask.numpy(), py.mask.numpy())
+            np.testing.assert_array_equal(px.lengths.numpy(), py.lengths.numpy())
+            np.testing.assert_allclose(px.values.numpy(), py.values.numpy(), rtol=0, atol=atol)
+        for field in ("static", "labels"):
+            u, v = getattr(x, field), getattr(y, field)
+            assert (u is None) == (v is None)
+            if u is not None:
+                np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_streaming_batches_equal_in_memory_without_normalization(tmp_path, buckets):
+    memory, stream = modules(long_frame(), tmp_path, buckets=buckets, normalize=False)
+    stream.cache.release_every = 1  # unmap after every read: the next read maps again
+    assert stream.channels == memory.channels
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(
+            stream.datasets[split].part_lengths, memory.datasets[split].part_lengths
+        )
+    assert_same_batches(memory.train_dataloader(), stream.train_dataloader())
+    assert_same_batches(memory.val_dataloader(), stream.val_dataloader())
+    assert_same_batches(memory.test_dataloader(), stream.test_dataloader())
+
+
+def test_streaming_normalizer_and_batches_equal_in_memory(tmp_path):
+    df = long_frame(seed=5)
+    memory, stream = modules(df, tmp_path, static_cols=["age"], label_col="y")
+    a, b = memory.normalizer, stream.normalizer
+    assert a.names == b.names
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(b.std, a.std, rtol=1e-12, atol=0)
+    assert memory.static_normalizer == stream.static_normalizer
+    # normalized values may differ by float32 rounding of a 1e-12 relative difference
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert_same_batches(getattr(memory, name)(), getattr(stream, name)(), atol=1e-6)
+    # epoch 2 of the seeded permutation too
+    la, lb = memory.train_dataloader(), stream.train_dataloader()
+    la.batch_sampler.set_epoch(2)
+    lb.batch_sampler.set_epoch(2)
+    assert_same_batches(la, lb, atol=1e-6)
+
+
+def test_wide_format_equal_in_memory(tmp_path):
+    df = long_frame(60, seed=7).drop_duplicates(["series_id", "time", "channel"])
+    wide = df.pivot_table(index=["series_id", "time"], columns="channel", values="value")
+    wide = wide.reset_index().sample(frac=1.0, random_state=0).reset_index(drop=True)
+    wide.columns.name = None
+    memory, stream = modules(wide, tmp_path, normalize=False, format="wide")
+    assert stream.channels == memory.channels == ["hr", "sbp", "spo2", "temp"]
+    assert_same_batches(memory.train_dataloader(), stream.train_dataloader())
+
+
+def test_moments_merge_equals_fit():
+    rng = np.random.default_rng(0)
+    values = rng.normal(1e4, 3.0, size=(5000, 4))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[:, 2] = 7.0  # constant: std 1
+    values[:, 3] = np.nan  # never observed: mean 0, std 1
+    offsets = np.unique(np.r_[0, np.sort(rng.integers(0, 5000, 300)), 5000])
+    count, mean, m2 = series_moments(values, offsets)
+    names = ["a", "b", "c", "d"]
+    fitted = Normalizer.fit(values, names)
+    merged = Normalizer.from_moments(names, count, mean, m2)
+    np.testing.assert_allclose(merged.mean, fitted.mean, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(merged.std, fitted.std, rtol=1e-12, atol=0)
+    assert merged.std[2] == merged.std[3] == 1.0 and merged.mean[3] == 0.0
+
+
+def test_cache_is_reused_and_keyed_by_the_files(tmp_path):
+    root = write_partitioned(long_frame(40), tmp_path / "data")
+    spec = TableSpec()
+    first, report = build_cache(root, spec, tmp_path / "cache", num_buckets=2)
+    assert not report.reused and report.rows > 0
+    again, report2 = build_cache(root, spec, tmp_path / "cache", num_buckets=2)
+    assert report2.reused and again.path == first.path
+    other, report3 = build_cache(root, TableSpec(time_unit="min"), tmp_path / "cache",
+                                 num_buckets=2)
+    assert not report3.reused and other.path != first.path
+    part = next(root.rglob("*.parquet"))
+    st = part.stat()
+    os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _, report4 = build_cache(root, spec, tmp_path / "cache", num_buckets=2)
+    assert not report4.reused and report4.path != first.path
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == {
+        first.path.name, other.path.name, report4.path.name
+    }  # no temporary directory left behind
+
+
+def test_parquet_error_names_file_row_group_row_series_and_column(tmp_path):
+    df = long_frame(40)
+    df["value"] = df["value"].astype(str)  # text values, parsed as numbers
+    starts = [p[0] for p in np.array_split(np.arange(len(df)), 4)]
+    bad = starts[1] + 50 + 17  # file part=1, row group 1 (50 rows per group), file row 67
+    df.loc[bad, "value"] = "high"
+    root = write_partitioned(df, tmp_path / "data", group=50)
+    with pytest.raises(DataValidationError) as info:
+        build_cache(root, TableSpec(), tmp_path / "cache", num_buckets=2)
+    message = str(info.value)
+    assert "part=1" in message and "row group 1, row 67," in message
+    assert f"series {df.loc[bad, 'series_id']!r}" in message and "column 'value'" in message
+    assert "'high'" in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_csv_error_names_line(tmp_path):
+    df = long_frame(20)
+    df["time"] = df["time"].astype(object)
+    df.loc[5, "time"] = "soon"
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataValidationError, match=r"t\.csv, row 5 \(line 7\), series .*column 'time'"):
+        build_cache(path, TableSpec(), tmp_path / "cache")
+
+
+def test_bucket_stage_errors_name_the_series(tmp_path):
+    df = long_frame(30)
+    with pytest.raises(DataValidationError, match=r"duplicate entries for series 'p\d+'"):
+        build_cache(write_partitioned(df, tmp_path / "data"), TableSpec(duplicates="error"),
+                    tmp_path / "cache", num_buckets=2)
+
+
+def test_ranks_read_only_their_own_series(tmp_path):
+    _, stream = modules(long_frame(), tmp_path, normalize=False)
+    cache = stream.cache
+    for epoch in (0, 1):
+        seen = []
+        for rank in (0, 1):
+            loader = stream.train_dataloader()
+            dist = DistributedSampler(range(10), num_replicas=2, rank=rank)
+            loader.batch_sampler.sampler = dist
+            loader.batch_sampler.set_epoch(epoch)
+            cache.read_log.clear()
+            ids = {sid for batch in loader for sid in batch.series_ids}
+            read = set(np.concatenate(cache.read_log).tolist())
+            own = set(stream.datasets["train"].series[loader.batch_sampler.rank_items()].tolist())
+            assert read == own  # nothing of the other rank's series is read
+            assert ids == {cache.series_ids[i] for i in own}
+            seen.append(own)
+        assert not seen[0] & seen[1]
+        assert seen[0] | seen[1] == set(stream.datasets["train"].series.tolist())
+
+
+def test_dataloader_workers_give_the_same_batches(tmp_path):
+    _, stream = modules(long_frame(60), tmp_path, normalize=False)
+    single = list(stream.val_dataloader())
+    stream.loader = type(stream.loader)(batch_size=8, eval_batch_size=8, bucketing=True,
+                                        num_workers=2)
+    assert_same_batches(single, stream.val_dataloader())
+
+
+@pytest.mark.parametrize("task", ["interpolation", "classification"])
+def test_tasks_not_streamed_yet_raise(tmp_path, task):
+    root = write_partitioned(long_frame(20), tmp_path / "data")
+    module = StreamingTableDataModule(root, cache_dir=tmp_path / "cache", task=task,
+                                      label_col="y")
+    with pytest.raises(NotImplementedError, match="not streamed yet"):
+        module.setup()
+
+
+def test_restart_reads_no_rows_until_batches(tmp_path):
+    df = long_frame(80)
+    _, first = modules(df, tmp_path, normalize=True)
+    assert len(list(first.cache.path.glob("lengths-*.npz"))) == 3  # one per split
+    again = StreamingTableDataModule(
+        tmp_path / "data", cache_dir=tmp_path / "cache", num_buckets=3, task=TASK,
+        loader={"batch_size": 8},
+    )
+    again.prepare_data()
+    again.setup()
+    assert again.cache_report.reused
+    assert again.cache.read_log == []  # index, normalizer and lengths from the cache
+    assert again.normalizer == first.normalizer
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(again.datasets[split].series, first.datasets[split].series)
+    assert_same_batches(first.train_dataloader(), again.train_dataloader())
+    # another task measures its own lengths
+    other = StreamingTableDataModule(
+        tmp_path / "data", cache_dir=tmp_path / "cache", num_buckets=3,
+        task={"kind": "forecast", "cutoff": 12.0}, loader={"batch_size": 8},
+    )
+    other.setup()
+    assert other.cache.read_log != []
+    assert len(list(first.cache.path.glob("lengths-*.npz"))) == 6
+
+
+def test_empty_table_and_missing_column_are_errors(tmp_path):
+    empty = long_frame(5).iloc[:0]
+    (tmp_path / "e").mkdir()
+    empty.to_parquet(tmp_path / "e" / "a.parquet")
+    with pytest.raises(DataValidationError, match="has no rows"):
+        build_cache(tmp_path / "e", TableSpec(), tmp_path / "cache")
+    (tmp_path / "m").mkdir()
+    long_frame(5).drop(columns="value").to_parquet(tmp_path / "m" / "a.parquet")
+    with pytest.raises(DataValidationError, match=r"a\.parquet: missing required long-format"):
+        build_cache(tmp_path / "m", TableSpec(format="long"), tmp_path / "cache")
