@@ -47,6 +47,10 @@ binary or multi-class); without a target part (``task="classification"``) there 
 metrics. Probabilistic models (forecasts with ``std`` or ``samples``) also log ``{stage}/coverage80``,
 ``{stage}/coverage90`` (fraction of observed targets inside the central 80 % / 90 % interval)
 and ``{stage}/crps`` (``crps_orig`` in original units) for ``val`` and ``test``.
+
+Why one module over 500 lines: the step (loss, metrics per stage, NFE logging), the
+classification head's joint loss and the gradient groups' clipping are one training contract
+that every model inherits; split apart, each piece would reach into the others' state.
 """
 
 from __future__ import annotations

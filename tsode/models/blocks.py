@@ -14,8 +14,17 @@
   its age at query times, and the learned gate on it that every forecaster adds to its
   decoder output (so "carry the last value forward" is one step away, not something the
   decoder must rebuild from its state).
+* :class:`ChannelReadout` -- the per-channel query readout (``persistence="channel"``): each
+  channel decoded from the model's features with its own last value, seen flag, age and a
+  channel embedding, as ``gate_c * x_last_c + r_c``.
+* :class:`StaticEncoder` / :func:`initial_state` -- static covariates into an initial state.
+* :func:`forecast_heads` / :func:`forecast_readout` -- the persistence term and the Gaussian
+  std head every forecaster builds and applies the same way.
 * :class:`ClassifierHead` -- the series-level classification head every encoder shares
   (series summary -> class logits, see :meth:`tsode.models.base.IrregularModel.classify`).
+
+Why one module over 500 lines: these are the small parts every model composes; one file per
+part would scatter helpers of 10-40 lines that are always read together.
 """
 
 from __future__ import annotations

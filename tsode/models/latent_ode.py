@@ -8,9 +8,16 @@ process with intensity ``lambda_c(t) = softplus(g(z(t))_c)``. Its integral
 the observation-time log-likelihood of a series is
 ``sum_{observed (i, c)} log lambda_c(t_i) - sum_c Lambda_c(t_end)``.
 
-Recognition: an ODE-RNN runs **backwards** over the context and gives ``q(z0 | context)`` at each
-series' first context time ``t0``; ``z`` is then solved from ``t0`` to the merged (sorted)
-context + target times of that series only.
+Recognition (``anchor``): by default an ODE-RNN runs **forwards** over the context and gives
+``q(z | context)`` at each series' *last* context time, from which ``z`` is solved backwards to
+earlier points and forwards to the targets (a forecast's solve is as long as its horizon,
+whatever the context length); ``anchor="first"`` is the reference model, an ODE-RNN run
+**backwards** giving ``q(z0 | context)`` at the first context time ``t0``, with ``z`` solved
+from ``t0``. Either way each series is solved on its own merged (sorted) context + target times.
+
+Why one long module (a little over 500 lines): the ELBO, its Poisson term, the predictive
+mixture and the anchor's two solve directions all read the same sampled trajectories; split
+apart, each piece would need the whole sampling state passed to it.
 """
 
 from __future__ import annotations
