@@ -71,13 +71,16 @@ MODEL_KW = {
     "latent_ode": dict(
         latent_dim=20, rec_dim=40, ode_hidden_dim=50, ode_layers=3, rec_ode_hidden_dim=50,
         rec_ode_layers=3, gru_units=50, num_samples=3,
+        # the reference model's recognition (z0 at the first context time, ODE-RNN run
+        # backwards): the only anchor the union grid supports, so both grids time one function
+        anchor="first",
     ),
     "gru_dt": dict(hidden_dim=50),
     "ncde": dict(hidden_dim=50, vf_width=50, vf_layers=3),
 }
 SIZES = {
     "odernn": "hidden 50, ODE 3x50",
-    "latent_ode": "latent 20, rec 40, ODE 3x50 (x2), GRU units 50, K=3",
+    "latent_ode": "latent 20, rec 40, ODE 3x50 (x2), GRU units 50, K=3, anchor first",
     "gru_dt": "hidden 50",
     "ncde": "hidden 50, field 3x50",
 }
