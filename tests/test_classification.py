@@ -379,7 +379,7 @@ def test_channel_summary_inputs_reach_the_head(name):
     model = build(name, num_classes=2, classifier_inputs="state+channels").eval()
     plain = build(name, num_classes=2).eval()
     extra = model.classifier.net[0].in_features - plain.classifier.net[0].in_features
-    assert extra == 2 * 8  # 2 channels x (last, seen, age, 3 weighted means, spread, count)
+    assert extra == 2 * 10  # 2 channels x (last, seen, age, 3 weighted means, spread, count, min, max)
     with torch.no_grad():
         logits = model.classify(batch)
         row = 5  # a padded row (lengths[::5] = length - 2)

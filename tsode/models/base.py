@@ -75,12 +75,15 @@ from tsode.models.predictive import GaussianHead, ProbabilisticMetrics, gaussian
 _STAGES = ("train", "val", "test")
 #: what ``classifier_inputs=`` accepts
 CLASSIFIER_INPUTS = ("state", "state+channels")
+#: features per channel in :func:`channel_summary`
+CHANNEL_SUMMARY_FEATURES = 3 + history_feature_count(DEFAULT_HISTORY_SCALES) + 2
 
 
 def channel_summary(context: SeriesPart) -> Tensor:
     """``(B, C * F)`` each channel's summary just after its context's last time: last value,
-    seen flag, ``log1p`` age (hours) and its :func:`~tsode.models.history.channel_history`
-    (``F = 3 + S + 2``); zeros for a channel never observed."""
+    seen flag, ``log1p`` age (hours), its :func:`~tsode.models.history.channel_history` and its
+    lowest and highest value in the context (the "worst values" of severity scores;
+    ``F = 3 + (S + 2) + 2``); zeros for a channel never observed."""
     bsz = context.batch_size
     if context.times.shape[1] == 0:
         end = context.times.new_zeros(bsz, 1)
@@ -89,8 +92,15 @@ def channel_summary(context: SeriesPart) -> Tensor:
         end = torch.nextafter(last, torch.full_like(last, float("inf")))  # strictly after the context
     values, age, seen = last_observation(context, end)
     history = channel_history(context, end, DEFAULT_HISTORY_SCALES)  # (B, 1, C, S + 2)
+    observed = context.mask & context.time_mask.unsqueeze(-1)  # (B, L, C)
+    inf = torch.full_like(context.values, float("inf"))
+    lowest = torch.where(observed, context.values, inf).amin(dim=1) if context.times.shape[1] else values[:, 0]
+    highest = torch.where(observed, context.values, -inf).amax(dim=1) if context.times.shape[1] else values[:, 0]
+    extremes = torch.stack([lowest, highest], dim=-1).unsqueeze(1)  # (B, 1, C, 2)
+    extremes = torch.where(seen.unsqueeze(-1), extremes, torch.zeros_like(extremes))
     per_channel = torch.cat(
-        [torch.stack([values, seen.to(values.dtype), torch.log1p(age)], dim=-1), history.to(values)], dim=-1
+        [torch.stack([values, seen.to(values.dtype), torch.log1p(age)], dim=-1), history.to(values), extremes],
+        dim=-1,
     )
     return per_channel.reshape(bsz, -1)
 
@@ -251,8 +261,8 @@ class IrregularModel(L.LightningModule):
         classifier_inputs: what a classification head (``num_classes > 0``) reads: ``"state"``
             (default; the model's :meth:`series_summary`) or ``"state+channels"`` (that, plus
             each channel's summary at the end of the context: last value, seen flag,
-            ``log1p`` age, exponentially weighted means at 1 / 6 / 24 h, spread and ``log1p``
-            count, :mod:`tsode.models.history`).
+            ``log1p`` age, exponentially weighted means at 1 / 6 / 24 h, spread, ``log1p``
+            count (:mod:`tsode.models.history`), lowest and highest value).
         default_optim: the subclass's defaults for the fields ``optim`` leaves None (None:
             ``CONSTANT_OPTIM``, Adam at a constant 1e-3).
         legacy: former flat optimizer arguments (``lr``, ``scheduler``, ... from old code or
@@ -358,7 +368,7 @@ class IrregularModel(L.LightningModule):
         if num_classes == 0:
             return
         if self.classifier_inputs == "state+channels":
-            summary_dim += self.num_channels * (3 + history_feature_count(DEFAULT_HISTORY_SCALES))
+            summary_dim += self.num_channels * CHANNEL_SUMMARY_FEATURES
         self.classifier = ClassifierHead(summary_dim, num_classes)
         self.classification_metrics = torch.nn.ModuleDict(
             {stage: classification_metrics(num_classes) for stage in ("val", "test")}
