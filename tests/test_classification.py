@@ -390,5 +390,9 @@ def test_channel_summary_inputs_reach_the_head(name):
         single = IrregularBatch(alone, batch.target, labels=batch.labels[row : row + 1],
                                 series_ids=[row], channels=["a", "b"])
         torch.testing.assert_close(model.classify(single)[0], logits[row], rtol=1e-5, atol=1e-5)
+    model.train()
+    result = model.step_result(batch)  # the training objective reads the same head
+    result.loss.backward()
+    assert model.classifier.net[0].weight.grad[:, -extra:].abs().sum() > 0
     with pytest.raises(ValueError, match="classifier_inputs must be one of"):
         build(name, num_classes=2, classifier_inputs="channels")

@@ -383,7 +383,13 @@ class IrregularModel(L.LightningModule):
         their softmax, class 1's is ``softmax(logits)[:, 1]``)."""
         if self.classifier is None:
             raise RuntimeError(f"{type(self).__name__} was built with num_classes=0: no classifier")
-        summary = self.series_summary(batch)
+        return self.head_logits(batch, self.series_summary(batch))
+
+    def head_logits(self, batch: IrregularBatch, summary: Tensor) -> Tensor:
+        """Class logits ``(B, K)`` of the head on a series summary ``(B, F)`` already computed
+        (plus, with ``classifier_inputs="state+channels"``, the context's channel summary)."""
+        if self.classifier is None:
+            raise RuntimeError(f"{type(self).__name__} was built with num_classes=0: no classifier")
         if self.classifier_inputs == "state+channels":
             summary = torch.cat([summary, channel_summary(batch.context).to(summary)], dim=-1)
         return self.classifier(summary)

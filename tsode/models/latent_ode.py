@@ -471,7 +471,7 @@ class LatentODE(IrregularModel):
         cross-entropy of the head on the posterior mean."""
         posterior = self.posterior(batch)
         result = self.compute_loss(batch, posterior)
-        logits = self.classifier(posterior[0])
+        logits = self.head_logits(batch, posterior[0])
         return self.add_classification(result, batch, logits, self.classification_weight)
 
     def compute_loss(
