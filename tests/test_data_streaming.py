@@ -45,11 +45,11 @@ def write_partitioned(df: pd.DataFrame, root: Path, parts: int = 4, group: int =
     return root
 
 
-def modules(df, tmp_path, buckets=3, **kwargs):
-    memory = TableDataModule(df, task=TASK, loader={"batch_size": 8}, **kwargs)
+def modules(df, tmp_path, buckets=3, task=TASK, **kwargs):
+    memory = TableDataModule(df, task=task, loader={"batch_size": 8}, **kwargs)
     stream = StreamingTableDataModule(
         write_partitioned(df, tmp_path / "data"), cache_dir=tmp_path / "cache",
-        num_buckets=buckets, task=TASK, loader={"batch_size": 8}, **kwargs,
+        num_buckets=buckets, task=task, loader={"batch_size": 8}, **kwargs,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,15 +218,6 @@ def test_dataloader_workers_give_the_same_batches(tmp_path):
     assert_same_batches(single, stream.val_dataloader())
 
 
-@pytest.mark.parametrize("task", ["interpolation", "classification"])
-def test_tasks_not_streamed_yet_raise(tmp_path, task):
-    root = write_partitioned(long_frame(20), tmp_path / "data")
-    module = StreamingTableDataModule(root, cache_dir=tmp_path / "cache", task=task,
-                                      label_col="y")
-    with pytest.raises(NotImplementedError, match="not streamed yet"):
-        module.setup()
-
-
 def test_restart_reads_no_rows_until_batches(tmp_path):
     df = long_frame(80)
     _, first = modules(df, tmp_path, normalize=True)
@@ -263,3 +254,168 @@ def test_empty_table_and_missing_column_are_errors(tmp_path):
     long_frame(5).drop(columns="value").to_parquet(tmp_path / "m" / "a.parquet")
     with pytest.raises(DataValidationError, match=r"a\.parquet: missing required long-format"):
         build_cache(tmp_path / "m", TableSpec(format="long"), tmp_path / "cache")
+
+
+def assert_same_splits(memory, stream) -> None:
+    for split in ("train", "val", "test"):
+        a, b = memory.datasets[split], stream.datasets[split]
+        assert b.series_ids == a.series_ids
+        np.testing.assert_array_equal(b.part_lengths, a.part_lengths)
+        assert b.num_excluded == a.num_excluded
+    assert stream.dropped_series() == memory.dropped_series()
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert_same_batches(getattr(memory, name)(), getattr(stream, name)(), atol=1e-6)
+
+
+def test_interpolation_holds_out_the_same_entries(tmp_path):
+    task = {"kind": "interpolation", "holdout_fraction": 0.3}
+    memory, stream = modules(long_frame(seed=11), tmp_path, task=task)
+    assert_same_splits(memory, stream)
+    # the hold-out differs between splits and seeds: the draws are not all alike
+    batch = next(iter(stream.val_dataloader()))
+    assert batch.target.mask.any() and batch.context.mask.any()
+
+
+def test_classification_equal_in_memory(tmp_path):
+    df = long_frame(seed=12)
+    df["y"] = (df["series_id"].str[1:].astype(int) % 3).astype(float)
+    df.loc[df["series_id"] == "p0005", "y"] = np.nan  # an unknown label: excluded, counted
+    task = {"kind": "classification", "cutoff": 24.0}
+    memory, stream = modules(df, tmp_path, task=task, label_col="y")
+    assert stream.num_classes == memory.num_classes == 3
+    assert_same_splits(memory, stream)
+    assert any("no_label" in reasons for reasons in stream.dropped_series().values())
+
+
+def test_varied_training_cutoffs_equal_in_memory(tmp_path):
+    task = {"kind": "forecast", "cutoff": 24.0, "train_cutoff_range": (6.0, 40.0)}
+    memory, stream = modules(long_frame(seed=13), tmp_path, task=task, normalize=False)
+    assert stream.datasets["train"].varies_by_epoch
+    lengths = []
+    for epoch in (0, 1, 3):
+        la, lb = memory.train_dataloader(), stream.train_dataloader()
+        la.batch_sampler.set_epoch(epoch)
+        lb.batch_sampler.set_epoch(epoch)
+        np.testing.assert_array_equal(
+            stream.datasets["train"].part_lengths_at(epoch),
+            memory.datasets["train"].part_lengths_at(epoch),
+        )
+        lengths.append(stream.datasets["train"].part_lengths_at(epoch))
+        assert_same_batches(la, lb)
+    assert not np.array_equal(lengths[0], lengths[1])  # the cutoffs do vary by epoch
+    assert_same_batches(memory.val_dataloader(), stream.val_dataloader())
+
+
+def test_varied_cutoffs_with_workers(tmp_path):
+    task = {"kind": "forecast", "cutoff": 24.0, "train_cutoff_range": (6.0, 40.0)}
+    _, stream = modules(long_frame(60, seed=14), tmp_path, task=task, normalize=False)
+    loader = stream.train_dataloader()
+    loader.batch_sampler.set_epoch(2)
+    single = list(loader)
+    stream.loader = type(stream.loader)(batch_size=8, eval_batch_size=8, bucketing=True,
+                                        num_workers=2)
+    loader = stream.train_dataloader()
+    loader.batch_sampler.set_epoch(2)
+    assert_same_batches(single, loader)
+
+
+@pytest.mark.parametrize("tz", [None, "Europe/Paris"])
+def test_datetime_times_equal_in_memory(tmp_path, tz):
+    df = long_frame(seed=15)
+    start = pd.Timestamp("2024-03-30 12:00", tz=tz)
+    offsets = pd.to_timedelta(df["time"], unit="h")
+    admit = pd.to_timedelta(df["series_id"].str[1:].astype(int) * 7, unit="h")
+    df["time"] = start + admit + offsets
+    memory, stream = modules(df, tmp_path)
+    assert stream.time_axis == memory.time_axis
+    assert stream.time_axis.kind == "datetime" and stream.time_axis.tz == tz
+    assert_same_splits(memory, stream)
+
+
+def test_timedelta_times_equal_in_memory(tmp_path):
+    df = long_frame(seed=16)
+    df["time"] = pd.to_timedelta(df["time"], unit="h")
+    memory, stream = modules(df, tmp_path)
+    assert stream.time_axis == memory.time_axis and stream.time_axis.kind == "timedelta"
+    assert_same_splits(memory, stream)
+
+
+def test_time_kinds_differing_between_files_are_an_error(tmp_path):
+    df = long_frame(40)
+    root = write_partitioned(df, tmp_path / "data", parts=2)
+    second = root / "part=1" / "data.parquet"
+    late = pd.read_parquet(second)
+    late["time"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(late["time"], unit="h")
+    late.to_parquet(second)
+    with pytest.raises(DataValidationError, match=r"part=1.*row group 0, row 0.*column 'time': "
+                       r"times are datetime but they are numeric from .*part=0"):
+        build_cache(root, TableSpec(), tmp_path / "cache")
+
+
+def test_split_column_equal_in_memory(tmp_path):
+    df = long_frame(seed=17)
+    number = df["series_id"].str[1:].astype(int)
+    df["fold"] = np.where(number % 5 == 0, "val", np.where(number % 7 == 0, " Test", "train"))
+    df.loc[df.sample(frac=0.3, random_state=0).index, "fold"] = None  # given on some rows only
+    df.loc[df["series_id"] == "p0003", "fold"] = None  # in no split: left out
+    memory, stream = modules(df, tmp_path, split_col="fold", static_cols=["age"])
+    assert stream.splits == {k: sorted(v) for k, v in memory.splits.items()}
+    assert "p0003" not in set().union(*stream.splits.values())
+    assert_same_splits(memory, stream)
+
+
+def test_split_column_errors_are_located(tmp_path):
+    df = long_frame(40)
+    df["fold"] = "train"
+    bad = np.array_split(np.arange(len(df)), 2)[1][0] + 3  # file part=1, row 3
+    df.loc[bad, "fold"] = "holdout"
+    root = write_partitioned(df, tmp_path / "data", parts=2, group=1000)
+    with pytest.raises(DataValidationError, match=r"part=1.*row group 0, row 3, series .*column "
+                       r"'fold': split value 'holdout' is not one of"):
+        build_cache(root, TableSpec(split_col="fold"), tmp_path / "cache")
+    df.loc[bad, "fold"] = "val"  # now two splits for one series
+    sid = df.loc[bad, "series_id"]
+    root = write_partitioned(df, tmp_path / "data2", parts=2, group=1000)
+    with pytest.raises(DataValidationError, match=rf"series bucket .*series '{sid}' has "
+                       r"different values in split column 'fold'"):
+        build_cache(root, TableSpec(split_col="fold"), tmp_path / "cache", num_buckets=2)
+
+
+def test_explicit_splits_equal_in_memory(tmp_path):
+    df = long_frame(seed=18)
+    ids = sorted(df["series_id"].unique())
+    splits = {"train": ids[10:70], "val": ids[70:90][::-1], "test": ids[:10]}
+    memory, stream = modules(df, tmp_path, splits=splits)
+    assert_same_splits(memory, stream)
+    root = tmp_path / "data"
+    unknown = StreamingTableDataModule(root, cache_dir=tmp_path / "cache", num_buckets=3,
+                                       splits={"train": ids[:5] + ["nobody"]})
+    with pytest.raises(DataValidationError, match=r"1 series id\(s\) not in the table.*'nobody'"):
+        unknown.setup()
+
+
+def test_same_metrics_after_training(tmp_path):
+    import lightning as L
+    import torch
+
+    from tsode.models.baselines import GRUDelta
+
+    df = long_frame(seed=19)
+    task = {"kind": "forecast", "cutoff": 24.0, "train_cutoff_range": (12.0, 36.0)}
+    memory, stream = modules(df, tmp_path, task=task, static_cols=["age"])
+    results = []
+    for dm in (memory, stream):
+        torch.manual_seed(0)
+        model = GRUDelta(num_channels=dm.num_channels, hidden_dim=8)
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False,
+            default_root_dir=tmp_path, deterministic=True,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, datamodule=dm)
+            results.append(trainer.test(model, datamodule=dm, verbose=False)[0])
+    assert results[0].keys() == results[1].keys() and "test/mse" in results[0]
+    for key in results[0]:
+        assert results[1][key] == pytest.approx(results[0][key], rel=1e-5), key

@@ -46,6 +46,7 @@ import pyarrow.ipc as ipc
 from tsode.data.atomic import atomic_directory
 from tsode.data.normalize import Normalizer, merge_moments, series_moments
 from tsode.data.series import DataValidationError, SeriesTable, concat_ranges, show
+from tsode.data.splits import SPLIT_NAMES
 from tsode.data.tables import (
     TableSpec,
     _channel_names,
@@ -53,6 +54,8 @@ from tsode.data.tables import (
     _numeric_column,
     _parse_time_column,
     _require_columns,
+    split_values,
+    splits_from_column,
     table_from_frame,
 )
 from tsode.data.timeaxis import TimeAxis, unit_to_hours
@@ -60,7 +63,7 @@ from tsode.data.timeaxis import TimeAxis, unit_to_hours
 log = logging.getLogger("tsode.data")
 
 #: bump when the cache layout changes (part of the fingerprint)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: source rows per bucket aimed at by :func:`default_num_buckets` (pass 2 holds one bucket)
 ROWS_PER_BUCKET = 2_000_000
 
@@ -137,27 +140,6 @@ def default_num_buckets(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> in
     return max(1, math.ceil(rows / max(1, rows_per_bucket)))
 
 
-class _RowLocator(_Locator):
-    """A :class:`~tsode.data.tables._Locator` for one record batch of a file: rows count from
-    the start of the file (CSV: plus the line number, header on line 1)."""
-
-    def __init__(self, source: str, frame: pd.DataFrame, id_col: str, first_row: int, csv: bool):
-        super().__init__(source, frame, id_col)
-        self.first_row = first_row
-        self.csv = csv
-
-    def __call__(self, pos: int, column: str | None = None) -> str:
-        row = self.first_row + pos
-        where = f"{self.source}, row {row}"
-        if self.csv:
-            where += f" (line {row + 2})"
-        if self.id_col in self.frame.columns:
-            where += f", series {show(self.frame[self.id_col].iloc[pos])}"
-        if column is not None:
-            where += f", column {column!r}"
-        return where
-
-
 def _batches(path: Path, columns: list[str], batch_rows: int, spec: TableSpec):
     """Yield ``(record batch, location prefix, first row in file)`` for one file."""
     if _kind(path) == "parquet":
@@ -204,11 +186,60 @@ def _columns(schema_names: list[str], spec: TableSpec, fmt: str, source: str) ->
         _require_columns(frame, values, source, "value")
         if not values:
             raise DataValidationError(f"{source}: wide table has no value columns")
+    if spec.split_col is not None:
+        _require_columns(frame, [spec.split_col], source, "split")
+        extra.append(spec.split_col)
     return [spec.id_col, spec.time_col, *values, *spec.static_cols, *extra]
 
 
-def _check_batch(frame: pd.DataFrame, loc: _RowLocator, spec: TableSpec, fmt: str,
-                 value_cols: list[str]) -> set[str]:
+class _TimeKinds:
+    """The kind of the time column over the batches of pass 1 (numeric, datetime or
+    timedelta: one for the whole table, as in memory) and, for datetimes, the earliest time
+    and the time zone: the :class:`TimeAxis` that ``TimeAxis.infer`` gives the whole column."""
+
+    def __init__(self, spec: TableSpec):
+        self.spec = spec
+        self.kind: str | None = None
+        self.where = ""
+        self.tz: Any = None
+        self.earliest: pd.Timestamp | None = None
+
+    def add(self, times: pd.Series, loc: _Locator) -> None:
+        kind = (
+            "datetime" if pd.api.types.is_datetime64_any_dtype(times)
+            else "timedelta" if pd.api.types.is_timedelta64_dtype(times) else "numeric"
+        )
+        tz = getattr(times.dt, "tz", None) if kind == "datetime" else None
+        name = self.spec.time_col
+        if self.kind is None:
+            self.kind, self.tz, self.where = kind, tz, loc(0, name)
+        elif kind != self.kind:
+            raise DataValidationError(
+                f"{loc(0, name)}: times are {kind} but they are {self.kind} from "
+                f"{self.where} on; one time column holds one kind of time"
+            )
+        elif str(tz) != str(self.tz):
+            raise DataValidationError(
+                f"{loc(0, name)}: datetimes in time zone {tz} but {self.tz} from {self.where} "
+                f"on; convert the column to UTC first"
+            )
+        if kind == "datetime":
+            valid = times.dropna()
+            if len(valid) and (self.earliest is None or valid.min() < self.earliest):
+                self.earliest = valid.min()
+
+    def axis(self) -> TimeAxis:
+        if self.kind == "datetime":
+            ref = self.earliest if self.earliest is not None else pd.Timestamp(0)
+            tz = str(ref.tz) if getattr(ref, "tz", None) is not None else None
+            return TimeAxis(kind="datetime", reference=ref.isoformat(), tz=tz)
+        if self.kind == "timedelta":
+            return TimeAxis(kind="timedelta")
+        return TimeAxis(kind="numeric", unit_hours=unit_to_hours(self.spec.time_unit))
+
+
+def _check_batch(frame: pd.DataFrame, loc: _Locator, spec: TableSpec, fmt: str,
+                 value_cols: list[str], kinds: _TimeKinds) -> set[str]:
     """The located row checks of the in-memory path on one batch; returns its channel names."""
     null_id = frame[spec.id_col].isna().to_numpy()
     if null_id.any():
@@ -217,14 +248,13 @@ def _check_batch(frame: pd.DataFrame, loc: _RowLocator, spec: TableSpec, fmt: st
             f"{loc(pos, spec.id_col)}: missing series id ({int(null_id.sum())} such rows)"
         )
     times = _parse_time_column(frame[spec.time_col], loc, spec.time_col)
-    if not pd.api.types.is_numeric_dtype(times):
-        raise DataValidationError(
-            f"{loc.source}: time column {spec.time_col!r} holds datetimes or timedeltas; the "
-            f"streaming source reads numeric times only for now (in time_unit); convert the "
-            f"column to numbers, e.g. hours since admission"
-        )
-    hours = times.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(hours)
+    kinds.add(times, loc)
+    if spec.split_col is not None:
+        split_values(frame, spec, loc)
+    if pd.api.types.is_numeric_dtype(times):
+        bad = ~np.isfinite(times.to_numpy(dtype=np.float64, na_value=np.nan))
+    else:
+        bad = times.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataValidationError(
@@ -287,7 +317,8 @@ def build_cache(
 
     Args:
         source: Parquet / CSV file(s), a directory of them (partitioned dataset) or a glob.
-        spec: columns and policies (long or wide; numeric times; ``split_col`` not yet).
+        spec: columns and policies (long or wide; numeric, datetime or timedelta times;
+            ``split_col``).
         cache_dir: parent directory of the caches (one subdirectory per fingerprint).
         channels: fixed channel list (table channels outside it raise); default: inferred
             (sorted names in long format, column order in wide format).
@@ -298,8 +329,6 @@ def build_cache(
     Returns the opened cache and a :class:`CacheReport`.
     """
     spec = spec or TableSpec()
-    if spec.split_col is not None:
-        raise NotImplementedError("the streaming source does not read split_col yet; use splits")
     files = source_files(source)
     total_rows = count_rows(files)
     k = num_buckets or default_num_buckets(total_rows, rows_per_bucket)
@@ -334,9 +363,10 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
     if fmt == "auto":
         fmt = "long" if spec.channel_col in first_names else "wide"
     columns = _columns(first_names, spec, fmt, str(files[0]))
-    per_series = len(spec.static_cols) + (spec.label_col is not None)
+    per_series = len(spec.static_cols) + (spec.label_col is not None) + (spec.split_col is not None)
     value_cols = columns[2: len(columns) - per_series]
     found: set[str] = set()
+    kinds = _TimeKinds(spec)
     writers: list[ipc.RecordBatchFileWriter | None] = [None] * k
     schema: pa.Schema | None = None
     rows = 0
@@ -347,8 +377,8 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
             for batch, where, first in _batches(path, columns, batch_rows, spec):
                 batch = batch.select(columns)
                 frame = batch.to_pandas()
-                loc = _RowLocator(where, frame, spec.id_col, first, kind == "csv")
-                found |= _check_batch(frame, loc, spec, fmt, value_cols)
+                loc = _Locator(where, frame, spec.id_col, first, kind == "csv")
+                found |= _check_batch(frame, loc, spec, fmt, value_cols, kinds)
                 rows += batch.num_rows
                 if schema is None:
                     schema = batch.schema
@@ -381,7 +411,7 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
         chans = list(value_cols) if channels is None else list(channels)
     chans = _channel_names(chans, root)
     t1 = time.perf_counter()
-    axis = TimeAxis(kind="numeric", unit_hours=unit_to_hours(spec.time_unit))
+    axis = kinds.axis()
     parts: list[pd.DataFrame] = []
     moments: list[np.ndarray] = []
     info = {"input_rows": rows, "format": fmt, "duplicate_entries_merged": 0,
@@ -392,10 +422,13 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
             continue
         with pa.memory_map(str(raw)) as mm:
             frame = ipc.open_file(mm).read_all().to_pandas()
-        table = table_from_frame(
-            frame, spec, source=f"{root} (series bucket {b} of {k}; rows count within the bucket)",
-            channels=chans, time_axis=axis,
-        )
+        where = f"{root} (series bucket {b} of {k}; rows count within the bucket)"
+        table = table_from_frame(frame, spec, source=where, channels=chans, time_axis=axis)
+        split = None
+        if spec.split_col is not None:  # one split per series (the values are checked)
+            named = splits_from_column(frame, spec, where)
+            code = {sid: k for k, n in enumerate(SPLIT_NAMES) for sid in named[n]}
+            split = np.array([code.get(sid, -1) for sid in table.series_ids], dtype=np.int8)
         del frame
         raw.unlink()
         for name in ("duplicate_entries_merged", "missing_values_skipped",
@@ -421,6 +454,8 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
             part[f"static:{name}"] = table.static[:, j]
         if table.labels is not None:
             part["label"] = table.labels
+        if split is not None:
+            part["split"] = split
         parts.append(part)
         del table
     if not parts:
@@ -493,6 +528,9 @@ class SeriesCache:
             if self.static_names else None
         )
         self.labels = index["label"].to_numpy(np.float64) if "label" in index else None
+        #: (S,) split of every series from ``split_col`` (0 / 1 / 2: train / val / test,
+        #: -1: none given), or None
+        self.split = index["split"].to_numpy(np.int64) if "split" in index else None
         self.moments = np.load(self.path / "moments.npy", mmap_mode="r")  # (S, 3, C)
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         #: series indices read by :meth:`read` in this process (for sharding checks)
@@ -566,6 +604,24 @@ class SeriesCache:
             time_axis=self.time_axis,
             source=self.source,
         )
+
+    def column_splits(self) -> dict[str, list[Any]]:
+        """``{"train": ids, "val": ids, "test": ids}`` from the ``split_col`` of the spec
+        (as :func:`~tsode.data.tables.splits_from_column`; series without a value in none)."""
+        if self.split is None:
+            raise ValueError(f"series cache {self.path} was built without a split column")
+        return {
+            name: [self.series_ids[i] for i in np.flatnonzero(self.split == k)]
+            for k, name in enumerate(SPLIT_NAMES)
+        }
+
+    def channel_counts(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(C,) observed entries per channel of the series ``indices`` (stored moments)."""
+        idx = np.sort(np.asarray(indices, dtype=np.int64))
+        total = np.zeros(self.num_channels, dtype=np.int64)
+        for lo in range(0, len(idx), 65_536):
+            total += np.asarray(self.moments[idx[lo: lo + 65_536], 0]).sum(0).astype(np.int64)
+        return total
 
     def normalizer(self, indices: Sequence[int] | np.ndarray) -> Normalizer:
         """Per-channel normalizer of the series ``indices`` (e.g. the training split) from the
