@@ -419,3 +419,78 @@ def test_same_metrics_after_training(tmp_path):
     assert results[0].keys() == results[1].keys() and "test/mse" in results[0]
     for key in results[0]:
         assert results[1][key] == pytest.approx(results[0][key], rel=1e-5), key
+
+
+def test_forecaster_fit_streams_a_directory_as_in_memory(tmp_path):
+    from tsode.api import Forecaster
+
+    df = long_frame(seed=20)
+    root = write_partitioned(df, tmp_path / "data")
+    fits = {}
+    for name, data, options in (
+        ("memory", df, {}),
+        ("directory", root, {}),  # a directory: streamed without asking
+        ("glob", str(root / "part=*" / "*.parquet"), {"streaming": True,
+                                                     "cache_dir": tmp_path / "own-cache"}),
+    ):
+        fc = Forecaster(
+            "gru_dt", hidden_dim=8, tracking=False, work_dir=tmp_path / name, verbose=False,
+            trainer_kwargs={"max_epochs": 2, "enable_progress_bar": False},
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fc.fit(data, cutoff=24.0, batch_size=8, static_cols=["age"], **options)
+        fits[name] = fc
+    assert not (tmp_path / "memory" / "series-cache").exists()
+    assert any((tmp_path / "directory" / "series-cache").iterdir())
+    assert any((tmp_path / "own-cache").iterdir())
+    memory = fits["memory"]
+    assert memory.fit_summary["epochs"] == 2 and memory.fit_summary["best_val_mse"] > 0
+    for name in ("directory", "glob"):
+        fc = fits[name]
+        assert fc.fit_summary["num_series"] == memory.fit_summary["num_series"]
+        assert fc.data.channels == memory.data.channels
+        assert fc.fit_summary["best_val_mse"] == pytest.approx(
+            memory.fit_summary["best_val_mse"], rel=1e-5
+        )
+    # the streamed fit predicts new tables like the in-memory one
+    new = df[df["series_id"].isin(["p0001", "p0002"]) & (df["time"] <= 24)]
+    a = memory.predict(new, horizon=6.0)
+    b = fits["directory"].predict(new, horizon=6.0)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-4)
+
+
+def test_forecaster_fit_streaming_refuses_a_frame(tmp_path):
+    from tsode.api import Forecaster
+
+    fc = Forecaster("gru_dt", tracking=False, work_dir=tmp_path, verbose=False)
+    with pytest.raises(TypeError, match=r"streaming=True\) reads Parquet / CSV files"):
+        fc.fit(long_frame(10), streaming=True)
+
+
+def test_tsode_fit_with_the_streaming_data_module(tmp_path, monkeypatch):
+    from tsode.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    root = write_partitioned(long_frame(seed=21), tmp_path / "data")
+    cli = run([
+        "fit",
+        "--model", "tsode.models.baselines.GRUDelta",
+        "--model.init_args.hidden_dim", "8",
+        "--data", "tsode.data.StreamingTableDataModule",
+        "--data.init_args.data", str(root),
+        "--data.init_args.cache_dir", str(tmp_path / "cache"),
+        "--data.init_args.static_cols", "[age]",
+        "--data.init_args.task.cutoff", "24.0",
+        "--data.init_args.loader.batch_size", "8",
+        "--trainer.fast_dev_run", "true",
+        "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ])
+    assert isinstance(cli.datamodule, StreamingTableDataModule)
+    assert cli.trainer.state.finished
+    assert cli.trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1
+    assert cli.model.num_channels == 4
+    assert np.isfinite(float(cli.trainer.callback_metrics["val/mse"]))
+    assert any((tmp_path / "cache").iterdir())

@@ -104,6 +104,20 @@ def source_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return files
 
 
+def is_file_collection(source: Any) -> bool:
+    """Whether ``source`` names several table files: a directory, a glob pattern (``*``,
+    ``?`` or ``[``, not an existing file) or a list / tuple of paths (what the streaming
+    source reads and ``read_table`` does not)."""
+    if isinstance(source, list | tuple):
+        return len(source) > 0 and all(isinstance(s, str | os.PathLike) for s in source)
+    if not isinstance(source, str | os.PathLike):
+        return False
+    path = Path(source)
+    if path.is_dir():
+        return True
+    return not path.exists() and any(ch in str(source) for ch in "*?[")
+
+
 def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(_PARQUET):
