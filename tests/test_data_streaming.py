@@ -199,7 +199,7 @@ def test_ranks_read_only_their_own_series(tmp_path):
             dist = DistributedSampler(range(10), num_replicas=2, rank=rank)
             loader.batch_sampler.sampler = dist
             loader.batch_sampler.set_epoch(epoch)
-            cache.read_log.clear()
+            cache.read_log = []
             ids = {sid for batch in loader for sid in batch.series_ids}
             read = set(np.concatenate(cache.read_log).tolist())
             own = set(stream.datasets["train"].series[loader.batch_sampler.rank_items()].tolist())
@@ -229,7 +229,7 @@ def test_restart_reads_no_rows_until_batches(tmp_path):
     again.prepare_data()
     again.setup()
     assert again.cache_report.reused
-    assert again.cache.read_log == []  # index, normalizer and lengths from the cache
+    assert again.cache.num_reads == 0  # index, normalizer and lengths from the cache
     assert again.normalizer == first.normalizer
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(again.datasets[split].series, first.datasets[split].series)
@@ -240,7 +240,7 @@ def test_restart_reads_no_rows_until_batches(tmp_path):
         task={"kind": "forecast", "cutoff": 12.0}, loader={"batch_size": 8},
     )
     other.setup()
-    assert other.cache.read_log != []
+    assert other.cache.num_reads > 0
     assert len(list(first.cache.path.glob("lengths-*.npz"))) == 6
 
 
@@ -494,3 +494,61 @@ def test_tsode_fit_with_the_streaming_data_module(tmp_path, monkeypatch):
     assert cli.model.num_channels == 4
     assert np.isfinite(float(cli.trainer.callback_metrics["val/mse"]))
     assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("layout", ["shuffled", "by_series_and_time", "sorted", "ties"])
+def test_sort_order_is_the_stable_lexicographic_order(layout):
+    from tsode.data.series import _sort_order
+
+    rng = np.random.default_rng(3)
+    m = 20_000
+    series = rng.integers(0, 300, m)
+    times = rng.integers(0, 50, m) / 4.0 - 2.0  # negative times and many equal ones
+    chans = rng.integers(0, 5, m)
+    if layout == "ties":  # many duplicate (series, time, channel) entries
+        series, times, chans = series % 3, times % 2, chans % 2
+    if layout != "shuffled":
+        order = np.lexsort((rng.random(m), times, series))  # channels in no order
+        if layout == "sorted":
+            order = np.lexsort((chans, times, series))
+        series, times, chans = series[order], times[order], chans[order]
+    expected = np.lexsort((chans, times, series))  # stable: equal keys in input order
+    got = _sort_order(series, times, chans, int(series.max()) + 1, 5)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_series_moments_add_in_row_order():
+    rng = np.random.default_rng(4)
+    values = rng.normal(1e3, 7.0, size=(3000, 3)).astype(np.float32)
+    values[rng.random(values.shape) < 0.6] = np.nan
+    offsets = np.unique(np.r_[0, np.sort(rng.integers(0, 3000, 40)), 3000])
+    count, mean, m2 = series_moments(values, offsets)
+    for s in range(len(offsets) - 1):
+        for c in range(3):
+            seen = [float(v) for v in values[offsets[s]: offsets[s + 1], c] if not np.isnan(v)]
+            total = 0.0
+            for v in seen:
+                total += v
+            mu = total / len(seen) if seen else 0.0
+            spread = 0.0
+            for v in seen:
+                spread += (v - mu) * (v - mu)
+            assert (count[s, c], mean[s, c], m2[s, c]) == (len(seen), mu, spread)
+
+
+def test_buckets_built_in_threads_give_the_same_cache(tmp_path):
+    root = write_partitioned(long_frame(60, seed=22), tmp_path / "data")
+    one, _ = build_cache(root, TableSpec(), tmp_path / "a", num_buckets=4, workers=1)
+    two, _ = build_cache(root, TableSpec(), tmp_path / "b", num_buckets=4, workers=2)
+    assert one.series_ids == two.series_ids
+    for name in ("bucket", "row", "lengths", "time_offset"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
+    np.testing.assert_array_equal(one.moments, two.moments)
+    for b in range(4):
+        for kind in ("times", "values"):
+            np.testing.assert_array_equal(np.load(one.path / f"{kind}-{b}.npy"),
+                                          np.load(two.path / f"{kind}-{b}.npy"))
+    df = long_frame(60, seed=22)
+    with pytest.raises(DataValidationError, match=r"series bucket \d of 4.*duplicate entries"):
+        build_cache(write_partitioned(df, tmp_path / "dup"), TableSpec(duplicates="error"),
+                    tmp_path / "c", num_buckets=4, workers=2)

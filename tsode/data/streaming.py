@@ -33,6 +33,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,11 @@ log = logging.getLogger("tsode.data")
 
 #: bump when the cache layout changes (part of the fingerprint)
 CACHE_VERSION = 3
-#: source rows per bucket aimed at by :func:`default_num_buckets` (pass 2 holds one bucket)
+#: source rows in the buckets that pass 2 holds at one time (split among its ``workers``)
 ROWS_PER_BUCKET = 2_000_000
+#: buckets pass 2 builds at the same time by default (threads; 2 did not build faster on
+#: the shared 2-core development machine, docs/scale.md)
+INDEX_WORKERS = 1
 
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
@@ -325,7 +329,8 @@ def build_cache(
     channels: Sequence[str] | None = None,
     num_buckets: int | None = None,
     batch_rows: int = 262_144,
-    rows_per_bucket: int = ROWS_PER_BUCKET,
+    rows_per_bucket: int | None = None,
+    workers: int = INDEX_WORKERS,
 ) -> tuple[SeriesCache, CacheReport]:
     """Index ``source`` into a series cache under ``cache_dir`` (or reuse the one there).
 
@@ -338,13 +343,18 @@ def build_cache(
             (sorted names in long format, column order in wide format).
         num_buckets: series buckets (files); default :func:`default_num_buckets` of the rows.
         batch_rows: rows per record batch of pass 1.
-        rows_per_bucket: source rows per bucket aimed at when ``num_buckets`` is None.
+        rows_per_bucket: source rows per bucket aimed at when ``num_buckets`` is None
+            (default :data:`ROWS_PER_BUCKET` shared by the ``workers``: the buckets built at
+            one time hold about as many rows whatever ``workers``).
+        workers: buckets built at the same time in pass 2 (threads).
 
     Returns the opened cache and a :class:`CacheReport`.
     """
     spec = spec or TableSpec()
     files = source_files(source)
     total_rows = count_rows(files)
+    if rows_per_bucket is None:
+        rows_per_bucket = ROWS_PER_BUCKET // max(1, workers)
     k = num_buckets or default_num_buckets(total_rows, rows_per_bucket)
     extra = {"channels": None if channels is None else [str(c) for c in channels],
              "num_buckets": k}
@@ -356,7 +366,7 @@ def build_cache(
                                   info=cache.meta["info"])
     start = time.perf_counter()
     with atomic_directory(dest) as tmp:
-        meta = _write_cache(files, spec, tmp, k, channels, batch_rows)
+        meta = _write_cache(files, spec, tmp, k, channels, batch_rows, workers)
         meta["fingerprint"] = key
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     cache = SeriesCache(dest)
@@ -368,7 +378,7 @@ def build_cache(
 
 
 def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
-                 channels: Sequence[str] | None, batch_rows: int) -> dict[str, Any]:
+                 channels: Sequence[str] | None, batch_rows: int, workers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     kind = _kind(files[0])
     root = str(files[0].parent) if len(files) > 1 else str(files[0])
@@ -405,7 +415,9 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
                             f"file's {schema.types} and cannot be converted: {error}"
                         ) from error
                 bucket = _bucket_of(frame[spec.id_col], k)
-                order = np.argsort(bucket, kind="stable")
+                # a radix sort on 16-bit bucket numbers
+                order = np.argsort(bucket.astype(np.int16) if k < 2**15 else bucket,
+                                   kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(k + 1))
                 taken = batch.take(pa.array(order))
                 for b in range(k):
@@ -430,48 +442,17 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
     moments: list[np.ndarray] = []
     info = {"input_rows": rows, "format": fmt, "duplicate_entries_merged": 0,
             "missing_values_skipped": 0, "series_without_observation": 0}
-    for b in range(k):
-        raw = out / f"raw-{b}.arrow"
-        if not raw.exists():
-            continue
-        with pa.memory_map(str(raw)) as mm:
-            frame = ipc.open_file(mm).read_all().to_pandas()
-        where = f"{root} (series bucket {b} of {k}; rows count within the bucket)"
-        table = table_from_frame(frame, spec, source=where, channels=chans, time_axis=axis)
-        split = None
-        if spec.split_col is not None:  # one split per series (the values are checked)
-            named = splits_from_column(frame, spec, where)
-            code = {sid: k for k, n in enumerate(SPLIT_NAMES) for sid in named[n]}
-            split = np.array([code.get(sid, -1) for sid in table.series_ids], dtype=np.int8)
-        del frame
-        raw.unlink()
-        for name in ("duplicate_entries_merged", "missing_values_skipped",
-                     "series_without_observation"):
-            info[name] += int(table.info.get(name, 0))
-        _write_bucket(out, b, table)
-        count, mean, m2 = series_moments(table.values, table.offsets)
-        moments.append(np.stack([count, mean, m2], axis=1))  # (S_b, 3, C)
-        lengths = table.lengths
-        starts = table.offsets[:-1]
-        has = lengths > 0
-        first_t = np.full(table.num_series, np.nan)
-        last_t = np.full(table.num_series, np.nan)
-        first_t[has] = table.times[starts[has]] + table.time_offset[has]
-        last_t[has] = table.times[starts[has] + lengths[has] - 1] + table.time_offset[has]
-        part = pd.DataFrame({
-            "series_id": pd.Series(table.series_ids, dtype=object),
-            "bucket": np.full(table.num_series, b, dtype=np.int32),
-            "row": starts, "length": lengths, "time_offset": table.time_offset,
-            "first_time": first_t, "last_time": last_t,
-        })
-        for j, name in enumerate(table.static_names):
-            part[f"static:{name}"] = table.static[:, j]
-        if table.labels is not None:
-            part["label"] = table.labels
-        if split is not None:
-            part["split"] = split
-        parts.append(part)
-        del table
+    built = [b for b in range(k) if (out / f"raw-{b}.arrow").exists()]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        # numpy and pandas release the GIL in the sorts and array passes: buckets build in
+        # parallel; map hands the results (and the first error) back in bucket order
+        for part, bucket_moments, counts in pool.map(
+            lambda b: _build_bucket(out, b, k, root, spec, chans, axis), built
+        ):
+            for name, n in counts.items():
+                info[name] += n
+            moments.append(bucket_moments)
+            parts.append(part)
     if not parts:
         raise DataValidationError(f"{root}: the table has no rows ({len(files)} file(s))")
     index = pd.concat(parts, ignore_index=True)
@@ -493,6 +474,49 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
         "files": [str(p) for p in files], "source": root, "info": info,
         "pass1_seconds": t1 - t0, "pass2_seconds": time.perf_counter() - t1,
     }
+
+
+def _build_bucket(out: Path, b: int, k: int, root: str, spec: TableSpec, chans: list[str],
+                  axis: TimeAxis) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+    """Pass 2 on bucket ``b``: its rows built by ``table_from_frame`` (the in-memory path:
+    validation, duplicates, sorting, time origin, per-series columns), written as ``.npy``
+    arrays; returns its index rows, its per-series moments (S_b, 3, C) and its counts."""
+    raw = out / f"raw-{b}.arrow"
+    with pa.memory_map(str(raw)) as mm:
+        frame = ipc.open_file(mm).read_all().to_pandas()
+    where = f"{root} (series bucket {b} of {k}; rows count within the bucket)"
+    table = table_from_frame(frame, spec, source=where, channels=chans, time_axis=axis)
+    split = None
+    if spec.split_col is not None:  # one split per series (the values are checked)
+        named = splits_from_column(frame, spec, where)
+        code = {sid: n for n, name in enumerate(SPLIT_NAMES) for sid in named[name]}
+        split = np.array([code.get(sid, -1) for sid in table.series_ids], dtype=np.int8)
+    del frame
+    raw.unlink()
+    counts = {name: int(table.info.get(name, 0)) for name in (
+        "duplicate_entries_merged", "missing_values_skipped", "series_without_observation")}
+    _write_bucket(out, b, table)
+    count, mean, m2 = series_moments(table.values, table.offsets)
+    lengths = table.lengths
+    starts = table.offsets[:-1]
+    has = lengths > 0
+    first_t = np.full(table.num_series, np.nan)
+    last_t = np.full(table.num_series, np.nan)
+    first_t[has] = table.times[starts[has]] + table.time_offset[has]
+    last_t[has] = table.times[starts[has] + lengths[has] - 1] + table.time_offset[has]
+    part = pd.DataFrame({
+        "series_id": pd.Series(table.series_ids, dtype=object),
+        "bucket": np.full(table.num_series, b, dtype=np.int32),
+        "row": starts, "length": lengths, "time_offset": table.time_offset,
+        "first_time": first_t, "last_time": last_t,
+    })
+    for j, name in enumerate(table.static_names):
+        part[f"static:{name}"] = table.static[:, j]
+    if table.labels is not None:
+        part["label"] = table.labels
+    if split is not None:
+        part["split"] = split
+    return part, np.stack([count, mean, m2], axis=1), counts
 
 
 def _schema_names(path: Path, kind: str, spec: TableSpec) -> list[str]:
@@ -523,7 +547,8 @@ class SeriesCache:
     def __init__(self, path: str | os.PathLike, release_every: int = 16):
         self.path = Path(path)
         self.release_every = release_every
-        self._reads = 0
+        #: calls of :meth:`read` in this process
+        self.num_reads = 0
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.channels: list[str] = list(self.meta["channels"])
         self.static_names: list[str] = list(self.meta["static_names"])
@@ -547,8 +572,9 @@ class SeriesCache:
         self.split = index["split"].to_numpy(np.int64) if "split" in index else None
         self.moments = np.load(self.path / "moments.npy", mmap_mode="r")  # (S, 3, C)
         self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        #: series indices read by :meth:`read` in this process (for sharding checks)
-        self.read_log: list[np.ndarray] = []
+        #: set to a list to record the series indices each :meth:`read` reads (sharding
+        #: checks); None (default): not recorded, so a long run does not accumulate them
+        self.read_log: list[np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -577,10 +603,11 @@ class SeriesCache:
     def _bucket_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(times (N_b,), values (N_b, C)) of bucket ``b``, memory-mapped (no copy)."""
         if b not in self._maps:
-            # plain memory maps: only the pages of the rows read become resident
+            # plain memory maps: only the pages of the rows read become resident; viewed as
+            # ndarrays (np.memmap's own indexing wraps every result, at a cost per batch)
             self._maps[b] = (
-                np.load(self.path / f"times-{b}.npy", mmap_mode="r"),
-                np.load(self.path / f"values-{b}.npy", mmap_mode="r"),
+                np.load(self.path / f"times-{b}.npy", mmap_mode="r").view(np.ndarray),
+                np.load(self.path / f"values-{b}.npy", mmap_mode="r").view(np.ndarray),
             )
         return self._maps[b]
 
@@ -588,9 +615,10 @@ class SeriesCache:
         """The series ``indices`` (in that order) as a small in-memory ``SeriesTable``; only
         their rows are read from the memory-mapped buckets."""
         idx = np.asarray(indices, dtype=np.int64)
-        self.read_log.append(idx.copy())
-        self._reads += 1
-        if self.release_every and self._reads % self.release_every == 0:
+        if self.read_log is not None:
+            self.read_log.append(idx.copy())
+        self.num_reads += 1
+        if self.release_every and self.num_reads % self.release_every == 0:
             self.release()
         lens = self.lengths[idx]
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
