@@ -6,7 +6,7 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
 ``--keep``), then measures, each step in a fresh subprocess so that its peak RSS is its own:
 
 * ``index``: the cold index pass (:func:`tsode.data.streaming.build_cache`): seconds, rows/s,
-  peak RSS;
+  CPU seconds and rows per CPU second (the same whatever else runs on the machine), peak RSS;
 * ``stream``: the first ``StreamingTableDataModule.setup`` on the new cache (the normalizer
   from the moments, and one pass over every split, a chunk of series at a time, for the
   usable series and their context / target lengths, then stored in the cache), then training
@@ -108,10 +108,13 @@ def phase(args) -> dict:
 
     out: dict = {}
     if args.phase == "index":
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         cache, report = build_cache(args.data, TableSpec(), args.cache)
+        cpu = time.process_time() - cpu
         out.update(seconds=time.perf_counter() - t, rows=report.rows,
                    rows_per_s=report.rows / (time.perf_counter() - t),
+                   # CPU seconds of this process: what the pass costs whatever else runs
+                   cpu_seconds=cpu, cpu_rows_per_s=report.rows / cpu,
                    pass1_seconds=report.pass1_seconds, pass2_seconds=report.pass2_seconds,
                    buckets=cache.meta["num_buckets"], series=cache.num_series)
     elif args.phase == "restart":

@@ -81,7 +81,7 @@ def assert_same_batches(a, b, atol: float = 0.0) -> None:
 @pytest.mark.parametrize("buckets", [1, 4])
 def test_streaming_batches_equal_in_memory_without_normalization(tmp_path, buckets):
     memory, stream = modules(long_frame(), tmp_path, buckets=buckets, normalize=False)
-    stream.cache.release_every = 1  # unmap after every read: the next read maps again
+    stream.cache.release_every = 1  # close the files after every read: the next opens again
     assert stream.channels == memory.channels
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(
@@ -552,3 +552,20 @@ def test_buckets_built_in_threads_give_the_same_cache(tmp_path):
     with pytest.raises(DataValidationError, match=r"series bucket \d of 4.*duplicate entries"):
         build_cache(write_partitioned(df, tmp_path / "dup"), TableSpec(duplicates="error"),
                     tmp_path / "c", num_buckets=4, workers=2)
+
+
+def test_missing_ids_and_channels_are_located(tmp_path):
+    df = long_frame(30)
+    df["series_id"] = df["series_id"].astype(object)
+    first = np.array_split(np.arange(len(df)), 2)[1][0]
+    df.loc[first + 4, "series_id"] = None
+    root = write_partitioned(df, tmp_path / "ids", parts=2, group=1000)
+    with pytest.raises(DataValidationError, match=r"part=1.*row group 0, row 4, series nan, column "
+                       r"'series_id': missing series id \(1 such rows\)"):
+        build_cache(root, TableSpec(), tmp_path / "cache")
+    df = long_frame(30)
+    df.loc[[2, 9], "channel"] = None
+    root = write_partitioned(df, tmp_path / "chans", parts=2, group=1000)
+    with pytest.raises(DataValidationError, match=r"part=0.*row group 0, row 2, series 'p\d+', "
+                       r"column 'channel': missing channel name \(2 such rows\)"):
+        build_cache(root, TableSpec(), tmp_path / "cache")

@@ -41,12 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 
 from tsode.data.atomic import atomic_directory
 from tsode.data.normalize import Normalizer, merge_moments, series_moments
-from tsode.data.series import DataValidationError, SeriesTable, concat_ranges, show
+from tsode.data.series import DataValidationError, SeriesTable, show
 from tsode.data.splits import SPLIT_NAMES
 from tsode.data.tables import (
     TableSpec,
@@ -55,6 +54,7 @@ from tsode.data.tables import (
     _numeric_column,
     _parse_time_column,
     _require_columns,
+    _require_present,
     split_values,
     splits_from_column,
     table_from_frame,
@@ -259,12 +259,7 @@ class _TimeKinds:
 def _check_batch(frame: pd.DataFrame, loc: _Locator, spec: TableSpec, fmt: str,
                  value_cols: list[str], kinds: _TimeKinds) -> set[str]:
     """The located row checks of the in-memory path on one batch; returns its channel names."""
-    null_id = frame[spec.id_col].isna().to_numpy()
-    if null_id.any():
-        pos = int(np.flatnonzero(null_id)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.id_col)}: missing series id ({int(null_id.sum())} such rows)"
-        )
+    _require_present(frame[spec.id_col], loc, spec.id_col, "series id")
     times = _parse_time_column(frame[spec.time_col], loc, spec.time_col)
     kinds.add(times, loc)
     if spec.split_col is not None:
@@ -284,12 +279,7 @@ def _check_batch(frame: pd.DataFrame, loc: _Locator, spec: TableSpec, fmt: str,
             _numeric_column(frame[col], loc, col)
         return set()
     chan = frame[spec.channel_col]
-    null_chan = chan.isna().to_numpy()
-    if null_chan.any():
-        pos = int(np.flatnonzero(null_chan)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.channel_col)}: missing channel name ({int(null_chan.sum())} such rows)"
-        )
+    _require_present(chan, loc, spec.channel_col, "channel name")
     _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan)
     return set(pd.unique(chan.astype(str)))
 
@@ -524,6 +514,8 @@ def _schema_names(path: Path, kind: str, spec: TableSpec) -> list[str]:
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
+    import pyarrow.dataset as pads  # imported here: ``import tsode.data`` stays light
+
     return list(pads.dataset(str(path), format="csv").schema.names)
 
 
@@ -535,7 +527,14 @@ def _write_bucket(out: Path, b: int, table: SeriesTable) -> None:
 
 
 class SeriesCache:
-    """A built series cache (see :func:`build_cache`), read on demand through memory maps.
+    """A built series cache (see :func:`build_cache`), read on demand.
+
+    A read copies each series' rows from the bucket files with positional reads
+    (``os.preadv`` straight into the batch's arrays): the file pages stay in the kernel's page
+    cache, shared and reclaimable, and only the rows read enter this process's memory.
+    (Memory-mapping the buckets made far more than the rows read resident: a fault maps a
+    whole large folio of the file, and 16 random batches of 64 series made 1.3 GB of a 50 M
+    row cache resident, docs/scale.md.)
 
     Series are numbered ``0..S-1`` in sorted id order, the order of the in-memory
     :class:`~tsode.data.series.SeriesTable` of the same table. Arrays of the index:
@@ -571,14 +570,14 @@ class SeriesCache:
         #: -1: none given), or None
         self.split = index["split"].to_numpy(np.int64) if "split" in index else None
         self.moments = np.load(self.path / "moments.npy", mmap_mode="r")  # (S, 3, C)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._files: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}
         #: set to a list to record the series indices each :meth:`read` reads (sharding
         #: checks); None (default): not recorded, so a long run does not accumulate them
         self.read_log: list[np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_maps"] = {}  # memory maps are reopened in each worker process
+        state["_files"] = {}  # files are opened again in each worker process
         state["moments"] = None
         return state
 
@@ -595,25 +594,42 @@ class SeriesCache:
         return len(self.channels)
 
     def release(self) -> None:
-        """Unmap the bucket files: the pages read so far leave this process's resident set
-        (they are mapped again on the next read). :meth:`read` does it every
-        ``release_every`` calls, so a long epoch does not keep the whole cache resident."""
-        self._maps.clear()
+        """Close the bucket files (they are opened again by the next read). :meth:`read`
+        does it every ``release_every`` calls."""
+        files, self._files = self._files, {}
+        for pair in files.values():
+            for fd, _ in pair:
+                os.close(fd)
 
-    def _bucket_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """(times (N_b,), values (N_b, C)) of bucket ``b``, memory-mapped (no copy)."""
-        if b not in self._maps:
-            # plain memory maps: only the pages of the rows read become resident; viewed as
-            # ndarrays (np.memmap's own indexing wraps every result, at a cost per batch)
-            self._maps[b] = (
-                np.load(self.path / f"times-{b}.npy", mmap_mode="r").view(np.ndarray),
-                np.load(self.path / f"values-{b}.npy", mmap_mode="r").view(np.ndarray),
-            )
-        return self._maps[b]
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: nothing left to close with
+            pass
+
+    def _bucket_files(self, b: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(descriptor, data offset)`` of bucket ``b``'s times and values files."""
+        if b not in self._files:
+            pair = []
+            for kind, shape in (("times", (None,)), ("values", (None, self.num_channels))):
+                path = self.path / f"{kind}-{b}.npy"
+                with open(path, "rb") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    found, fortran, dtype = header(handle)
+                    start = handle.tell()
+                expected = np.float64 if kind == "times" else np.float32
+                if fortran or dtype != expected or len(found) != len(shape) or (
+                        len(shape) == 2 and found[1] != shape[1]):
+                    raise ValueError(f"{path}: unexpected array layout {found} {dtype}")
+                pair.append((os.open(path, os.O_RDONLY), start))
+            self._files[b] = (pair[0], pair[1])
+        return self._files[b]
 
     def read(self, indices: Sequence[int] | np.ndarray) -> SeriesTable:
         """The series ``indices`` (in that order) as a small in-memory ``SeriesTable``; only
-        their rows are read from the memory-mapped buckets."""
+        their rows are read from the bucket files."""
         idx = np.asarray(indices, dtype=np.int64)
         if self.read_log is not None:
             self.read_log.append(idx.copy())
@@ -626,13 +642,25 @@ class SeriesCache:
         times = np.empty(int(offsets[-1]), dtype=np.float64)
         values = np.empty((int(offsets[-1]), self.num_channels), dtype=np.float32)
         buckets = self.bucket[idx]
+        rows = self.row[idx]
+        width = self.num_channels * 4  # bytes of a row of values (float32)
+        flat = values.reshape(-1)
         for b in np.unique(buckets):
-            sel = np.flatnonzero(buckets == b)
-            src = concat_ranges(self.row[idx[sel]], lens[sel])
-            dst = concat_ranges(offsets[sel], lens[sel])
-            bt, bv = self._bucket_arrays(int(b))
-            times[dst] = bt[src]
-            values[dst] = bv[src]
+            (tfd, tstart), (vfd, vstart) = self._bucket_files(int(b))
+            for j in np.flatnonzero(buckets == b).tolist():
+                lo, n, row = int(offsets[j]), int(lens[j]), int(rows[j])
+                if n == 0:
+                    continue
+                got = os.preadv(tfd, [times[lo: lo + n]], tstart + row * 8)
+                got += os.preadv(vfd, [flat[lo * self.num_channels: (lo + n) * self.num_channels]],
+                                 vstart + row * width)
+                if got != n * (8 + width):
+                    raise DataValidationError(
+                        f"series cache {self.path}, bucket {int(b)}: series "
+                        f"{show(self.series_ids[int(idx[j])])} reads {got} bytes of "
+                        f"{n * (8 + width)}: the cache files are truncated; delete the cache "
+                        f"directory to rebuild it"
+                    )
         return SeriesTable(
             series_ids=[self.series_ids[i] for i in idx],
             offsets=offsets,

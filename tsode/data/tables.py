@@ -223,6 +223,15 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, w
         )
 
 
+def _require_present(column: pd.Series, loc: _Locator, name: str, what: str) -> None:
+    """Raise naming the first row where ``column`` is missing (and how many are)."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataValidationError(
+            f"{loc(_first(missing), name)}: missing {what} ({int(missing.sum())} such rows)"
+        )
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -546,12 +555,7 @@ def table_from_frame(
     counts: dict[str, Any] = {"input_rows": len(frame), "format": fmt}
 
     ids_col = frame[spec.id_col]
-    null_id = ids_col.isna().to_numpy()
-    if null_id.any():
-        pos = int(np.flatnonzero(null_id)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.id_col)}: missing series id ({int(null_id.sum())} such rows)"
-        )
+    _require_present(ids_col, loc, spec.id_col, "series id")
     try:
         codes, uniques = pd.factorize(ids_col, sort=True)
     except TypeError:
@@ -604,13 +608,7 @@ def table_from_frame(
     row_numbers = np.arange(len(frame))
     if fmt == "long":
         chan_raw = frame[spec.channel_col]
-        null_chan = chan_raw.isna().to_numpy()
-        if null_chan.any():
-            pos = int(np.flatnonzero(null_chan)[0])
-            raise DataValidationError(
-                f"{loc(pos, spec.channel_col)}: missing channel name "
-                f"({int(null_chan.sum())} such rows)"
-            )
+        _require_present(chan_raw, loc, spec.channel_col, "channel name")
         _check_label_collisions(chan_raw, loc, spec.channel_col, "channel names")
         chan_str = chan_raw.astype(str)
         values = _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan_raw)
