@@ -10,7 +10,8 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
 * ``stream``: the first ``StreamingTableDataModule.setup`` on the new cache (the normalizer
   from the moments, and one pass over every split, a chunk of series at a time, for the
   usable series and their context / target lengths, then stored in the cache), then training
-  batches of ``--batch-size`` series: batches/s, series/s, padding fraction, peak RSS;
+  batches of ``--batch-size`` series: batches/s (and per CPU second), series/s, padding
+  fraction, peak RSS;
 * ``restart``: a second start on the same files: the cache lookup alone, then
   ``StreamingTableDataModule.setup`` (index, normalizer and lengths from the cache);
 * ``memory``: ``TableDataModule`` (today's in-memory path) on the first ``--memory-files``
@@ -144,7 +145,7 @@ def phase(args) -> dict:
         if "rows" in out:
             out["rows_per_s"] = out["rows"] / out["setup_seconds"]
         loader = module.train_dataloader()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         batches = series = 0
         real = padded = 0
         for batch in loader:
@@ -156,7 +157,9 @@ def phase(args) -> dict:
             if batches >= args.max_batches:
                 break
         seconds = time.perf_counter() - t
+        cpu = time.process_time() - cpu
         out.update(batches=batches, batches_per_s=batches / seconds,
+                   batches_per_cpu_s=batches / cpu,
                    series_per_s=series / seconds, padding_fraction=1 - real / max(padded, 1))
     out["peak_rss_mib"] = peak_rss_mib()
     return out
