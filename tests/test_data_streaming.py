@@ -569,3 +569,21 @@ def test_missing_ids_and_channels_are_located(tmp_path):
     with pytest.raises(DataValidationError, match=r"part=0.*row group 0, row 2, series 'p\d+', "
                        r"column 'channel': missing channel name \(2 such rows\)"):
         build_cache(root, TableSpec(), tmp_path / "cache")
+
+
+def test_set_task_and_new_tables_as_in_memory(tmp_path):
+    df = long_frame(seed=23)
+    memory, stream = modules(df, tmp_path, static_cols=["age"])
+    for dm in (memory, stream):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dm.set_task(cutoff=12.0, horizon=6.0)
+    assert stream.task == memory.task
+    assert_same_splits(memory, stream)
+    new = df[df["series_id"].isin(["p0003", "p0007", "p0011"])]
+    assert_same_batches(memory.predict_dataloader_for(new, task="forecast"),
+                        stream.predict_dataloader_for(new, task="forecast"), atol=1e-6)
+    assert stream.fitted.channels == memory.fitted.channels
+    assert stream.fitted.time_axis == memory.fitted.time_axis
+    assert stream.summary.num_series == memory.summary.num_series
+    assert stream.summary.observations_per_channel == memory.summary.observations_per_channel
