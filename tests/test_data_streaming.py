@@ -587,3 +587,16 @@ def test_set_task_and_new_tables_as_in_memory(tmp_path):
     assert stream.fitted.time_axis == memory.fitted.time_axis
     assert stream.summary.num_series == memory.summary.num_series
     assert stream.summary.observations_per_channel == memory.summary.observations_per_channel
+
+
+def test_a_truncated_cache_file_is_an_error_naming_the_series(tmp_path):
+    root = write_partitioned(long_frame(30), tmp_path / "data")
+    cache, _ = build_cache(root, TableSpec(), tmp_path / "cache", num_buckets=1)
+    last = int(np.argmax(cache.row + cache.lengths))  # the series whose rows end the file
+    values = cache.path / "values-0.npy"
+    os.truncate(values, values.stat().st_size - 4)
+    cache.read(np.flatnonzero(np.arange(cache.num_series) != last))  # the others read
+    with pytest.raises(DataValidationError, match=rf"bucket 0: series "
+                       rf"{cache.series_ids[last]!r} reads \d+ bytes of \d+: the cache files "
+                       r"are truncated"):
+        cache.read([last])

@@ -643,7 +643,8 @@ class SeriesCache:
         values = np.empty((int(offsets[-1]), self.num_channels), dtype=np.float32)
         buckets = self.bucket[idx]
         rows = self.row[idx]
-        width = self.num_channels * 4  # bytes of a row of values (float32)
+        c = self.num_channels
+        width = c * 4  # bytes of a row of values (float32)
         flat = values.reshape(-1)
         for b in np.unique(buckets):
             (tfd, tstart), (vfd, vstart) = self._bucket_files(int(b))
@@ -652,8 +653,7 @@ class SeriesCache:
                 if n == 0:
                     continue
                 got = os.preadv(tfd, [times[lo: lo + n]], tstart + row * 8)
-                got += os.preadv(vfd, [flat[lo * self.num_channels: (lo + n) * self.num_channels]],
-                                 vstart + row * width)
+                got += os.preadv(vfd, [flat[lo * c: (lo + n) * c]], vstart + row * width)
                 if got != n * (8 + width):
                     raise DataValidationError(
                         f"series cache {self.path}, bucket {int(b)}: series "
