@@ -6,11 +6,12 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
 ``--keep``), then measures, each step in a fresh subprocess so that its peak RSS is its own:
 
 * ``index``: the cold index pass (:func:`tsode.data.streaming.build_cache`): seconds, rows/s,
-  peak RSS;
+  CPU seconds and rows per CPU second (the same whatever else runs on the machine), peak RSS;
 * ``stream``: the first ``StreamingTableDataModule.setup`` on the new cache (the normalizer
   from the moments, and one pass over every split, a chunk of series at a time, for the
   usable series and their context / target lengths, then stored in the cache), then training
-  batches of ``--batch-size`` series: batches/s, series/s, padding fraction, peak RSS;
+  batches of ``--batch-size`` series: batches/s (and per CPU second), series/s, padding
+  fraction, peak RSS;
 * ``restart``: a second start on the same files: the cache lookup alone, then
   ``StreamingTableDataModule.setup`` (index, normalizer and lengths from the cache);
 * ``memory``: ``TableDataModule`` (today's in-memory path) on the first ``--memory-files``
@@ -108,10 +109,13 @@ def phase(args) -> dict:
 
     out: dict = {}
     if args.phase == "index":
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         cache, report = build_cache(args.data, TableSpec(), args.cache)
+        cpu = time.process_time() - cpu
         out.update(seconds=time.perf_counter() - t, rows=report.rows,
                    rows_per_s=report.rows / (time.perf_counter() - t),
+                   # CPU seconds of this process: what the pass costs whatever else runs
+                   cpu_seconds=cpu, cpu_rows_per_s=report.rows / cpu,
                    pass1_seconds=report.pass1_seconds, pass2_seconds=report.pass2_seconds,
                    buckets=cache.meta["num_buckets"], series=cache.num_series)
     elif args.phase == "restart":
@@ -141,7 +145,7 @@ def phase(args) -> dict:
         if "rows" in out:
             out["rows_per_s"] = out["rows"] / out["setup_seconds"]
         loader = module.train_dataloader()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         batches = series = 0
         real = padded = 0
         for batch in loader:
@@ -153,7 +157,9 @@ def phase(args) -> dict:
             if batches >= args.max_batches:
                 break
         seconds = time.perf_counter() - t
+        cpu = time.process_time() - cpu
         out.update(batches=batches, batches_per_s=batches / seconds,
+                   batches_per_cpu_s=batches / cpu,
                    series_per_s=series / seconds, padding_fraction=1 - real / max(padded, 1))
     out["peak_rss_mib"] = peak_rss_mib()
     return out

@@ -52,6 +52,7 @@ from tsode.data import (
     IrregularBatch,
     SeriesDataset,
     SeriesTable,
+    StreamingTableDataModule,
     TableDataModule,
     TaskConfig,
 )
@@ -59,6 +60,7 @@ from tsode.data.atomic import atomic_directory
 from tsode.data.config import group_data_args
 from tsode.data.fitted import FittedData
 from tsode.data.series import DataValidationError
+from tsode.data.streaming import is_file_collection
 from tsode.errors import (
     CheckpointFileError,
     ResourceLimitError,
@@ -467,12 +469,26 @@ class Forecaster:
         ``<work_dir>/resume/<experiment_name>/forecaster-<model name>``."""
         return resume_dir(self.work_dir, self.experiment_name, f"forecaster-{self.model_name}")
 
-    def fit(self, data: Any, *, resume: bool = False, **data_kwargs: Any) -> Forecaster:
+    def fit(
+        self,
+        data: Any,
+        *,
+        resume: bool = False,
+        streaming: bool | None = None,
+        **data_kwargs: Any,
+    ) -> Forecaster:
         """Train on a table: a DataFrame or CSV/Parquet path, long or wide format.
 
         Args:
             data: the training table (split by series into train/val; val drives early stopping
-                and checkpoint selection on ``val/mse``).
+                and checkpoint selection on ``val/mse``): a DataFrame, a file, or (streamed) a
+                directory of Parquet / CSV files (a partitioned dataset), a glob or a list of
+                files.
+            streaming: read the table through :class:`tsode.data.StreamingTableDataModule`
+                (an index pass into a series cache on disk, then series on demand: tables
+                larger than memory, docs/scale.md) instead of into memory. None (default):
+                streamed when ``data`` is a directory, a glob pattern or a list of paths. The
+                cache is kept under ``<work_dir>/series-cache`` unless ``cache_dir=`` is given.
             resume: continue from ``last.ckpt`` in :meth:`resume_dir` (written at the end of
                 every epoch, e.g. by a fit that was killed or stopped at ``max_epochs``): the
                 weights, optimizer, epoch, early-stopping and per-epoch random state are
@@ -510,7 +526,7 @@ class Forecaster:
             close_orphaned_run(last_checkpoint(last_dir))  # a killed fit's run: KILLED
         options = {"split_fractions": (0.8, 0.2, 0.0), "seed": self.seed, **data_kwargs}
         # the flat task / loader keywords of this call go into the data module's blocks
-        datamodule = TableDataModule(data, **group_data_args(options))
+        datamodule = self._fit_datamodule(data, streaming, group_data_args(options))
         datamodule.setup("fit")
         explicit = options.get("splits") is not None or options.get("split_col") is not None
         check_validation_split(datamodule, None if explicit else options.get("split_fractions"))
@@ -600,6 +616,27 @@ class Forecaster:
         if self.verbose:
             print(self._summary_text())
         return self
+
+    def _fit_datamodule(
+        self, data: Any, streaming: bool | None, options: dict[str, Any]
+    ) -> TableDataModule:
+        """The data module of :meth:`fit`: in memory, or streamed (see its ``streaming``)."""
+        if streaming is None:
+            streaming = is_file_collection(data)
+        if not streaming:
+            if "cache_dir" in options:
+                raise TypeError(
+                    "Forecaster.fit: cache_dir= is an option of the streamed table "
+                    "(streaming=True, or a directory / glob as data)"
+                )
+            return TableDataModule(data, **options)
+        if isinstance(data, pd.DataFrame):
+            raise TypeError(
+                "Forecaster.fit(streaming=True) reads Parquet / CSV files (a directory, glob, file "
+                "or list of files), not a DataFrame; write it to Parquet or drop streaming=True"
+            )
+        options.setdefault("cache_dir", self.work_dir / "series-cache")
+        return StreamingTableDataModule(data, **options)
 
     @staticmethod
     def data_summary(datamodule: TableDataModule) -> dict[str, int]:

@@ -18,6 +18,7 @@ from tsode.data.physionet import (
 from tsode.data.sampler import LengthBucketSampler, padding_fraction
 from tsode.data.series import DataValidationError, SeriesTable
 from tsode.data.splits import split_series
+from tsode.data.stream_module import StreamingTableDataModule
 from tsode.data.summary import DataSummary
 from tsode.data.synthetic import PeriodicToyDataModule, SyntheticICUDataModule
 from tsode.data.table_module import TableDataModule
@@ -52,6 +53,7 @@ __all__ = [
     "SeriesDataset",
     "SeriesPart",
     "SeriesTable",
+    "StreamingTableDataModule",
     "SyntheticICUDataModule",
     "TableDataModule",
     "TableSpec",

@@ -100,6 +100,10 @@ class SeriesDataset(Dataset):
             training split). Items are then ``(index, epoch)`` pairs (see
             :class:`~tsode.data.sampler.LengthBucketSampler`'s ``lengths_at``); a series whose
             drawn cutoff leaves it an empty context or target keeps the task's own cutoff.
+        positions / row_start: (S,) each series' position and first row in the whole split
+            when ``table`` holds a part of it (a batch streamed from a cache): the seeded
+            draws (interpolation hold-out, training cutoffs) are then those of the whole split
+            (see :func:`~tsode.data.tasks.uniform_stream`). None: ``table`` is the split.
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class SeriesDataset(Dataset):
         seed_offset: int = 0,
         keep_unusable: bool = False,
         vary_cutoff: bool = False,
+        positions: np.ndarray | None = None,
+        row_start: np.ndarray | None = None,
     ):
         if normalizer.names != table.channels:
             raise ValueError(
@@ -120,7 +126,8 @@ class SeriesDataset(Dataset):
         self.task = task
         self.normalizer = normalizer
         self.static_normalizer = static_normalizer
-        self.assignment: TaskAssignment = assign_task(table, task, seed_offset)
+        self.positions = positions
+        self.assignment: TaskAssignment = assign_task(table, task, seed_offset, row_start=row_start)
         usable = self.assignment.usable
         if keep_unusable:
             usable = self.assignment.context_lengths > 0
@@ -151,6 +158,30 @@ class SeriesDataset(Dataset):
         tgt_rows, tgt_off = _grouped_rows(a.target_rows, offsets, self.indices)
         return ctx_rows, ctx_off, tgt_rows, tgt_off
 
+    def excluded_reasons(self) -> dict[str, int]:
+        """Series of the table the task excludes, by reason (zero counts left out):
+        ``no_context`` (nothing observed in the context), ``no_target`` (nothing to predict)
+        or, for classification, ``no_label`` (label unknown)."""
+        a = self.assignment
+        offsets = self.table.offsets
+        csum = np.concatenate([[0], np.cumsum(a.context_entries.any(1), dtype=np.int64)])
+        has_context = (csum[offsets[1:]] - csum[offsets[:-1]]) > 0
+        excluded = np.ones(self.table.num_series, dtype=bool)
+        excluded[self.indices] = False
+        if self.task.kind == "classification":
+            labels = self.table.labels
+            unknown = np.ones(len(excluded), bool) if labels is None else np.isnan(labels)
+            reasons = {
+                "no_context": excluded & ~has_context,
+                "no_label": excluded & has_context & unknown,
+            }
+        else:
+            reasons = {
+                "no_context": excluded & ~has_context,
+                "no_target": excluded & has_context & (a.target_lengths == 0),
+            }
+        return {name: int(flags.sum()) for name, flags in reasons.items() if flags.any()}
+
     def _at_epoch(self, epoch: int | None) -> tuple[TaskAssignment, tuple]:
         """The assignment and grouped rows of ``epoch`` (None, or a fixed task: the task's)."""
         if epoch is None or not self.varies_by_epoch:
@@ -160,7 +191,7 @@ class SeriesDataset(Dataset):
         table, task = self.table, self.task
         base = self.assignment
         base_cut = forecast_cutoffs(table, task)
-        cutoffs = draw_training_cutoffs(table, task, epoch)
+        cutoffs = draw_training_cutoffs(table, task, epoch, positions=self.positions)
         drawn = assign_task(table, task, cutoffs=cutoffs)
         fallback = base.usable & ~drawn.usable
         if fallback.any():

@@ -73,6 +73,8 @@ def build_dataset(
     seed_offset: int = NEW_TABLE_SEED_OFFSET,
     keep_unusable: bool | None = None,
     vary_cutoff: bool = False,
+    positions: np.ndarray | None = None,
+    row_start: np.ndarray | None = None,
 ) -> SeriesDataset:
     """The normalized series of ``table`` under ``task``: its channels mapped to ``channels``
     (unknown ones raise ``DataValidationError``), the static covariates checked / filled
@@ -90,6 +92,7 @@ def build_dataset(
             task of prediction, where everything is context).
         vary_cutoff: a training split: draw each epoch's cutoffs from the task's
             ``train_cutoff_range`` (see :class:`SeriesDataset`).
+        positions / row_start: ``table`` is a part of a split (see :class:`SeriesDataset`).
     """
     if channels is not None and table.channels != [str(c) for c in channels]:
         table = table.with_channels(channels)
@@ -103,6 +106,8 @@ def build_dataset(
         seed_offset=seed_offset,
         keep_unusable=task.kind == "none" if keep_unusable is None else keep_unusable,
         vary_cutoff=vary_cutoff,
+        positions=positions,
+        row_start=row_start,
     )
 
 

@@ -124,52 +124,76 @@ class IrregularDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
-        if self.table is not None:
+        if self._index is not None:
             return
         table = self.load_table()
         counts = dict(table.info)
         if self.splits is not None:
-            table = self._restrict_to_splits(table, counts)
-        keep = np.flatnonzero(table.lengths >= self.min_time_points)
-        counts["series_dropped_too_few_time_points"] = int(table.num_series - len(keep))
-        short_ids = [table.series_ids[i] for i in np.flatnonzero(table.lengths < self.min_time_points)]
+            listed = self._listed_series(table.series_ids, table.source, counts)
+            if len(listed) < table.num_series:
+                table = table.subset(listed)
+        keep, short_ids = self._enough_time_points(table.lengths, table.series_ids, counts)
         loaded_series = table.num_series
-        counts["min_time_points"] = self.min_time_points
         if len(keep) < table.num_series:
             table = table.subset(keep)
-        if table.num_series == 0:
-            raise DataValidationError(
-                f"{type(self).__name__}: no series with at least {self.min_time_points} time points"
-            )
         if self._loaded_state is not None and table.channels != self._loaded_state["channels"]:
             table = table.with_channels(self._loaded_state["channels"])  # unknown ones raise
         self.table = table
+        self._setup_splits(np.arange(table.num_series), counts)
+        has = table.lengths > 0
+        ends, starts = table.offsets[1:][has] - 1, table.offsets[:-1][has]
+        self._check_task_leaves_series(table.num_series, table.times[ends] - table.times[starts])
+        self._warn_dropped_series(short_ids, loaded_series)
+        self._summary = DataSummary.from_table(table, counts)
+        log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def _enough_time_points(
+        self, lengths: np.ndarray, series_ids: Sequence[Any], counts: dict[str, Any]
+    ) -> tuple[np.ndarray, list[Any]]:
+        """Positions of the series with at least ``min_time_points`` time points and the ids
+        of the others (counted in ``counts``); no series left raises."""
+        keep = np.flatnonzero(lengths >= self.min_time_points)
+        short_ids = [series_ids[i] for i in np.flatnonzero(lengths < self.min_time_points)]
+        counts["series_dropped_too_few_time_points"] = len(short_ids)
+        counts["min_time_points"] = self.min_time_points
+        if len(keep) == 0:
+            raise DataValidationError(
+                f"{type(self).__name__}: no series with at least {self.min_time_points} time points"
+            )
+        return keep, short_ids
+
+    def _setup_splits(self, keep: np.ndarray, counts: dict[str, Any]) -> None:
+        """Split the series ``keep`` (positions in :attr:`_index`), set the classes and the
+        normalizers (restored, fitted on the training split or identity) and build each
+        split's dataset (:meth:`_split_dataset`)."""
+        index = self._index
         if self.splits is not None:
-            self.split_indices = self._explicit_split_indices(table)
+            parts = self._explicit_split_indices([index.series_ids[i] for i in keep])
         else:
-            self.split_indices = split_series(table.num_series, self.split_fractions, self.seed)
-        train = table.subset(self.split_indices["train"])
-        self._setup_classes(table)
+            parts = split_series(len(keep), self.split_fractions, self.seed)
+        self.split_indices = {name: keep[parts[name]] for name in SPLIT_NAMES}
+        self._setup_classes(index)
         if self._loaded_state is not None:
             self._normalizer = Normalizer.from_state_dict(self._loaded_state["normalizer"])
             sn = self._loaded_state.get("static_normalizer")
             self._static_normalizer = None if sn is None else Normalizer.from_state_dict(sn)
         elif self.normalize:
-            self._normalizer = Normalizer.fit(train.values, table.channels)
-            self._static_normalizer = (
-                Normalizer.fit(train.static, table.static_names) if table.num_static else None
+            self._normalizer, self._static_normalizer = self._fit_normalizers(
+                self.split_indices["train"]
             )
         else:
-            self._normalizer = Normalizer.identity(table.channels)
+            self._normalizer = Normalizer.identity(index.channels)
             self._static_normalizer = None
-        for k, name in enumerate(("train", "val", "test")):
-            part = table.subset(self.split_indices[name])
-            self.datasets[name] = self._split_dataset(part, k)
+        for k, name in enumerate(SPLIT_NAMES):
+            self.datasets[name] = self._split_dataset(self.split_indices[name], k)
             counts[f"{name}_series_excluded_by_task"] = self.datasets[name].num_excluded
-        self._check_task_leaves_series(table)
-        self._warn_dropped_series(short_ids, loaded_series)
-        self._summary = DataSummary.from_table(table, counts)
-        log.info("%s summary:\n%s", type(self).__name__, self._summary)
+
+    def _fit_normalizers(self, train: np.ndarray) -> tuple[Normalizer, Normalizer | None]:
+        """The channel and static normalizers of the training series ``train``."""
+        part = self.table.subset(train)
+        return Normalizer.fit(part.values, part.channels), (
+            Normalizer.fit(part.static, part.static_names) if part.num_static else None
+        )
 
     def set_task(self, **changes: Any) -> None:
         """Re-derive every split's context and target under the task with ``changes`` (e.g.
@@ -177,16 +201,16 @@ class IrregularDataModule(L.LightningDataModule):
         ``cutoff`` replaces a ``cutoff_fraction`` and vice versa."""
         self._ensure_setup()
         self.task = dataclasses.replace(self.task, **exclusive_cutoff(changes))  # validated
-        self._setup_classes(self.table)
+        self._setup_classes(self._index)
         for k, name in enumerate(SPLIT_NAMES):
-            part = self.table.subset(self.split_indices[name])
-            self.datasets[name] = self._split_dataset(part, k)
+            self.datasets[name] = self._split_dataset(self.split_indices[name], k)
 
-    def _split_dataset(self, part: SeriesTable, seed_offset: int) -> SeriesDataset:
-        """Split ``seed_offset`` (0 / 1 / 2: train / val / test) under the module's task, built
-        as every dataset of a table is (:func:`tsode.data.fitted.build_dataset`)."""
+    def _split_dataset(self, indices: np.ndarray, seed_offset: int) -> SeriesDataset:
+        """The series ``indices`` of split ``seed_offset`` (0 / 1 / 2: train / val / test)
+        under the module's task, built as every dataset of a table is
+        (:func:`tsode.data.fitted.build_dataset`)."""
         return build_dataset(
-            part, self.task, None, None, self._normalizer,
+            self.table.subset(indices), self.task, None, None, self._normalizer,
             self._static_normalizer, seed_offset=seed_offset, keep_unusable=False,
             vary_cutoff=seed_offset == 0,
         )
@@ -204,7 +228,8 @@ class IrregularDataModule(L.LightningDataModule):
             self._num_classes = int(self._loaded_state["num_classes"])
         else:
             self._num_classes = num_classes_of(labels[self.split_indices["train"]])
-        beyond = np.flatnonzero(labels >= self._num_classes)
+        kept = np.sort(np.concatenate([self.split_indices[n] for n in SPLIT_NAMES]))
+        beyond = kept[labels[kept] >= self._num_classes]
         if len(beyond):
             shown = ", ".join(f"{show(table.series_ids[i])} ({labels[i]})" for i in beyond[:10])
             raise DataValidationError(
@@ -238,27 +263,9 @@ class IrregularDataModule(L.LightningDataModule):
             dataset = self.datasets.get(name)
             if dataset is None or not dataset.num_excluded:
                 continue
-            a = dataset.assignment
-            offsets = dataset.table.offsets
-            csum = np.concatenate([[0], np.cumsum(a.context_entries.any(1), dtype=np.int64)])
-            has_context = (csum[offsets[1:]] - csum[offsets[:-1]]) > 0
-            excluded = ~a.usable
             part = dropped.setdefault(name, {})
-            if self.task.kind == "classification":
-                labels = dataset.table.labels
-                unknown = np.ones(len(excluded), bool) if labels is None else np.isnan(labels)
-                reasons = (
-                    ("no_context", excluded & ~has_context),
-                    ("no_label", excluded & has_context & unknown),
-                )
-            else:
-                reasons = (
-                    ("no_context", excluded & ~has_context),
-                    ("no_target", excluded & has_context & (a.target_lengths == 0)),
-                )
-            for reason, flags in reasons:
-                if flags.sum():
-                    part[reason] = part.get(reason, 0) + int(flags.sum())
+            for reason, n in dataset.excluded_reasons().items():
+                part[reason] = part.get(reason, 0) + n
         self._dropped = dropped
         if not dropped:
             return
@@ -285,14 +292,18 @@ class IrregularDataModule(L.LightningDataModule):
         log.warning(message)
         warnings.warn(message, UserWarning, stacklevel=3)
 
-    def _restrict_to_splits(self, table: SeriesTable, counts: dict[str, Any]) -> SeriesTable:
-        """Check ``splits`` against ``table`` and keep only the listed series (table order).
+    def _listed_series(
+        self, series_ids: Sequence[Any], source: str, counts: dict[str, Any]
+    ) -> np.ndarray:
+        """Check ``splits`` against the table's ``series_ids``; the positions of the listed
+        series (sorted: table order).
 
         Raises:
             DataValidationError: ids not in the table, or listed in two splits (or twice).
         """
         where = f"{type(self).__name__}(splits=...)"
-        position = {sid: k for k, sid in enumerate(table.series_ids)}
+        num_series = len(series_ids)
+        position = {sid: k for k, sid in enumerate(series_ids)}
         seen: dict[Any, str] = {}
         repeated: list[str] = []
         unknown: list[Any] = []
@@ -308,7 +319,7 @@ class IrregularDataModule(L.LightningDataModule):
             shown = ", ".join(show(s) for s in unknown[:20])
             more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
             raise DataValidationError(
-                f"{where}: {len(unknown)} series id(s) not in the table ({table.source}): "
+                f"{where}: {len(unknown)} series id(s) not in the table ({source}): "
                 f"{shown}{more}"
             )
         if repeated:
@@ -317,7 +328,7 @@ class IrregularDataModule(L.LightningDataModule):
                 f"{where}: {len(repeated)} series id(s) listed in two splits (or twice): "
                 f"{', '.join(repeated[:20])}{more}"
             )
-        left_out = table.num_series - len(seen)
+        left_out = num_series - len(seen)
         counts["series_left_out_by_splits"] = left_out
         for name in SPLIT_NAMES:
             counts[f"{name}_series_listed"] = len(self.splits[name])
@@ -325,15 +336,15 @@ class IrregularDataModule(L.LightningDataModule):
             log.info(
                 "%s: explicit splits list %d of the table's %d series (train %d, val %d, "
                 "test %d); %d series not listed are left out",
-                type(self).__name__, len(seen), table.num_series,
+                type(self).__name__, len(seen), num_series,
                 *(len(self.splits[n]) for n in SPLIT_NAMES), left_out,
             )
-        keep = np.sort(np.fromiter((position[sid] for sid in seen), dtype=np.int64))
-        return table if len(keep) == table.num_series else table.subset(keep)
+        return np.sort(np.fromiter((position[sid] for sid in seen), dtype=np.int64))
 
-    def _explicit_split_indices(self, table: SeriesTable) -> dict[str, np.ndarray]:
-        """Table indices of each split's ids (sorted; ids dropped as too short are skipped)."""
-        position = {sid: k for k, sid in enumerate(table.series_ids)}
+    def _explicit_split_indices(self, series_ids: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Positions in ``series_ids`` of each split's ids (sorted; ids dropped as too short
+        are skipped)."""
+        position = {sid: k for k, sid in enumerate(series_ids)}
         return {
             name: np.sort(
                 np.asarray([position[s] for s in self.splits[name] if s in position], dtype=np.int64)
@@ -341,24 +352,23 @@ class IrregularDataModule(L.LightningDataModule):
             for name in SPLIT_NAMES
         }
 
-    def _check_task_leaves_series(self, table: SeriesTable) -> None:
+    def _check_task_leaves_series(self, num_series: int, spans: np.ndarray) -> None:
         """Raise when the task leaves no usable series at all (e.g. a cutoff after every
-        series ends); warn when it empties the training split alone."""
+        series ends); warn when it empties the training split alone. ``spans``: hours from
+        first to last time of the non-empty series of the ``num_series``."""
         if self.task.kind == "none":
             return
         usable = {name: len(ds) for name, ds in self.datasets.items()}
-        has = table.lengths > 0
-        starts, ends = table.offsets[:-1][has], table.offsets[1:][has] - 1
-        spans = table.times[ends] - table.times[starts] if has.any() else np.zeros(1)
+        spans = spans if len(spans) else np.zeros(1)
         if sum(usable.values()) == 0 and self.task.kind == "classification":
             raise DataValidationError(
                 f"{type(self).__name__}: task {self.task.describe()} leaves no series with both "
-                f"an observation in the context and a known label ({table.num_series} series)"
+                f"an observation in the context and a known label ({num_series} series)"
             )
         if sum(usable.values()) == 0:
             raise DataValidationError(
                 f"{type(self).__name__}: task {self.task.describe()} leaves no series with both "
-                f"context and target ({table.num_series} series, time spans "
+                f"context and target ({num_series} series, time spans "
                 f"{float(spans.min()):.4g}-{float(spans.max()):.4g} h since each series' origin, "
                 f"median {float(np.median(spans)):.4g} h); check cutoff / horizon and time_unit"
             )
@@ -369,14 +379,21 @@ class IrregularDataModule(L.LightningDataModule):
             )
 
     def _ensure_setup(self) -> None:
-        if self.table is None:
+        if self._index is None:
             self.setup()
+
+    @property
+    def _index(self) -> Any:
+        """What the module's series are known by once set up (None before): the table here;
+        a subclass may hold another index of them (a series cache) with the same
+        ``channels``, ``static_names``, ``time_axis``, ``series_ids`` and ``labels``."""
+        return self.table
 
     # ------------------------------------------------------------------ properties
     @property
     def channels(self) -> list[str]:
         self._ensure_setup()
-        return list(self.table.channels)
+        return list(self._index.channels)
 
     @property
     def num_channels(self) -> int:
@@ -394,7 +411,7 @@ class IrregularDataModule(L.LightningDataModule):
     @property
     def static_names(self) -> list[str]:
         self._ensure_setup()
-        return list(self.table.static_names)
+        return list(self._index.static_names)
 
     @property
     def num_static(self) -> int:
@@ -422,7 +439,7 @@ class IrregularDataModule(L.LightningDataModule):
     @property
     def time_axis(self) -> TimeAxis:
         self._ensure_setup()
-        return self.table.time_axis
+        return self._index.time_axis
 
     @property
     def summary(self) -> DataSummary:
@@ -516,7 +533,7 @@ class IrregularDataModule(L.LightningDataModule):
             "static_normalizer": (
                 None if self._static_normalizer is None else self._static_normalizer.state_dict()
             ),
-            "time_axis": self.table.time_axis.state_dict(),
+            "time_axis": self.time_axis.state_dict(),
             "task": self.task.state_dict(),
             "num_classes": self.num_classes,
         }
@@ -524,6 +541,10 @@ class IrregularDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore fitted normalizers (used instead of refitting at the next ``setup``)."""
         self._loaded_state = dict(state_dict)
-        self.table = None  # rebuilt lazily with the restored normalizers
+        self._reset()  # rebuilt lazily with the restored normalizers
+
+    def _reset(self) -> None:
+        """Forget the set-up state (the next ``setup`` builds it again)."""
+        self.table = None
         self.datasets = {}
 

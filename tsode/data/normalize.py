@@ -193,22 +193,22 @@ def series_moments(
 
     Returns three (S, C) float64 arrays; mean and M2 are 0 where the count is 0.
     """
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     num_s, num_c = len(offsets) - 1, values.shape[1]
+    # over the observed entries only (a long table observes few channels per row), keyed by
+    # (series, channel); bincount adds in row order, as a per-channel pass over the rows does
+    rows, chans = np.nonzero(~np.isnan(values))
+    seen = values[rows, chans].astype(np.float64)
     row_series = np.repeat(np.arange(num_s), np.diff(offsets))
-    count = np.zeros((num_s, num_c))
-    mean = np.zeros((num_s, num_c))
-    m2 = np.zeros((num_s, num_c))
-    for c in range(num_c):
-        col = values[:, c]
-        seen = ~np.isnan(col)
-        filled = np.where(seen, col, 0.0)
-        count[:, c] = np.bincount(row_series, weights=seen, minlength=num_s)
-        total = np.bincount(row_series, weights=filled, minlength=num_s)
-        mean[:, c] = np.divide(total, count[:, c], out=np.zeros(num_s), where=count[:, c] > 0)
-        dev = np.where(seen, col - mean[row_series, c], 0.0)
-        m2[:, c] = np.bincount(row_series, weights=dev * dev, minlength=num_s)
-    return count, mean, m2
+    key = row_series[rows] * num_c + chans
+    size = num_s * num_c
+    count = np.bincount(key, minlength=size).astype(np.float64)
+    total = np.bincount(key, weights=seen, minlength=size)
+    mean = np.divide(total, count, out=np.zeros(size), where=count > 0)
+    dev = seen - mean[key]
+    m2 = np.bincount(key, weights=dev * dev, minlength=size)
+    shape = (num_s, num_c)
+    return count.reshape(shape), mean.reshape(shape), m2.reshape(shape)
 
 
 def merge_moments(

@@ -356,9 +356,43 @@ def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def _sort_order(series: np.ndarray, times: np.ndarray, channels: np.ndarray, s: int, c: int):
-    """Order sorting entries by (series, time, channel); one int64 key sort when it fits."""
-    uniq, time_rank = np.unique(times, return_inverse=True)
-    if float(max(s, 1)) * max(len(uniq), 1) * max(c, 1) < 2**62:
-        key = (series * len(uniq) + time_rank.reshape(-1)) * c + channels
-        return np.argsort(key, kind="stable")
-    return np.lexsort((channels, times, series))
+    """Order sorting entries by (series, time, channel), stable (equal entries keep their
+    order); one int64 key sort when it fits.
+
+    Entries already in (series, time) order (a table sorted by series and time, the channels
+    of a time point in any order) need no sort of the times: the key is the time point's
+    number, and the key sort meets sorted runs.
+    """
+    m = len(series)
+    if m > 1:
+        ds, dt = np.diff(series), np.diff(times)
+        if np.all((ds > 0) | ((ds == 0) & (dt >= 0))):  # (series, time) already in order
+            new_point = np.empty(m, dtype=bool)
+            new_point[0] = True
+            new_point[1:] = (ds != 0) | (dt != 0)
+            if np.all(new_point[1:] | (np.diff(channels) >= 0)):
+                return np.arange(m, dtype=np.int64)  # fully sorted
+            point = np.cumsum(new_point, dtype=np.int64) - 1
+            return np.argsort(point * max(c, 1) + channels, kind="stable")
+    perm = np.argsort(times)
+    ordered = times[perm]
+    first = np.empty(m, dtype=bool)
+    first[:1] = True
+    first[1:] = ordered[1:] != ordered[:-1]
+    num_times = int(first.sum())
+    if float(max(s, 1)) * max(num_times, 1) * max(c, 1) >= 2**62:
+        return np.lexsort((channels, times, series))
+    time_rank = np.empty(m, dtype=np.int64)
+    time_rank[perm] = np.cumsum(first) - 1
+    key = (series * num_times + time_rank) * c + channels
+    order = np.argsort(key)  # not stable: equal keys (duplicate entries) are put back below
+    tied = np.zeros(m, dtype=bool)
+    if m > 1:
+        same = key[order[1:]] == key[order[:-1]]
+        tied[1:] |= same
+        tied[:-1] |= same
+    if tied.any():  # runs of equal keys: their entries in input order (a stable sort)
+        where = np.flatnonzero(tied)
+        members = order[where]
+        order[where] = members[np.lexsort((members, key[members]))]
+    return order

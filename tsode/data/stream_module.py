@@ -1,11 +1,15 @@
 """``StreamingTableDataModule``: a table larger than memory, read series by series from the
 memory-mapped cache of :mod:`tsode.data.streaming`.
 
-The module gives the batches :class:`~tsode.data.table_module.TableDataModule` gives for the
-same table and settings (same split, normalizer up to float rounding, bucketing, seeded
-per-epoch permutation and DDP rank split), but holds only the index in memory: a batch reads
-its own series' rows from the cache and is collated by :class:`~tsode.data.collate.SeriesDataset`
-itself, on a table of just those series.
+The module is a :class:`~tsode.data.table_module.TableDataModule` (same arguments, same
+``setup`` stages of :class:`~tsode.data.module.IrregularDataModule`: split, classes,
+normalizers, datasets, checks and warnings) whose series are known by a
+:class:`~tsode.data.streaming.SeriesCache` instead of an in-memory table. It gives the batches
+``TableDataModule`` gives for the same table and settings (same split, normalizer up to float
+rounding, task, bucketing, seeded per-epoch permutation and DDP rank split), but holds only the
+index in memory: a batch reads its own series' rows from the cache and is collated by
+:class:`~tsode.data.collate.SeriesDataset` itself, on a table of just those series, with the
+seeded draws of the whole split (interpolation hold-out, training cutoffs).
 """
 
 from __future__ import annotations
@@ -16,38 +20,40 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tsode.data.atomic import atomic_path
 from tsode.data.batch import IrregularBatch
 from tsode.data.collate import SeriesDataset
-from tsode.data.config import DEFAULT_LOADER, LoaderConfig, resolve_data_groups
+from tsode.data.fitted import build_dataset
 from tsode.data.normalize import Normalizer
-from tsode.data.sampler import LengthBucketSampler
-from tsode.data.series import DataValidationError
-from tsode.data.splits import SPLIT_NAMES, split_series
+from tsode.data.series import SeriesTable
 from tsode.data.streaming import CacheReport, SeriesCache, build_cache
-from tsode.data.tables import TableSpec
+from tsode.data.summary import DataSummary
+from tsode.data.table_module import TableDataModule
 from tsode.data.tasks import TaskConfig
-from tsode.data.timeaxis import TimeAxis
 
-#: task kinds whose context / target of a series depend on that series alone
-STREAMABLE_TASKS = ("forecast", "extrapolation", "none")
+#: what a lengths file holds (part of its key): bump when that changes
+LENGTHS_LAYOUT = 2
+#: the reasons :meth:`SeriesDataset.excluded_reasons` counts, in the lengths file's order
+REASONS = ("no_context", "no_target", "no_label")
 
 
 class StreamingSeriesDataset(Dataset):
     """The usable series of one split under one task, read from a :class:`SeriesCache`.
 
-    Items are dataset positions (as in :class:`SeriesDataset`); :meth:`collate` reads the
-    batch's series (only theirs) and collates them with :meth:`SeriesDataset.collate`.
+    Items are dataset positions (or ``(position, epoch)`` pairs, as for
+    :class:`SeriesDataset`); :meth:`collate` reads the batch's series (only theirs) and
+    collates them with :meth:`SeriesDataset.collate`, passing each series' position and first
+    row in the split so the seeded draws are those of the whole split.
 
     Args:
         cache: the series cache.
         series: (S_split,) cache indices of the split, in split order.
-        task / normalizer / static_normalizer / seed_offset: as for :class:`SeriesDataset`.
-        chunk_series: series read at a time while measuring the context / target lengths.
+        task / normalizer / static_normalizer / seed_offset / vary_cutoff: as for
+            :class:`SeriesDataset`.
+        chunk_series: series read at a time by the passes over the split (lengths).
     """
 
     def __init__(
@@ -58,164 +64,167 @@ class StreamingSeriesDataset(Dataset):
         normalizer: Normalizer,
         static_normalizer: Normalizer | None,
         seed_offset: int = 0,
+        vary_cutoff: bool = False,
         chunk_series: int = 2048,
     ):
-        if task.kind not in STREAMABLE_TASKS:
-            raise NotImplementedError(
-                f"StreamingTableDataModule: task kind {task.kind!r} is not streamed yet "
-                f"(supported: {list(STREAMABLE_TASKS)}); use TableDataModule"
-            )
         self.cache = cache
         self.task = task
         self.normalizer = normalizer
         self.static_normalizer = static_normalizer
         self.seed_offset = seed_offset
-        series = np.asarray(series, dtype=np.int64)
-        store = cache.path / f"lengths-{self._key(series)}.npz"
+        self.chunk_series = chunk_series
+        self.split = np.asarray(series, dtype=np.int64)
+        lengths = cache.lengths[self.split]
+        #: (S_split,) first row of each split series in the split's table (seeded hold-out)
+        self.row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.varies_by_epoch = bool(vary_cutoff and task.train_cutoff_range is not None)
+        store = cache.path / f"lengths-{self._key()}.npz"
         if store.exists():  # measured at an earlier start: no pass over the rows
             with np.load(store) as saved:
-                usable, lengths = saved["usable"], saved["lengths"]
+                usable, part_lengths, reasons = saved["usable"], saved["lengths"], saved["reasons"]
         else:
-            usable = np.zeros(len(series), dtype=bool)
-            lengths = np.zeros((len(series), 2), dtype=np.int64)
-            # one pass over the split, a chunk of series at a time (bounded memory): which
-            # series the task can use, and their context / target lengths for bucketing
-            # bucket by bucket, so that one bucket is mapped at a time
-            buckets = cache.bucket[series]
-            for b in np.unique(buckets):
-                members = np.flatnonzero(buckets == b)
-                for lo in range(0, len(members), chunk_series):
-                    pos = members[lo: lo + chunk_series]
-                    part = self._dataset(series[pos], keep_unusable=False)
-                    usable[pos[part.indices]] = True
-                    lengths[pos[part.indices]] = part.part_lengths
-                cache.release()
+            usable = np.zeros(len(self.split), dtype=bool)
+            part_lengths = np.zeros((len(self.split), 2), dtype=np.int64)
+            reasons = np.zeros(len(REASONS), dtype=np.int64)
+            for pos, part in self._chunks(np.arange(len(self.split))):
+                usable[pos[part.indices]] = True
+                part_lengths[pos[part.indices]] = part.part_lengths
+                for reason, n in part.excluded_reasons().items():
+                    reasons[REASONS.index(reason)] += n
             with atomic_path(store) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, usable=usable, lengths=lengths)
-        self.series = series[usable]
-        self.part_lengths = lengths[usable]
+                np.savez(handle, usable=usable, lengths=part_lengths, reasons=reasons)
+        #: (S,) positions in the split of the usable series; their cache indices
+        self.positions = np.flatnonzero(usable)
+        self.series = self.split[usable]
+        self.part_lengths = part_lengths[usable]
         self.num_excluded = int((~usable).sum())
-        self.varies_by_epoch = False
+        self._reasons = {r: int(n) for r, n in zip(REASONS, reasons) if n}
+        self._epoch_lengths: tuple[int, np.ndarray] | None = None
 
-    def _key(self, series: np.ndarray) -> str:
+    def _key(self) -> str:
         """Digest of what the lengths depend on: the split's series, the task, the seed offset
         and the normalizers (whose overflow check the pass also makes)."""
         state = {
+            "layout": LENGTHS_LAYOUT,
             "task": self.task.state_dict(), "seed_offset": self.seed_offset,
             "normalizer": self.normalizer.state_dict(),
             "static": None if self.static_normalizer is None
             else self.static_normalizer.state_dict(),
         }
         digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode())
-        digest.update(np.ascontiguousarray(series, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.split, dtype=np.int64).tobytes())
         return digest.hexdigest()[:24]
 
-    def _dataset(self, series: np.ndarray, keep_unusable: bool) -> SeriesDataset:
-        return SeriesDataset(
-            self.cache.read(series), self.task, self.normalizer, self.static_normalizer,
-            seed_offset=self.seed_offset, keep_unusable=keep_unusable,
+    def _chunks(self, positions: np.ndarray):
+        """``(positions, dataset)`` of ``positions`` (split positions), ``chunk_series`` at a
+        time and bucket by bucket, so that one bucket is mapped at a time (bounded memory)."""
+        buckets = self.cache.bucket[self.split[positions]]
+        for b in np.unique(buckets):
+            members = positions[buckets == b]
+            for lo in range(0, len(members), self.chunk_series):
+                pos = members[lo: lo + self.chunk_series]
+                yield pos, self._dataset(pos)
+            self.cache.release()
+
+    def _dataset(self, positions: np.ndarray) -> SeriesDataset:
+        """The split's series at ``positions``, read from the cache, under the task."""
+        table: SeriesTable = self.cache.read(self.split[positions])
+        return build_dataset(
+            table, self.task, None, None, self.normalizer, self.static_normalizer,
+            seed_offset=self.seed_offset, keep_unusable=False, vary_cutoff=self.varies_by_epoch,
+            positions=positions, row_start=self.row_start[positions],
         )
 
     def __len__(self) -> int:
         return len(self.series)
 
-    def __getitem__(self, index: int) -> int:
+    def __getitem__(self, index: int | tuple[int, int]) -> int | tuple[int, int]:
         return index
 
     @property
     def series_ids(self) -> list[Any]:
         return [self.cache.series_ids[i] for i in self.series]
 
-    def collate(self, items: Sequence[int]) -> IrregularBatch:
+    def excluded_reasons(self) -> dict[str, int]:
+        """As :meth:`SeriesDataset.excluded_reasons` (counted by the lengths pass)."""
+        return dict(self._reasons)
+
+    def part_lengths_at(self, epoch: int | None) -> np.ndarray:
+        """(len, 2) context and target time points per series in ``epoch`` (as
+        :meth:`SeriesDataset.part_lengths_at`). With varying training cutoffs this is a pass
+        over the split's rows (chunked, as the lengths pass), once per epoch."""
+        if epoch is None or not self.varies_by_epoch:
+            return self.part_lengths
+        if self._epoch_lengths is not None and self._epoch_lengths[0] == epoch:
+            return self._epoch_lengths[1]
+        out = np.zeros((len(self.series), 2), dtype=np.int64)
+        for pos, part in self._chunks(self.positions):
+            if len(part) != len(pos):  # the same task on the same rows: cannot change
+                raise RuntimeError("StreamingSeriesDataset: a usable series became unusable")
+            out[np.searchsorted(self.positions, pos)] = part.part_lengths_at(epoch)
+        self._epoch_lengths = (epoch, out)
+        return out
+
+    def collate(self, items: Sequence[int] | Sequence[tuple[int, int]]) -> IrregularBatch:
         """One padded batch of dataset positions ``items`` (reads only those series)."""
-        sel = np.asarray(items, dtype=np.int64)
-        part = self._dataset(self.series[sel], keep_unusable=False)
+        paired = len(items) and isinstance(items[0], tuple | list)
+        sel = np.asarray([i for i, _ in items] if paired else items, dtype=np.int64)
+        part = self._dataset(self.positions[sel])
         if len(part) != len(sel):  # the same task on the same rows: cannot change
             raise RuntimeError("StreamingSeriesDataset: a usable series became unusable")
-        return part.collate(np.arange(len(sel)))
+        local = range(len(sel))
+        return part.collate([(j, e) for j, (_, e) in zip(local, items)] if paired else list(local))
 
 
-class StreamingTableDataModule(L.LightningDataModule):
+class StreamingTableDataModule(TableDataModule):
     """A long or wide table (Parquet dataset / CSV) streamed through a series cache.
 
     Args:
         data: Parquet / CSV file(s), a directory (partitioned dataset) or a glob.
         cache_dir: where series caches are kept (one per source fingerprint).
-        format, id_col, time_col, channel_col, value_col, value_cols, static_cols, label_col,
-            time_unit, time_origin, duplicates, max_span_hours, encoding, channels: as for
-            :class:`~tsode.data.table_module.TableDataModule` (numeric times only for now).
         num_buckets: cache buckets (default from the row count, see
             :func:`tsode.data.streaming.default_num_buckets`).
         batch_rows: rows per record batch of the index pass.
-        task, loader, split_fractions, min_time_points, normalize, seed: as for
-            :class:`~tsode.data.module.IrregularDataModule` (``splits`` / ``split_col``, the
-            interpolation and classification tasks and ``train_cutoff_range`` are not
-            streamed yet).
+        table: every argument of :class:`~tsode.data.table_module.TableDataModule` (columns,
+            policies, ``channels``, ``split_col``) and of
+            :class:`~tsode.data.module.IrregularDataModule` (``task``, ``loader``,
+            ``split_fractions``, ``splits``, ``min_time_points``, ``normalize``, ``seed``).
     """
-
-    default_loader = DEFAULT_LOADER
 
     def __init__(
         self,
         data: Any,
         cache_dir: str | os.PathLike = ".tsode-cache",
-        format: str = "auto",
-        id_col: str = "series_id",
-        time_col: str = "time",
-        channel_col: str = "channel",
-        value_col: str = "value",
-        value_cols: list[str] | None = None,
-        static_cols: list[str] | None = None,
-        label_col: str | None = None,
-        time_unit: str = "h",
-        time_origin: str = "series_start",
-        duplicates: str = "mean",
-        max_span_hours: float | None = 24.0 * 365 * 100,
-        encoding: str | None = None,
-        channels: list[str] | None = None,
         num_buckets: int | None = None,
         batch_rows: int = 262_144,
-        task: TaskConfig | str | None = None,
-        loader: LoaderConfig | None = None,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        min_time_points: int = 2,
-        normalize: bool = True,
-        seed: int = 0,
+        **table: Any,
     ):
-        super().__init__()
-        self.task, self.loader = resolve_data_groups(
-            task, loader, {}, owner=type(self).__name__, default_kind="forecast",
-            default_cutoff=None, default_loader=DEFAULT_LOADER, seed=seed,
-        )
-        if self.task.train_cutoff_range is not None:
-            raise NotImplementedError(
-                "StreamingTableDataModule: task.train_cutoff_range is not streamed yet"
-            )
-        self.data = data
+        super().__init__(data, **table)
         self.cache_dir = cache_dir
-        self.spec = TableSpec(
-            format=format, id_col=id_col, time_col=time_col, channel_col=channel_col,
-            value_col=value_col, value_cols=value_cols, static_cols=static_cols or [],
-            label_col=label_col, time_unit=time_unit, time_origin=time_origin,
-            duplicates=duplicates, max_span_hours=max_span_hours, encoding=encoding,
-        )
-        self.fixed_channels = channels
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
-        self.split_fractions = tuple(split_fractions)
-        self.min_time_points = min_time_points
-        self.normalize = normalize
-        self.seed = seed
         self.cache: SeriesCache | None = None
         self.cache_report: CacheReport | None = None
-        self.split_indices: dict[str, np.ndarray] = {}
-        self.datasets: dict[str, StreamingSeriesDataset] = {}
-        self._normalizer: Normalizer | None = None
-        self._static_normalizer: Normalizer | None = None
+
+    @property
+    def _index(self) -> SeriesCache | None:
+        return self.cache
+
+    def _reset(self) -> None:
+        self.cache = None
+        self.datasets = {}
+
+    def load_table(self) -> SeriesTable:
+        raise TypeError(
+            f"{type(self).__name__} does not load the table into memory; its series are read "
+            f"from the cache (see .cache)"
+        )
 
     def _build_cache(self) -> tuple[SeriesCache, CacheReport]:
+        loaded = self._loaded_state
+        channels = loaded["channels"] if loaded is not None else self.fixed_channels
         return build_cache(
-            self.data, self.spec, self.cache_dir, channels=self.fixed_channels,
+            self.data, self.spec, self.cache_dir, channels=channels,
             num_buckets=self.num_buckets, batch_rows=self.batch_rows,
         )
 
@@ -228,114 +237,44 @@ class StreamingTableDataModule(L.LightningDataModule):
         if self.cache is not None:
             return
         cache, self.cache_report = self._build_cache()
-        keep = np.flatnonzero(cache.lengths >= self.min_time_points)
-        if len(keep) == 0:
-            raise DataValidationError(
-                f"{type(self).__name__}: no series with at least {self.min_time_points} time points"
-            )
-        split = split_series(len(keep), self.split_fractions, self.seed)
-        self.split_indices = {name: keep[split[name]] for name in SPLIT_NAMES}
-        train = self.split_indices["train"]
-        if self.normalize:
-            self._normalizer = cache.normalizer(train)
-            self._static_normalizer = (
-                Normalizer.fit(cache.static[train], cache.static_names)
-                if cache.static is not None else None
-            )
-        else:
-            self._normalizer = Normalizer.identity(cache.channels)
-            self._static_normalizer = None
-        for k, name in enumerate(SPLIT_NAMES):
-            self.datasets[name] = StreamingSeriesDataset(
-                cache, self.split_indices[name], self.task, self._normalizer,
-                self._static_normalizer, seed_offset=k,
-            )
+        counts = dict(cache.meta["info"])
+        if self.spec.split_col is not None:
+            self.splits = cache.column_splits()
         self.cache = cache
-
-    def _ensure_setup(self) -> None:
-        if self.cache is None:
-            self.setup()
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def channels(self) -> list[str]:
-        self._ensure_setup()
-        return list(self.cache.channels)
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channels)
-
-    @property
-    def static_names(self) -> list[str]:
-        self._ensure_setup()
-        return list(self.cache.static_names)
-
-    @property
-    def num_static(self) -> int:
-        return len(self.static_names)
-
-    @property
-    def num_classes(self) -> int:
-        return 0
-
-    @property
-    def normalizer(self) -> Normalizer:
-        """Per-channel normalizer of the training split (from the cache's moments)."""
-        self._ensure_setup()
-        return self._normalizer
-
-    @property
-    def static_normalizer(self) -> Normalizer | None:
-        self._ensure_setup()
-        return self._static_normalizer
-
-    @property
-    def time_axis(self) -> TimeAxis:
-        self._ensure_setup()
-        return self.cache.time_axis
-
-    @property
-    def eval_batch_size(self) -> int:
-        return self.loader.eval_batch_size or self.loader.batch_size
-
-    # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: StreamingSeriesDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # the sampler of IrregularDataModule._loader: seeded by seed + epoch; under DDP each
-        # rank takes its share of one seeded permutation, so it reads only its own series
-        sampler = LengthBucketSampler(
-            dataset.part_lengths, batch_size, shuffle=shuffle, seed=self.seed,
-            bucket=self.loader.bucketing,
+        try:
+            listed = np.arange(cache.num_series)
+            ids: Sequence[Any] = cache.series_ids
+            if self.splits is not None:
+                listed = self._listed_series(cache.series_ids, cache.source, counts)
+                ids = [cache.series_ids[i] for i in listed]
+            keep, short_ids = self._enough_time_points(cache.lengths[listed], ids, counts)
+            keep = listed[keep]
+            self._setup_splits(keep, counts)
+        except BaseException:
+            self._reset()
+            raise
+        spans = (cache.last_time - cache.first_time)[keep]
+        spans = spans[~np.isnan(spans)]
+        self._check_task_leaves_series(len(keep), spans)
+        self._warn_dropped_series(short_ids, len(listed))
+        self._summary = DataSummary.from_counts(
+            cache.channels, cache.lengths[keep], spans, self._channel_counts(keep), counts
         )
-        return DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=dataset.collate,
-            num_workers=self.loader.num_workers,
+        self._warn_unobserved_channels()
+
+    def _fit_normalizers(self, train: np.ndarray) -> tuple[Normalizer, Normalizer | None]:
+        """From the cache's per-series moments (no pass over the rows)."""
+        cache = self.cache
+        return cache.normalizer(train), (
+            Normalizer.fit(cache.static[train], cache.static_names)
+            if cache.static is not None else None
         )
 
-    def train_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.datasets["train"], self.loader.batch_size, shuffle=True)
+    def _channel_counts(self, indices: np.ndarray) -> np.ndarray:
+        return self.cache.channel_counts(indices)
 
-    def val_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.datasets["val"], self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self._ensure_setup()
-        return self._loader(self.datasets["test"], self.eval_batch_size, shuffle=False)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Fitted state that travels with a model (as ``TableDataModule.state_dict``)."""
-        self._ensure_setup()
-        return {
-            "channels": self.channels,
-            "static_names": self.static_names,
-            "normalizer": self._normalizer.state_dict(),
-            "static_normalizer": (
-                None if self._static_normalizer is None else self._static_normalizer.state_dict()
-            ),
-            "time_axis": self.time_axis.state_dict(),
-            "task": self.task.state_dict(),
-            "num_classes": 0,
-            "table_spec": self.spec.state_dict(),
-        }
+    def _split_dataset(self, indices: np.ndarray, seed_offset: int) -> StreamingSeriesDataset:
+        return StreamingSeriesDataset(
+            self.cache, indices, self.task, self._normalizer, self._static_normalizer,
+            seed_offset=seed_offset, vary_cutoff=seed_offset == 0,
+        )

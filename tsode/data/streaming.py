@@ -33,6 +33,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 
 from tsode.data.atomic import atomic_directory
 from tsode.data.normalize import Normalizer, merge_moments, series_moments
-from tsode.data.series import DataValidationError, SeriesTable, concat_ranges, show
+from tsode.data.series import DataValidationError, SeriesTable, show
+from tsode.data.splits import SPLIT_NAMES
 from tsode.data.tables import (
     TableSpec,
     _channel_names,
@@ -53,6 +54,9 @@ from tsode.data.tables import (
     _numeric_column,
     _parse_time_column,
     _require_columns,
+    _require_present,
+    split_values,
+    splits_from_column,
     table_from_frame,
 )
 from tsode.data.timeaxis import TimeAxis, unit_to_hours
@@ -60,9 +64,12 @@ from tsode.data.timeaxis import TimeAxis, unit_to_hours
 log = logging.getLogger("tsode.data")
 
 #: bump when the cache layout changes (part of the fingerprint)
-CACHE_VERSION = 2
-#: source rows per bucket aimed at by :func:`default_num_buckets` (pass 2 holds one bucket)
+CACHE_VERSION = 3
+#: source rows in the buckets that pass 2 holds at one time (split among its ``workers``)
 ROWS_PER_BUCKET = 2_000_000
+#: buckets pass 2 builds at the same time by default (threads; 2 did not build faster on
+#: the shared 2-core development machine, docs/scale.md)
+INDEX_WORKERS = 1
 
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
@@ -101,6 +108,20 @@ def source_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return files
 
 
+def is_file_collection(source: Any) -> bool:
+    """Whether ``source`` names several table files: a directory, a glob pattern (``*``,
+    ``?`` or ``[``, not an existing file) or a list / tuple of paths (what the streaming
+    source reads and ``read_table`` does not)."""
+    if isinstance(source, list | tuple):
+        return len(source) > 0 and all(isinstance(s, str | os.PathLike) for s in source)
+    if not isinstance(source, str | os.PathLike):
+        return False
+    path = Path(source)
+    if path.is_dir():
+        return True
+    return not path.exists() and any(ch in str(source) for ch in "*?[")
+
+
 def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(_PARQUET):
@@ -135,27 +156,6 @@ def count_rows(files: Sequence[Path]) -> int:
 def default_num_buckets(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
     """Buckets so that one holds about ``rows_per_bucket`` source rows (at least 1)."""
     return max(1, math.ceil(rows / max(1, rows_per_bucket)))
-
-
-class _RowLocator(_Locator):
-    """A :class:`~tsode.data.tables._Locator` for one record batch of a file: rows count from
-    the start of the file (CSV: plus the line number, header on line 1)."""
-
-    def __init__(self, source: str, frame: pd.DataFrame, id_col: str, first_row: int, csv: bool):
-        super().__init__(source, frame, id_col)
-        self.first_row = first_row
-        self.csv = csv
-
-    def __call__(self, pos: int, column: str | None = None) -> str:
-        row = self.first_row + pos
-        where = f"{self.source}, row {row}"
-        if self.csv:
-            where += f" (line {row + 2})"
-        if self.id_col in self.frame.columns:
-            where += f", series {show(self.frame[self.id_col].iloc[pos])}"
-        if column is not None:
-            where += f", column {column!r}"
-        return where
 
 
 def _batches(path: Path, columns: list[str], batch_rows: int, spec: TableSpec):
@@ -204,27 +204,70 @@ def _columns(schema_names: list[str], spec: TableSpec, fmt: str, source: str) ->
         _require_columns(frame, values, source, "value")
         if not values:
             raise DataValidationError(f"{source}: wide table has no value columns")
+    if spec.split_col is not None:
+        _require_columns(frame, [spec.split_col], source, "split")
+        extra.append(spec.split_col)
     return [spec.id_col, spec.time_col, *values, *spec.static_cols, *extra]
 
 
-def _check_batch(frame: pd.DataFrame, loc: _RowLocator, spec: TableSpec, fmt: str,
-                 value_cols: list[str]) -> set[str]:
+class _TimeKinds:
+    """The kind of the time column over the batches of pass 1 (numeric, datetime or
+    timedelta: one for the whole table, as in memory) and, for datetimes, the earliest time
+    and the time zone: the :class:`TimeAxis` that ``TimeAxis.infer`` gives the whole column."""
+
+    def __init__(self, spec: TableSpec):
+        self.spec = spec
+        self.kind: str | None = None
+        self.where = ""
+        self.tz: Any = None
+        self.earliest: pd.Timestamp | None = None
+
+    def add(self, times: pd.Series, loc: _Locator) -> None:
+        kind = (
+            "datetime" if pd.api.types.is_datetime64_any_dtype(times)
+            else "timedelta" if pd.api.types.is_timedelta64_dtype(times) else "numeric"
+        )
+        tz = getattr(times.dt, "tz", None) if kind == "datetime" else None
+        name = self.spec.time_col
+        if self.kind is None:
+            self.kind, self.tz, self.where = kind, tz, loc(0, name)
+        elif kind != self.kind:
+            raise DataValidationError(
+                f"{loc(0, name)}: times are {kind} but they are {self.kind} from "
+                f"{self.where} on; one time column holds one kind of time"
+            )
+        elif str(tz) != str(self.tz):
+            raise DataValidationError(
+                f"{loc(0, name)}: datetimes in time zone {tz} but {self.tz} from {self.where} "
+                f"on; convert the column to UTC first"
+            )
+        if kind == "datetime":
+            valid = times.dropna()
+            if len(valid) and (self.earliest is None or valid.min() < self.earliest):
+                self.earliest = valid.min()
+
+    def axis(self) -> TimeAxis:
+        if self.kind == "datetime":
+            ref = self.earliest if self.earliest is not None else pd.Timestamp(0)
+            tz = str(ref.tz) if getattr(ref, "tz", None) is not None else None
+            return TimeAxis(kind="datetime", reference=ref.isoformat(), tz=tz)
+        if self.kind == "timedelta":
+            return TimeAxis(kind="timedelta")
+        return TimeAxis(kind="numeric", unit_hours=unit_to_hours(self.spec.time_unit))
+
+
+def _check_batch(frame: pd.DataFrame, loc: _Locator, spec: TableSpec, fmt: str,
+                 value_cols: list[str], kinds: _TimeKinds) -> set[str]:
     """The located row checks of the in-memory path on one batch; returns its channel names."""
-    null_id = frame[spec.id_col].isna().to_numpy()
-    if null_id.any():
-        pos = int(np.flatnonzero(null_id)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.id_col)}: missing series id ({int(null_id.sum())} such rows)"
-        )
+    _require_present(frame[spec.id_col], loc, spec.id_col, "series id")
     times = _parse_time_column(frame[spec.time_col], loc, spec.time_col)
-    if not pd.api.types.is_numeric_dtype(times):
-        raise DataValidationError(
-            f"{loc.source}: time column {spec.time_col!r} holds datetimes or timedeltas; the "
-            f"streaming source reads numeric times only for now (in time_unit); convert the "
-            f"column to numbers, e.g. hours since admission"
-        )
-    hours = times.to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(hours)
+    kinds.add(times, loc)
+    if spec.split_col is not None:
+        split_values(frame, spec, loc)
+    if pd.api.types.is_numeric_dtype(times):
+        bad = ~np.isfinite(times.to_numpy(dtype=np.float64, na_value=np.nan))
+    else:
+        bad = times.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise DataValidationError(
@@ -236,12 +279,7 @@ def _check_batch(frame: pd.DataFrame, loc: _RowLocator, spec: TableSpec, fmt: st
             _numeric_column(frame[col], loc, col)
         return set()
     chan = frame[spec.channel_col]
-    null_chan = chan.isna().to_numpy()
-    if null_chan.any():
-        pos = int(np.flatnonzero(null_chan)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.channel_col)}: missing channel name ({int(null_chan.sum())} such rows)"
-        )
+    _require_present(chan, loc, spec.channel_col, "channel name")
     _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan)
     return set(pd.unique(chan.astype(str)))
 
@@ -281,27 +319,32 @@ def build_cache(
     channels: Sequence[str] | None = None,
     num_buckets: int | None = None,
     batch_rows: int = 262_144,
-    rows_per_bucket: int = ROWS_PER_BUCKET,
+    rows_per_bucket: int | None = None,
+    workers: int = INDEX_WORKERS,
 ) -> tuple[SeriesCache, CacheReport]:
     """Index ``source`` into a series cache under ``cache_dir`` (or reuse the one there).
 
     Args:
         source: Parquet / CSV file(s), a directory of them (partitioned dataset) or a glob.
-        spec: columns and policies (long or wide; numeric times; ``split_col`` not yet).
+        spec: columns and policies (long or wide; numeric, datetime or timedelta times;
+            ``split_col``).
         cache_dir: parent directory of the caches (one subdirectory per fingerprint).
         channels: fixed channel list (table channels outside it raise); default: inferred
             (sorted names in long format, column order in wide format).
         num_buckets: series buckets (files); default :func:`default_num_buckets` of the rows.
         batch_rows: rows per record batch of pass 1.
-        rows_per_bucket: source rows per bucket aimed at when ``num_buckets`` is None.
+        rows_per_bucket: source rows per bucket aimed at when ``num_buckets`` is None
+            (default :data:`ROWS_PER_BUCKET` shared by the ``workers``: the buckets built at
+            one time hold about as many rows whatever ``workers``).
+        workers: buckets built at the same time in pass 2 (threads).
 
     Returns the opened cache and a :class:`CacheReport`.
     """
     spec = spec or TableSpec()
-    if spec.split_col is not None:
-        raise NotImplementedError("the streaming source does not read split_col yet; use splits")
     files = source_files(source)
     total_rows = count_rows(files)
+    if rows_per_bucket is None:
+        rows_per_bucket = ROWS_PER_BUCKET // max(1, workers)
     k = num_buckets or default_num_buckets(total_rows, rows_per_bucket)
     extra = {"channels": None if channels is None else [str(c) for c in channels],
              "num_buckets": k}
@@ -313,7 +356,7 @@ def build_cache(
                                   info=cache.meta["info"])
     start = time.perf_counter()
     with atomic_directory(dest) as tmp:
-        meta = _write_cache(files, spec, tmp, k, channels, batch_rows)
+        meta = _write_cache(files, spec, tmp, k, channels, batch_rows, workers)
         meta["fingerprint"] = key
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     cache = SeriesCache(dest)
@@ -325,7 +368,7 @@ def build_cache(
 
 
 def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
-                 channels: Sequence[str] | None, batch_rows: int) -> dict[str, Any]:
+                 channels: Sequence[str] | None, batch_rows: int, workers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     kind = _kind(files[0])
     root = str(files[0].parent) if len(files) > 1 else str(files[0])
@@ -334,9 +377,10 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
     if fmt == "auto":
         fmt = "long" if spec.channel_col in first_names else "wide"
     columns = _columns(first_names, spec, fmt, str(files[0]))
-    per_series = len(spec.static_cols) + (spec.label_col is not None)
+    per_series = len(spec.static_cols) + (spec.label_col is not None) + (spec.split_col is not None)
     value_cols = columns[2: len(columns) - per_series]
     found: set[str] = set()
+    kinds = _TimeKinds(spec)
     writers: list[ipc.RecordBatchFileWriter | None] = [None] * k
     schema: pa.Schema | None = None
     rows = 0
@@ -347,8 +391,8 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
             for batch, where, first in _batches(path, columns, batch_rows, spec):
                 batch = batch.select(columns)
                 frame = batch.to_pandas()
-                loc = _RowLocator(where, frame, spec.id_col, first, kind == "csv")
-                found |= _check_batch(frame, loc, spec, fmt, value_cols)
+                loc = _Locator(where, frame, spec.id_col, first, kind == "csv")
+                found |= _check_batch(frame, loc, spec, fmt, value_cols, kinds)
                 rows += batch.num_rows
                 if schema is None:
                     schema = batch.schema
@@ -361,7 +405,9 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
                             f"file's {schema.types} and cannot be converted: {error}"
                         ) from error
                 bucket = _bucket_of(frame[spec.id_col], k)
-                order = np.argsort(bucket, kind="stable")
+                # a radix sort on 16-bit bucket numbers
+                order = np.argsort(bucket.astype(np.int16) if k < 2**15 else bucket,
+                                   kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(k + 1))
                 taken = batch.take(pa.array(order))
                 for b in range(k):
@@ -381,48 +427,22 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
         chans = list(value_cols) if channels is None else list(channels)
     chans = _channel_names(chans, root)
     t1 = time.perf_counter()
-    axis = TimeAxis(kind="numeric", unit_hours=unit_to_hours(spec.time_unit))
+    axis = kinds.axis()
     parts: list[pd.DataFrame] = []
     moments: list[np.ndarray] = []
     info = {"input_rows": rows, "format": fmt, "duplicate_entries_merged": 0,
             "missing_values_skipped": 0, "series_without_observation": 0}
-    for b in range(k):
-        raw = out / f"raw-{b}.arrow"
-        if not raw.exists():
-            continue
-        with pa.memory_map(str(raw)) as mm:
-            frame = ipc.open_file(mm).read_all().to_pandas()
-        table = table_from_frame(
-            frame, spec, source=f"{root} (series bucket {b} of {k}; rows count within the bucket)",
-            channels=chans, time_axis=axis,
-        )
-        del frame
-        raw.unlink()
-        for name in ("duplicate_entries_merged", "missing_values_skipped",
-                     "series_without_observation"):
-            info[name] += int(table.info.get(name, 0))
-        _write_bucket(out, b, table)
-        count, mean, m2 = series_moments(table.values, table.offsets)
-        moments.append(np.stack([count, mean, m2], axis=1))  # (S_b, 3, C)
-        lengths = table.lengths
-        starts = table.offsets[:-1]
-        has = lengths > 0
-        first_t = np.full(table.num_series, np.nan)
-        last_t = np.full(table.num_series, np.nan)
-        first_t[has] = table.times[starts[has]] + table.time_offset[has]
-        last_t[has] = table.times[starts[has] + lengths[has] - 1] + table.time_offset[has]
-        part = pd.DataFrame({
-            "series_id": pd.Series(table.series_ids, dtype=object),
-            "bucket": np.full(table.num_series, b, dtype=np.int32),
-            "row": starts, "length": lengths, "time_offset": table.time_offset,
-            "first_time": first_t, "last_time": last_t,
-        })
-        for j, name in enumerate(table.static_names):
-            part[f"static:{name}"] = table.static[:, j]
-        if table.labels is not None:
-            part["label"] = table.labels
-        parts.append(part)
-        del table
+    built = [b for b in range(k) if (out / f"raw-{b}.arrow").exists()]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        # numpy and pandas release the GIL in the sorts and array passes: buckets build in
+        # parallel; map hands the results (and the first error) back in bucket order
+        for part, bucket_moments, counts in pool.map(
+            lambda b: _build_bucket(out, b, k, root, spec, chans, axis), built
+        ):
+            for name, n in counts.items():
+                info[name] += n
+            moments.append(bucket_moments)
+            parts.append(part)
     if not parts:
         raise DataValidationError(f"{root}: the table has no rows ({len(files)} file(s))")
     index = pd.concat(parts, ignore_index=True)
@@ -446,11 +466,56 @@ def _write_cache(files: list[Path], spec: TableSpec, out: Path, k: int,
     }
 
 
+def _build_bucket(out: Path, b: int, k: int, root: str, spec: TableSpec, chans: list[str],
+                  axis: TimeAxis) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+    """Pass 2 on bucket ``b``: its rows built by ``table_from_frame`` (the in-memory path:
+    validation, duplicates, sorting, time origin, per-series columns), written as ``.npy``
+    arrays; returns its index rows, its per-series moments (S_b, 3, C) and its counts."""
+    raw = out / f"raw-{b}.arrow"
+    with pa.memory_map(str(raw)) as mm:
+        frame = ipc.open_file(mm).read_all().to_pandas()
+    where = f"{root} (series bucket {b} of {k}; rows count within the bucket)"
+    table = table_from_frame(frame, spec, source=where, channels=chans, time_axis=axis)
+    split = None
+    if spec.split_col is not None:  # one split per series (the values are checked)
+        named = splits_from_column(frame, spec, where)
+        code = {sid: n for n, name in enumerate(SPLIT_NAMES) for sid in named[name]}
+        split = np.array([code.get(sid, -1) for sid in table.series_ids], dtype=np.int8)
+    del frame
+    raw.unlink()
+    counts = {name: int(table.info.get(name, 0)) for name in (
+        "duplicate_entries_merged", "missing_values_skipped", "series_without_observation")}
+    _write_bucket(out, b, table)
+    count, mean, m2 = series_moments(table.values, table.offsets)
+    lengths = table.lengths
+    starts = table.offsets[:-1]
+    has = lengths > 0
+    first_t = np.full(table.num_series, np.nan)
+    last_t = np.full(table.num_series, np.nan)
+    first_t[has] = table.times[starts[has]] + table.time_offset[has]
+    last_t[has] = table.times[starts[has] + lengths[has] - 1] + table.time_offset[has]
+    part = pd.DataFrame({
+        "series_id": pd.Series(table.series_ids, dtype=object),
+        "bucket": np.full(table.num_series, b, dtype=np.int32),
+        "row": starts, "length": lengths, "time_offset": table.time_offset,
+        "first_time": first_t, "last_time": last_t,
+    })
+    for j, name in enumerate(table.static_names):
+        part[f"static:{name}"] = table.static[:, j]
+    if table.labels is not None:
+        part["label"] = table.labels
+    if split is not None:
+        part["split"] = split
+    return part, np.stack([count, mean, m2], axis=1), counts
+
+
 def _schema_names(path: Path, kind: str, spec: TableSpec) -> list[str]:
     if kind == "parquet":
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
+    import pyarrow.dataset as pads  # imported here: ``import tsode.data`` stays light
+
     return list(pads.dataset(str(path), format="csv").schema.names)
 
 
@@ -462,7 +527,14 @@ def _write_bucket(out: Path, b: int, table: SeriesTable) -> None:
 
 
 class SeriesCache:
-    """A built series cache (see :func:`build_cache`), read on demand through memory maps.
+    """A built series cache (see :func:`build_cache`), read on demand.
+
+    A read copies each series' rows from the bucket files with positional reads
+    (``os.preadv`` straight into the batch's arrays): the file pages stay in the kernel's page
+    cache, shared and reclaimable, and only the rows read enter this process's memory.
+    (Memory-mapping the buckets made far more than the rows read resident: a fault maps a
+    whole large folio of the file, and 16 random batches of 64 series made 1.3 GB of a 50 M
+    row cache resident, docs/scale.md.)
 
     Series are numbered ``0..S-1`` in sorted id order, the order of the in-memory
     :class:`~tsode.data.series.SeriesTable` of the same table. Arrays of the index:
@@ -474,7 +546,8 @@ class SeriesCache:
     def __init__(self, path: str | os.PathLike, release_every: int = 16):
         self.path = Path(path)
         self.release_every = release_every
-        self._reads = 0
+        #: calls of :meth:`read` in this process
+        self.num_reads = 0
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.channels: list[str] = list(self.meta["channels"])
         self.static_names: list[str] = list(self.meta["static_names"])
@@ -493,14 +566,18 @@ class SeriesCache:
             if self.static_names else None
         )
         self.labels = index["label"].to_numpy(np.float64) if "label" in index else None
+        #: (S,) split of every series from ``split_col`` (0 / 1 / 2: train / val / test,
+        #: -1: none given), or None
+        self.split = index["split"].to_numpy(np.int64) if "split" in index else None
         self.moments = np.load(self.path / "moments.npy", mmap_mode="r")  # (S, 3, C)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        #: series indices read by :meth:`read` in this process (for sharding checks)
-        self.read_log: list[np.ndarray] = []
+        self._files: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}
+        #: set to a list to record the series indices each :meth:`read` reads (sharding
+        #: checks); None (default): not recorded, so a long run does not accumulate them
+        self.read_log: list[np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_maps"] = {}  # memory maps are reopened in each worker process
+        state["_files"] = {}  # files are opened again in each worker process
         state["moments"] = None
         return state
 
@@ -517,28 +594,47 @@ class SeriesCache:
         return len(self.channels)
 
     def release(self) -> None:
-        """Unmap the bucket files: the pages read so far leave this process's resident set
-        (they are mapped again on the next read). :meth:`read` does it every
-        ``release_every`` calls, so a long epoch does not keep the whole cache resident."""
-        self._maps.clear()
+        """Close the bucket files (they are opened again by the next read). :meth:`read`
+        does it every ``release_every`` calls."""
+        files, self._files = self._files, {}
+        for pair in files.values():
+            for fd, _ in pair:
+                os.close(fd)
 
-    def _bucket_arrays(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """(times (N_b,), values (N_b, C)) of bucket ``b``, memory-mapped (no copy)."""
-        if b not in self._maps:
-            # plain memory maps: only the pages of the rows read become resident
-            self._maps[b] = (
-                np.load(self.path / f"times-{b}.npy", mmap_mode="r"),
-                np.load(self.path / f"values-{b}.npy", mmap_mode="r"),
-            )
-        return self._maps[b]
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: nothing left to close with
+            pass
+
+    def _bucket_files(self, b: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(descriptor, data offset)`` of bucket ``b``'s times and values files."""
+        if b not in self._files:
+            pair = []
+            for kind, shape in (("times", (None,)), ("values", (None, self.num_channels))):
+                path = self.path / f"{kind}-{b}.npy"
+                with open(path, "rb") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    found, fortran, dtype = header(handle)
+                    start = handle.tell()
+                expected = np.float64 if kind == "times" else np.float32
+                if fortran or dtype != expected or len(found) != len(shape) or (
+                        len(shape) == 2 and found[1] != shape[1]):
+                    raise ValueError(f"{path}: unexpected array layout {found} {dtype}")
+                pair.append((os.open(path, os.O_RDONLY), start))
+            self._files[b] = (pair[0], pair[1])
+        return self._files[b]
 
     def read(self, indices: Sequence[int] | np.ndarray) -> SeriesTable:
         """The series ``indices`` (in that order) as a small in-memory ``SeriesTable``; only
-        their rows are read from the memory-mapped buckets."""
+        their rows are read from the bucket files."""
         idx = np.asarray(indices, dtype=np.int64)
-        self.read_log.append(idx.copy())
-        self._reads += 1
-        if self.release_every and self._reads % self.release_every == 0:
+        if self.read_log is not None:
+            self.read_log.append(idx.copy())
+        self.num_reads += 1
+        if self.release_every and self.num_reads % self.release_every == 0:
             self.release()
         lens = self.lengths[idx]
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
@@ -546,13 +642,25 @@ class SeriesCache:
         times = np.empty(int(offsets[-1]), dtype=np.float64)
         values = np.empty((int(offsets[-1]), self.num_channels), dtype=np.float32)
         buckets = self.bucket[idx]
+        rows = self.row[idx]
+        c = self.num_channels
+        width = c * 4  # bytes of a row of values (float32)
+        flat = values.reshape(-1)
         for b in np.unique(buckets):
-            sel = np.flatnonzero(buckets == b)
-            src = concat_ranges(self.row[idx[sel]], lens[sel])
-            dst = concat_ranges(offsets[sel], lens[sel])
-            bt, bv = self._bucket_arrays(int(b))
-            times[dst] = bt[src]
-            values[dst] = bv[src]
+            (tfd, tstart), (vfd, vstart) = self._bucket_files(int(b))
+            for j in np.flatnonzero(buckets == b).tolist():
+                lo, n, row = int(offsets[j]), int(lens[j]), int(rows[j])
+                if n == 0:
+                    continue
+                got = os.preadv(tfd, [times[lo: lo + n]], tstart + row * 8)
+                got += os.preadv(vfd, [flat[lo * c: (lo + n) * c]], vstart + row * width)
+                if got != n * (8 + width):
+                    raise DataValidationError(
+                        f"series cache {self.path}, bucket {int(b)}: series "
+                        f"{show(self.series_ids[int(idx[j])])} reads {got} bytes of "
+                        f"{n * (8 + width)}: the cache files are truncated; delete the cache "
+                        f"directory to rebuild it"
+                    )
         return SeriesTable(
             series_ids=[self.series_ids[i] for i in idx],
             offsets=offsets,
@@ -566,6 +674,24 @@ class SeriesCache:
             time_axis=self.time_axis,
             source=self.source,
         )
+
+    def column_splits(self) -> dict[str, list[Any]]:
+        """``{"train": ids, "val": ids, "test": ids}`` from the ``split_col`` of the spec
+        (as :func:`~tsode.data.tables.splits_from_column`; series without a value in none)."""
+        if self.split is None:
+            raise ValueError(f"series cache {self.path} was built without a split column")
+        return {
+            name: [self.series_ids[i] for i in np.flatnonzero(self.split == k)]
+            for k, name in enumerate(SPLIT_NAMES)
+        }
+
+    def channel_counts(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(C,) observed entries per channel of the series ``indices`` (stored moments)."""
+        idx = np.sort(np.asarray(indices, dtype=np.int64))
+        total = np.zeros(self.num_channels, dtype=np.int64)
+        for lo in range(0, len(idx), 65_536):
+            total += np.asarray(self.moments[idx[lo: lo + 65_536], 0]).sum(0).astype(np.int64)
+        return total
 
     def normalizer(self, indices: Sequence[int] | np.ndarray) -> Normalizer:
         """Per-channel normalizer of the series ``indices`` (e.g. the training split) from the

@@ -34,14 +34,28 @@ class DataSummary:
 
     @classmethod
     def from_table(cls, table: SeriesTable, counts: dict[str, Any] | None = None) -> DataSummary:
-        mask = table.mask
-        per_channel = mask.sum(0)
-        n = max(table.times.shape[0], 1)
         lengths = table.lengths
         nonempty = lengths > 0
         first = table.times[table.offsets[:-1][nonempty]]
         last = table.times[table.offsets[1:][nonempty] - 1]
-        span = last - first
+        return cls.from_counts(
+            table.channels, lengths, last - first, table.mask.sum(0),
+            dict(counts if counts is not None else table.info),
+        )
+
+    @classmethod
+    def from_counts(
+        cls,
+        channels: list[str],
+        lengths: np.ndarray,
+        spans: np.ndarray,
+        per_channel: np.ndarray,
+        counts: dict[str, Any],
+    ) -> DataSummary:
+        """From per-series ``lengths`` (S,), the ``spans`` (hours) of the non-empty series and
+        the observed entries ``per_channel`` (C,): what :meth:`from_table` reads off a table,
+        and a series cache off its index."""
+        n = max(int(lengths.sum()), 1)
 
         def stats(x: np.ndarray) -> dict[str, float]:
             if x.size == 0:
@@ -49,16 +63,16 @@ class DataSummary:
             return {"min": float(x.min()), "median": float(np.median(x)), "max": float(x.max())}
 
         return cls(
-            num_series=table.num_series,
-            num_time_points=int(table.times.shape[0]),
+            num_series=len(lengths),
+            num_time_points=int(lengths.sum()),
             num_observations=int(per_channel.sum()),
-            observations_per_channel={c: int(k) for c, k in zip(table.channels, per_channel)},
+            observations_per_channel={c: int(k) for c, k in zip(channels, per_channel)},
             missing_rate_per_channel={
-                c: float(1.0 - k / n) for c, k in zip(table.channels, per_channel)
+                c: float(1.0 - k / n) for c, k in zip(channels, per_channel)
             },
-            time_span_hours=stats(span),
+            time_span_hours=stats(np.asarray(spans, dtype=np.float64)),
             time_points_per_series=stats(lengths.astype(np.float64)),
-            counts=dict(counts if counts is not None else table.info),
+            counts=counts,
         )
 
     def to_dict(self) -> dict[str, Any]:

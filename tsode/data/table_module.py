@@ -105,19 +105,25 @@ class TableDataModule(IrregularDataModule):
         if first and self.table is not None:
             self._warn_unobserved_channels()
 
+    def _channel_counts(self, indices: np.ndarray) -> np.ndarray:
+        """(C,) observed entries per channel of the series ``indices``."""
+        part = self.table.subset(indices)
+        return part.mask.sum(0) if part.values.size else np.zeros(part.num_channels, np.int64)
+
     def _warn_unobserved_channels(self) -> None:
         """Warn (and log) about channels with no observation in the training split."""
-        train = self.table.subset(self.split_indices["train"])
-        seen = train.mask.any(0) if train.values.size else np.zeros(train.num_channels, bool)
+        train = self.split_indices["train"]
+        seen = self._channel_counts(train) > 0
         if seen.all():
             return
-        nowhere = ~self.table.mask.any(0) if self.table.values.size else ~seen
-        names = [c for c, ok in zip(self.table.channels, seen) if not ok]
-        absent = [c for c, gone in zip(self.table.channels, nowhere) if gone]
+        kept = np.sort(np.concatenate([self.split_indices[n] for n in ("train", "val", "test")]))
+        nowhere = self._channel_counts(kept) == 0
+        names = [c for c, ok in zip(self.channels, seen) if not ok]
+        absent = [c for c, gone in zip(self.channels, nowhere) if gone]
         detail = f" ({absent} in no series at all)" if absent else ""
         message = (
-            f"{self.table.source}: channel(s) {names} have no observation in the training split "
-            f"({train.num_series} series){detail}; the model learns nothing about them and their "
+            f"{self._index.source}: channel(s) {names} have no observation in the training "
+            f"split ({len(train)} series){detail}; the model learns nothing about them and their "
             f"forecasts are not data-driven. Drop these channels (value_cols / channels) or check "
             f"the column names and the split"
         )

@@ -187,18 +187,26 @@ def read_table(source: TableSource, encoding: str | None = None) -> tuple[pd.Dat
 
 
 class _Locator:
-    """Formats 'source, series, row, column' locations for error messages."""
+    """Formats 'source, series, row, column' locations for error messages.
 
-    def __init__(self, source: str, frame: pd.DataFrame, id_col: str):
+    ``first_row``: the row of the source that ``frame``'s first row is (a record batch of a
+    file); ``csv``: also name the line (default: from the source's suffix)."""
+
+    def __init__(self, source: str, frame: pd.DataFrame, id_col: str, first_row: int = 0,
+                 csv: bool | None = None):
         self.source = source
         self.csv = source.lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt"))
+        if csv is not None:
+            self.csv = csv
         self.frame = frame
         self.id_col = id_col
+        self.first_row = first_row
 
     def __call__(self, pos: int, column: str | None = None) -> str:
-        where = f"{self.source}, row {pos}"
+        row = self.first_row + pos
+        where = f"{self.source}, row {row}"
         if self.csv:
-            where += f" (line {pos + 2})"
+            where += f" (line {row + 2})"
         if self.id_col in self.frame.columns:
             where += f", series {show(self.frame[self.id_col].iloc[pos])}"
         if column is not None:
@@ -212,6 +220,15 @@ def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str, w
         raise DataValidationError(
             f"{source}: missing required {what} column(s) {missing}; "
             f"available columns: {list(frame.columns)}"
+        )
+
+
+def _require_present(column: pd.Series, loc: _Locator, name: str, what: str) -> None:
+    """Raise naming the first row where ``column`` is missing (and how many are)."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataValidationError(
+            f"{loc(_first(missing), name)}: missing {what} ({int(missing.sum())} such rows)"
         )
 
 
@@ -538,12 +555,7 @@ def table_from_frame(
     counts: dict[str, Any] = {"input_rows": len(frame), "format": fmt}
 
     ids_col = frame[spec.id_col]
-    null_id = ids_col.isna().to_numpy()
-    if null_id.any():
-        pos = int(np.flatnonzero(null_id)[0])
-        raise DataValidationError(
-            f"{loc(pos, spec.id_col)}: missing series id ({int(null_id.sum())} such rows)"
-        )
+    _require_present(ids_col, loc, spec.id_col, "series id")
     try:
         codes, uniques = pd.factorize(ids_col, sort=True)
     except TypeError:
@@ -596,13 +608,7 @@ def table_from_frame(
     row_numbers = np.arange(len(frame))
     if fmt == "long":
         chan_raw = frame[spec.channel_col]
-        null_chan = chan_raw.isna().to_numpy()
-        if null_chan.any():
-            pos = int(np.flatnonzero(null_chan)[0])
-            raise DataValidationError(
-                f"{loc(pos, spec.channel_col)}: missing channel name "
-                f"({int(null_chan.sum())} such rows)"
-            )
+        _require_present(chan_raw, loc, spec.channel_col, "channel name")
         _check_label_collisions(chan_raw, loc, spec.channel_col, "channel names")
         chan_str = chan_raw.astype(str)
         values = _numeric_column(frame[spec.value_col], loc, spec.value_col, channel=chan_raw)
@@ -742,6 +748,25 @@ def load_table(
 SPLIT_VALUES = ("train", "val", "test")
 
 
+def split_values(frame: pd.DataFrame, spec: TableSpec, loc: _Locator) -> tuple[pd.Series, np.ndarray]:
+    """The split names of column ``spec.split_col`` (stripped, lower case) and where they are
+    given; a value that is not a split name raises, located by ``loc``."""
+    col = spec.split_col
+    raw = frame[col]
+    present = raw.notna().to_numpy()
+    names = raw.astype(str).str.strip().str.lower()
+    bad = present & ~names.isin(SPLIT_VALUES).to_numpy()
+    if bad.any():
+        pos = _first(bad)
+        unknown = sorted({str(v) for v in raw[bad]})[:10]
+        raise DataValidationError(
+            f"{loc(pos, col)}: split value {show(raw.iloc[pos])} is not one of "
+            f"{list(SPLIT_VALUES)} ({int(bad.sum())} such rows; values {unknown}). Map them "
+            f"first, e.g. df[{col!r}] = df[{col!r}].replace({{'validation': 'val'}})"
+        )
+    return names, present
+
+
 def splits_from_column(frame: pd.DataFrame, spec: TableSpec, source: str) -> dict[str, list]:
     """``{"train": ids, "val": ids, "test": ids}`` from the column ``spec.split_col``.
 
@@ -756,19 +781,7 @@ def splits_from_column(frame: pd.DataFrame, spec: TableSpec, source: str) -> dic
     col = spec.split_col
     assert col is not None
     _require_columns(frame, [spec.id_col, col], source, "split")
-    loc = _Locator(source, frame, spec.id_col)
-    raw = frame[col]
-    present = raw.notna().to_numpy()
-    names = raw.astype(str).str.strip().str.lower()
-    bad = present & ~names.isin(SPLIT_VALUES).to_numpy()
-    if bad.any():
-        pos = _first(bad)
-        unknown = sorted({str(v) for v in raw[bad]})[:10]
-        raise DataValidationError(
-            f"{loc(pos, col)}: split value {show(raw.iloc[pos])} is not one of "
-            f"{list(SPLIT_VALUES)} ({int(bad.sum())} such rows; values {unknown}). Map them "
-            f"first, e.g. df[{col!r}] = df[{col!r}].replace({{'validation': 'val'}})"
-        )
+    names, present = split_values(frame, spec, _Locator(source, frame, spec.id_col))
     ids = frame[spec.id_col]
     table = pd.DataFrame({"id": ids.to_numpy(), "split": names.to_numpy()})[present]
     per_series = table.groupby("id", sort=False)["split"].unique()

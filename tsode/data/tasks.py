@@ -213,7 +213,36 @@ def forecast_cutoffs(table: SeriesTable, task: TaskConfig) -> np.ndarray:
     return frac * series_last_times(table)
 
 
-def draw_training_cutoffs(table: SeriesTable, task: TaskConfig, epoch: int) -> np.ndarray:
+def uniform_stream(seed: Any, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Draws ``starts[i] .. starts[i] + counts[i] - 1`` of ``np.random.default_rng(seed)``'s
+    uniform [0, 1) stream, concatenated: the values ``default_rng(seed).random(n)`` gives at
+    those positions, without drawing the ones before (the generator is advanced).
+
+    A part of a table (a batch of series read from a cache) thereby draws what the whole
+    table draws for its rows.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.empty(int(counts.sum()), dtype=np.float64)
+    bits = np.random.PCG64(seed)
+    origin = bits.state
+    gen = np.random.Generator(bits)
+    at, pos = -1, 0  # at: stream position of the generator (-1: not started)
+    for start, n in zip(starts.tolist(), counts.tolist()):
+        if n == 0:
+            continue
+        if start != at:
+            bits.state = origin
+            bits.advance(start)
+        out[pos: pos + n] = gen.random(n)
+        pos += n
+        at = start + n
+    return out
+
+
+def draw_training_cutoffs(
+    table: SeriesTable, task: TaskConfig, epoch: int, positions: np.ndarray | None = None
+) -> np.ndarray:
     """(S,) forecast cutoffs in hours for one training epoch under ``task.train_cutoff_range``.
 
     Each series draws uniformly from the range (hours; or, for a task without ``cutoff``,
@@ -221,11 +250,19 @@ def draw_training_cutoffs(table: SeriesTable, task: TaskConfig, epoch: int) -> n
     process and DataLoader worker draws the same cutoffs. Training on many cutoffs teaches a
     model contexts of every length it may meet at prediction time, and gives each series
     several targets over the epochs.
+
+    ``positions`` ((S,) ints): the series' positions in the whole split when ``table`` holds a
+    part of it (a streamed batch); they draw what the whole split draws for them.
     """
     if task.train_cutoff_range is None:
         raise ValueError("the task has no train_cutoff_range")
     lo, hi = task.train_cutoff_range
-    draw = np.random.default_rng([task.seed or 0, 104729, epoch]).uniform(lo, hi, table.num_series)
+    seed = [task.seed or 0, 104729, epoch]
+    if positions is None:
+        draw = np.random.default_rng(seed).uniform(lo, hi, table.num_series)
+    else:  # Generator.uniform(lo, hi) is lo + (hi - lo) * random(), draw by draw
+        unit = uniform_stream(seed, positions, np.ones(len(positions), dtype=np.int64))
+        draw = lo + (hi - lo) * unit
     return draw if task.cutoff is not None else draw * series_last_times(table)
 
 
@@ -234,11 +271,14 @@ def assign_task(
     task: TaskConfig,
     seed_offset: int = 0,
     cutoffs: np.ndarray | None = None,
+    row_start: np.ndarray | None = None,
 ) -> TaskAssignment:
     """Split every series of ``table`` into context and target according to ``task``.
 
     ``cutoffs`` ((S,) hours, forecast tasks only) replaces the task's cutoff per series, e.g.
-    those of :func:`draw_training_cutoffs`.
+    those of :func:`draw_training_cutoffs`. ``row_start`` ((S,) ints): each series' first row
+    in the whole split when ``table`` holds a part of it (a streamed batch); the interpolation
+    hold-out then draws for its rows what the whole split draws for them.
     """
     observed = table.mask
     lengths = table.lengths
@@ -262,8 +302,14 @@ def assign_task(
         context_entries = observed & context_rows[:, None]
         target_entries = observed & target_rows[:, None]
     elif task.kind == "interpolation":
-        rng = np.random.default_rng((task.seed or 0) + 7919 * seed_offset)
-        held = (rng.random(observed.shape) < task.holdout_fraction) & observed
+        seed = (task.seed or 0) + 7919 * seed_offset
+        if row_start is None:
+            draws = np.random.default_rng(seed).random(observed.shape)
+        else:
+            width = observed.shape[1]
+            draws = uniform_stream(seed, np.asarray(row_start) * width, lengths * width)
+            draws = draws.reshape(observed.shape)
+        held = (draws < task.holdout_fraction) & observed
         keep = observed & ~held
         # every series keeps at least its first time point's entries in the context
         ctx_count = _per_series_sum(keep.any(1), table.offsets)
