@@ -251,8 +251,8 @@ def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:
          "has no attribute 'Nope'"),
         (lambda r: r["data"]["init_args"]["task"].update(kind="forecastt"),
          "data.init_args.task.kind", "task.kind must be one of"),  # rejected by the task block
-        (lambda r: r["model"]["init_args"].update(grid="bad"), "model.init_args.grid",
-         "grid must be one of"),  # rejected by the model's constructor
+        (lambda r: r["model"]["init_args"].update(anchor="bad"), "model.init_args.anchor",
+         "anchor must be one of"),  # rejected by the model's constructor
         (lambda r: r["trainer"].update(accelerator="gpux"), "trainer.accelerator",
          "invalid accelerator"),  # rejected by the Trainer
     ],

@@ -109,8 +109,6 @@ def test_learned_obs_std_is_a_parameter_and_fixed_is_not():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="grid"):
-        LatentODE(num_channels=2, grid="bogus")
     with pytest.raises(ValueError, match="obs_std"):
         LatentODE(num_channels=2, obs_std=0.0)
     with pytest.raises(ValueError, match="quantile_levels"):

@@ -22,9 +22,8 @@ from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
 from tsode.models.blocks import (
     MaskedGRUCell,
-    MLPDecoder,
     check_query_times,
-    forecast_heads,
+    forecast_decoder,
     forecast_readout,
     gather_times,
     initial_state,
@@ -165,9 +164,8 @@ class GRUDelta(IrregularModel):
         self.hidden_dim = hidden_dim
         self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)
         self.static_encoder = static_encoder(num_static, hidden_dim)
-        self.decoder = MLPDecoder(hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers)
-        self.persistence, self.std_head = forecast_heads(
-            self.decoder, hidden_dim + 2, num_channels, persistence, uncertainty
+        self.decoder, self.persistence, self.std_head = forecast_decoder(
+            hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers, persistence, uncertainty
         )
         self.init_classifier(num_classes, hidden_dim)
 
