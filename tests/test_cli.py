@@ -388,3 +388,18 @@ def test_cli_tracking_callback_logs_the_forecaster_as_pyfunc_model() -> None:
     cli = TsodeCLI(args=["--config", str(QUICKSTART), *SMALL, "--trainer.logger", "false"], run=False)
     artifacts = [cb for cb in cli.trainer.callbacks if isinstance(cb, MLflowArtifacts)]
     assert artifacts and all(cb.forecaster_factory == Forecaster.from_trained for cb in artifacts)
+
+
+def test_find_rejected_key_passes_every_repo_recipe_and_names_a_bad_key(tmp_path: Path) -> None:
+    """The structural check behind the recipe errors: silent on every recipe of the repo, and
+    names the key (as written in the file) without reading jsonargparse's message."""
+    from tsode.recipe_errors import find_rejected_key
+    from tsode.recipes import recipe_files, recipe_names
+
+    for name in recipe_names():
+        assert find_rejected_key([str(p) for p in recipe_files(name)]) is None, name
+    recipe = yaml.safe_load(QUICKSTART.read_text())
+    recipe["model"]["init_args"]["optim"] = {"lr": -1.0}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert find_rejected_key([str(path)]) == ("model.init_args.optim.lr", "optim.lr must be > 0, got -1.0")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from tsode.config import ParameterError
 from tsode.data.batch import SeriesPart
 from tsode.models.forecast import Forecast
 
@@ -374,7 +375,7 @@ def persistence_mode(persistence: bool | str) -> str:
     if persistence is False:
         return "none"
     if persistence not in PERSISTENCE_MODES:
-        raise ValueError(f"persistence must be True, False or one of {PERSISTENCE_MODES}, got {persistence!r}")
+        raise ParameterError("persistence", f"persistence must be True, False or one of {PERSISTENCE_MODES}, got {persistence!r}")
     return persistence
 
 
@@ -435,7 +436,7 @@ class StaticEncoder(nn.Module):
 def static_encoder(num_static: int, hidden_dim: int) -> StaticEncoder | None:
     """A :class:`StaticEncoder` when there are static covariates, else None."""
     if num_static < 0:
-        raise ValueError(f"num_static must be >= 0, got {num_static}")
+        raise ParameterError("num_static", f"num_static must be >= 0, got {num_static}")
     return StaticEncoder(num_static, hidden_dim) if num_static > 0 else None
 
 
@@ -468,7 +469,7 @@ def forecast_heads(
     from tsode.models.predictive import GaussianHead
 
     if uncertainty not in UNCERTAINTY_MODES:
-        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+        raise ParameterError("uncertainty", f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
     mode = persistence_mode(persistence)
     carried: Persistence | ChannelReadout | None = None
     if mode == "gate":

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsode.config import DECAYED_OPTIM, OptimConfig
+from tsode.config import DECAYED_OPTIM, OptimConfig, ParameterError
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import StepResult, channel_weights, has_target
 from tsode.models.blocks import (
@@ -222,14 +222,17 @@ class LatentODE(ODERNNEncodedModel):
         super().__init__(num_channels, optim, default_optim=DECAYED_OPTIM, **base)
         self.save_hyperparameters()
         if num_samples < 1 or num_predict_samples < 1:
-            raise ValueError("num_samples and num_predict_samples must be >= 1")
+            raise ParameterError(
+                "num_samples" if num_samples < 1 else "num_predict_samples",
+                "num_samples and num_predict_samples must be >= 1",
+            )
         if obs_std <= 0:
-            raise ValueError(f"obs_std must be > 0, got {obs_std}")
+            raise ParameterError("obs_std", f"obs_std must be > 0, got {obs_std}")
         if anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+            raise ParameterError("anchor", f"anchor must be one of {ANCHORS}, got {anchor!r}")
         levels = [0.05, 0.5, 0.95] if quantile_levels is None else list(quantile_levels)
         if any(not 0.0 <= q <= 1.0 for q in levels):
-            raise ValueError(f"quantile_levels must lie in [0, 1], got {levels}")
+            raise ParameterError("quantile_levels", f"quantile_levels must lie in [0, 1], got {levels}")
         self.quantile_levels = levels
         self.latent_dim = latent_dim
         self.num_samples = num_samples
@@ -260,7 +263,7 @@ class LatentODE(ODERNNEncodedModel):
         else:
             self.augmented_func = None
         if classification_weight < 0:
-            raise ValueError(f"classification_weight must be >= 0, got {classification_weight}")
+            raise ParameterError("classification_weight", f"classification_weight must be >= 0, got {classification_weight}")
         self.classification_weight = float(classification_weight)
         self.init_classifier(num_classes, latent_dim)
 
