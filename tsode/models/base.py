@@ -246,6 +246,14 @@ class IrregularModel(L.LightningModule):
         **legacy: Any,
     ) -> None:
         super().__init__()
+        # ``grid`` was an ODE-RNN / latent ODE argument until the reference batching moved to
+        # benchmarks/union_grid.py: checkpoints saved before carry grid="per_sample"
+        if legacy.pop("grid", "per_sample") != "per_sample":
+            raise ParameterError(
+                "grid",
+                "grid must be 'per_sample' (the models solve each series on its own times; the "
+                "reference implementation's union grid is benchmarks/union_grid.py)",
+            )
         self.optim = resolve_optim(optim, legacy, default_optim, type(self).__name__)
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ParameterError("loss_weighting", f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
@@ -538,7 +546,7 @@ class IrregularModel(L.LightningModule):
         frame = frame if frame is not None else inspect.currentframe().f_back
         super().save_hyperparameters(*args, frame=frame, **kwargs)
         if "optim" in self._hparams or any(k in self._hparams for k in LEGACY_OPTIM_ARGS):
-            for key in ("base", "legacy", *LEGACY_OPTIM_ARGS):
+            for key in ("base", "legacy", "grid", *LEGACY_OPTIM_ARGS):  # grid: a former argument
                 self._hparams.pop(key, None)
             self._hparams["optim"] = self.optim
 
