@@ -403,3 +403,20 @@ def test_find_rejected_key_passes_every_repo_recipe_and_names_a_bad_key(tmp_path
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert find_rejected_key([str(path)]) == ("model.init_args.optim.lr", "optim.lr must be > 0, got -1.0")
+
+
+def test_a_bad_command_line_override_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from tsode.recipe_errors import find_rejected_key
+
+    args = ["fit", "--config", str(QUICKSTART), "--model.init_args.latent_dim", "many",
+            "--trainer.max_epochs=1"]
+    assert find_rejected_key([str(QUICKSTART)], args) == (
+        "model.init_args.latent_dim", "wrong type: expected int, got 'many'")
+    assert find_rejected_key([str(QUICKSTART)], ["fit", "--trainer.max_epochs", "1"]) is None
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(args)
+    headline = capsys.readouterr().err.splitlines()[0]
+    assert "key 'model.init_args.latent_dim'" in headline and "wrong type" in headline

@@ -169,6 +169,8 @@ class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
     recipe_files: list[str] = []
+    #: the command line (its ``--key value`` overrides are checked with the files)
+    recipe_args: list[str] = []
     #: the ``--recipe`` name the files came from (None: given as ``--config`` files)
     recipe_name: str | None = None
 
@@ -177,7 +179,9 @@ class TsodeArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         # the recipe checked against the classes it configures; jsonargparse's message only
         # for what that check cannot place (a top-level key, a missing key, an override)
-        key, reason = find_rejected_key(self.recipe_files) or explain_parse_error(message)
+        key, reason = (
+            find_rejected_key(self.recipe_files, self.recipe_args) or explain_parse_error(message)
+        )
         report_recipe_error(key, reason, message, self.recipe_files)
 
 
@@ -236,6 +240,7 @@ class TsodeCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args`` (a list, as on the command line; None: ``sys.argv``)."""
+        TsodeArgumentParser.recipe_args = list(sys.argv[1:] if args is None else args)
         self.config = parser.parse_args(args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -192,11 +192,63 @@ def merged_recipe(files: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def find_rejected_key(files: Sequence[str]) -> tuple[str, str] | None:
-    """``(dotted key, reason)`` of the first key in the recipe files' ``model``, ``data`` and
-    ``trainer`` sections that the configured classes reject, else None (the key is spelled
-    as in the files: ``model.init_args.solver.rtol``, ``trainer.callbacks[0].init_args...``)."""
-    recipe = merged_recipe(files)
+#: command-line options that are not recipe keys
+_NOT_RECIPE_KEYS = ("config", "c", "recipe", "print_config", "ckpt_path", "help", "h")
+
+
+def with_overrides(recipe: dict[str, Any], args: Sequence[str]) -> dict[str, Any]:
+    """``recipe`` with the command line's ``--a.b.c value`` overrides set (values read as
+    YAML, as jsonargparse does); a ``--model CLASS`` shorthand becomes its ``class_path``."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            i += 1
+            continue
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            name, text = arg[2:], args[i + 1]
+            i += 2
+        else:
+            i += 1
+            continue
+        if name in _NOT_RECIPE_KEYS:
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        *parents, last = name.split(".")
+        node: Any = recipe
+        for part in parents:
+            child = node.get(part)
+            if isinstance(child, str):  # a class given by name: its class_path
+                child = {"class_path": child}
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        if not parents and isinstance(value, str) and isinstance(node.get(last), dict):
+            node[last] = {"class_path": value, "init_args": node[last].get("init_args") or {}}
+        else:
+            node[last] = value
+    return recipe
+
+
+def find_rejected_key(files: Sequence[str], args: Sequence[str] = ()) -> tuple[str, str] | None:
+    """``(dotted key, reason)`` of the first key in the recipe's ``model``, ``data`` and
+    ``trainer`` sections (the files, then the command line's ``args`` overrides) that the
+    configured classes reject, else None (the key is spelled as in the files:
+    ``model.init_args.solver.rtol``, ``trainer.callbacks[0].init_args...``)."""
+    try:
+        return _first_rejected(with_overrides(merged_recipe(files), args))
+    except Exception:  # noqa: BLE001 -- the check must never hide the error it explains
+        return None
+
+
+def _first_rejected(recipe: Mapping[str, Any]) -> tuple[str, str] | None:
     for section in _CHECKED_SECTIONS:
         node = recipe.get(section)
         if section in _IMPLICIT_CLASSES and isinstance(node, Mapping) and "class_path" not in node:
