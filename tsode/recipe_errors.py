@@ -101,17 +101,21 @@ def _wrong_type(annotation: Any, value: Any) -> bool:
     return False
 
 
-def _check_class(cls: type, init_args: Any, path: str) -> tuple[str, str] | None:
-    """The first key of ``init_args`` (a recipe mapping for ``cls``) that ``cls`` rejects."""
+def _check_class(
+    cls: type, init_args: Any, path: str, name: str | None = None
+) -> tuple[str, str] | None:
+    """The first key of ``init_args`` (a recipe mapping for ``cls``, named ``name`` in the
+    recipe) that ``cls`` rejects."""
     if not isinstance(init_args, Mapping):
         return None
+    name = name or f"{cls.__module__}.{cls.__qualname__}"
     names = constructor_args(cls)
     hints = _annotations(cls)
-    for name, value in init_args.items():
-        key = f"{path}.{name}"
-        if name not in names:
-            return key, f"unknown key (not a parameter of {cls.__module__}.{cls.__qualname__})"
-        found = _check_value(hints.get(name), value, key)
+    for arg, value in init_args.items():
+        key = f"{path}.{arg}"
+        if arg not in names:
+            return key, f"unknown key (not a parameter of {name})"
+        found = _check_value(hints.get(arg), value, key)
         if found is not None:
             return found
     return None
@@ -147,7 +151,7 @@ def _check_class_node(node: Mapping[str, Any], key: str) -> tuple[str, str] | No
         return f"{key}.class_path", f"class_path '{class_path}': {error}"
     if not inspect.isclass(cls):
         return None
-    return _check_class(cls, node.get("init_args") or {}, f"{key}.init_args")
+    return _check_class(cls, node.get("init_args") or {}, f"{key}.init_args", class_path)
 
 
 def _check_block(block: type, fields: Mapping[str, Any], key: str) -> tuple[str, str] | None:
