@@ -369,3 +369,26 @@ def test_cli_fit_then_predict_writes_probabilities(tmp_path, monkeypatch):
     assert list(probs.columns) == ["series_id", "class", "probability", "label"]
     assert len(probs) == 2 * probs["series_id"].nunique() > 0
     assert np.allclose(probs.groupby("series_id")["probability"].sum(), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_channel_summary_inputs_reach_the_head(name):
+    """``classifier_inputs="state+channels"``: the head reads the state and each channel's
+    summary; padding the batch does not change a series' logits."""
+    batch = make_batch()
+    model = build(name, num_classes=2, classifier_inputs="state+channels").eval()
+    plain = build(name, num_classes=2).eval()
+    extra = model.classifier.net[0].in_features - plain.classifier.net[0].in_features
+    assert extra == 2 * 10  # 2 channels x (last, seen, age, 3 weighted means, spread, count, min, max)
+    with torch.no_grad():
+        logits = model.classify(batch)
+        row = 5  # a padded row (lengths[::5] = length - 2)
+        n = int(batch.context.lengths[row])
+        alone = SeriesPart(*(x[row : row + 1, :n] if x.dim() > 1 else x[row : row + 1]
+                             for x in (batch.context.times, batch.context.values, batch.context.mask,
+                                       batch.context.lengths)))
+        single = IrregularBatch(alone, batch.target, labels=batch.labels[row : row + 1],
+                                series_ids=[row], channels=["a", "b"])
+        torch.testing.assert_close(model.classify(single)[0], logits[row], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="classifier_inputs must be one of"):
+        build(name, num_classes=2, classifier_inputs="channels")

@@ -66,12 +66,43 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from tsode.config import LEGACY_OPTIM_ARGS, OptimConfig, ParameterError, resolve_optim
-from tsode.data.batch import IrregularBatch
-from tsode.models.blocks import ClassifierHead, NFECounter
+from tsode.data.batch import IrregularBatch, SeriesPart
+from tsode.models.blocks import ClassifierHead, NFECounter, last_observation
 from tsode.models.forecast import Forecast
+from tsode.models.history import DEFAULT_HISTORY_SCALES, channel_history, history_feature_count
 from tsode.models.predictive import GaussianHead, ProbabilisticMetrics, gaussian_nll
 
 _STAGES = ("train", "val", "test")
+#: what ``classifier_inputs=`` accepts
+CLASSIFIER_INPUTS = ("state", "state+channels")
+#: features per channel in :func:`channel_summary`
+CHANNEL_SUMMARY_FEATURES = 3 + history_feature_count(DEFAULT_HISTORY_SCALES) + 2
+
+
+def channel_summary(context: SeriesPart) -> Tensor:
+    """``(B, C * F)`` each channel's summary just after its context's last time: last value,
+    seen flag, ``log1p`` age (hours), its :func:`~tsode.models.history.channel_history` and its
+    lowest and highest value in the context (the "worst values" of severity scores;
+    ``F = 3 + (S + 2) + 2``); zeros for a channel never observed."""
+    bsz = context.batch_size
+    if context.times.shape[1] == 0:
+        end = context.times.new_zeros(bsz, 1)
+    else:
+        last = context.times.gather(1, (context.lengths - 1).clamp_min(0).unsqueeze(1))
+        end = torch.nextafter(last, torch.full_like(last, float("inf")))  # strictly after the context
+    values, age, seen = last_observation(context, end)
+    history = channel_history(context, end, DEFAULT_HISTORY_SCALES)  # (B, 1, C, S + 2)
+    observed = context.mask & context.time_mask.unsqueeze(-1)  # (B, L, C)
+    inf = torch.full_like(context.values, float("inf"))
+    lowest = torch.where(observed, context.values, inf).amin(dim=1) if context.times.shape[1] else values[:, 0]
+    highest = torch.where(observed, context.values, -inf).amax(dim=1) if context.times.shape[1] else values[:, 0]
+    extremes = torch.stack([lowest, highest], dim=-1).unsqueeze(1)  # (B, 1, C, 2)
+    extremes = torch.where(seen.unsqueeze(-1), extremes, torch.zeros_like(extremes))
+    per_channel = torch.cat(
+        [torch.stack([values, seen.to(values.dtype), torch.log1p(age)], dim=-1), history.to(values), extremes],
+        dim=-1,
+    )
+    return per_channel.reshape(bsz, -1)
 
 
 @dataclass
@@ -227,6 +258,11 @@ class IrregularModel(L.LightningModule):
             the loss and in ``{stage}/mse_channel`` (None: all 1). A per-variable metric in
             other units than the model's (e.g. min-max scaled while the model sees z-scores)
             is matched by ``(std_c / range_c)^2``.
+        classifier_inputs: what a classification head (``num_classes > 0``) reads: ``"state"``
+            (default; the model's :meth:`series_summary`) or ``"state+channels"`` (that, plus
+            each channel's summary at the end of the context: last value, seen flag,
+            ``log1p`` age, exponentially weighted means at 1 / 6 / 24 h, spread, ``log1p``
+            count (:mod:`tsode.models.history`), lowest and highest value).
         default_optim: the subclass's defaults for the fields ``optim`` leaves None (None:
             ``CONSTANT_OPTIM``, Adam at a constant 1e-3).
         legacy: former flat optimizer arguments (``lr``, ``scheduler``, ... from old code or
@@ -241,6 +277,7 @@ class IrregularModel(L.LightningModule):
         channel_stds: list[float] | None = None,
         loss_weighting: str = "entry",
         loss_channel_weights: list[float] | None = None,
+        classifier_inputs: str = "state",
         *,
         default_optim: OptimConfig | None = None,
         **legacy: Any,
@@ -258,6 +295,9 @@ class IrregularModel(L.LightningModule):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ParameterError("loss_weighting", f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
+        if classifier_inputs not in CLASSIFIER_INPUTS:
+            raise ParameterError("classifier_inputs", f"classifier_inputs must be one of {CLASSIFIER_INPUTS}, got {classifier_inputs!r}")
+        self.classifier_inputs = classifier_inputs
         if loss_channel_weights is not None:
             w = [float(x) for x in loss_channel_weights]
             if len(w) != num_channels or not all(math.isfinite(x) and x >= 0 for x in w):
@@ -336,6 +376,8 @@ class IrregularModel(L.LightningModule):
         self.num_classes = int(num_classes)
         if num_classes == 0:
             return
+        if self.classifier_inputs == "state+channels":
+            summary_dim += self.num_channels * CHANNEL_SUMMARY_FEATURES
         self.classifier = ClassifierHead(summary_dim, num_classes)
         self.classification_metrics = torch.nn.ModuleDict(
             {stage: classification_metrics(num_classes) for stage in ("val", "test")}
@@ -350,7 +392,10 @@ class IrregularModel(L.LightningModule):
         their softmax, class 1's is ``softmax(logits)[:, 1]``)."""
         if self.classifier is None:
             raise RuntimeError(f"{type(self).__name__} was built with num_classes=0: no classifier")
-        return self.classifier(self.series_summary(batch))
+        summary = self.series_summary(batch)
+        if self.classifier_inputs == "state+channels":
+            summary = torch.cat([summary, channel_summary(batch.context).to(summary)], dim=-1)
+        return self.classifier(summary)
 
     def predict_proba(self, batch: IrregularBatch) -> Tensor:
         """Class probabilities ``(B, K)``."""

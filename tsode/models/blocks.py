@@ -8,8 +8,8 @@
 * :class:`MaskedGRUCell` -- GRU update whose input is ``[values, mask]`` (missing channels are
   explicit) and that leaves rows untouched where no update should happen (padding).
 * :func:`mlp` and :class:`MLPDecoder` -- small feed-forward nets (encoders / decoders / heads).
-* :func:`gather_times` / :func:`last_before` / :func:`distinct_times` -- index helpers for
-  per-series time grids.
+* :func:`distinct_times` -- the distinct times of per-series grids (:func:`gather_times` and
+  :func:`last_before` live in :mod:`tsode.models.timeindex` and are re-exported here).
 * :func:`last_observation` and :class:`Persistence` -- each channel's last observed value and
   its age at query times, and the learned gate on it that every forecaster adds to its
   decoder output (so "carry the last value forward" is one step away, not something the
@@ -38,6 +38,8 @@ from torch import Tensor, nn
 from tsode.config import ParameterError
 from tsode.data.batch import SeriesPart
 from tsode.models.forecast import Forecast
+from tsode.models.history import DEFAULT_HISTORY_SCALES, channel_history, history_feature_count
+from tsode.models.timeindex import gather_times, last_before
 
 if TYPE_CHECKING:  # the solver layer is only needed when a solve actually happens
     from tsode.solvers import SolverConfig
@@ -211,28 +213,6 @@ class MLPDecoder(nn.Module):
         return self.net(x)
 
 
-def last_before(times: Tensor, lengths: Tensor, query: Tensor, strict: bool = True) -> Tensor:
-    """Index of the last real time point before each query time, per series.
-
-    Args:
-        times: ``(B, L)`` non-decreasing observation times (padded tail repeats the last time).
-        lengths: ``(B,)`` number of real points per row.
-        query: ``(B, M)`` query times.
-        strict: if True use times ``< query`` (the query point itself is not "seen"),
-            else ``<= query``.
-
-    Returns:
-        ``(B, M)`` long indices in ``[-1, L-1]``; ``-1`` means no real point before the query.
-    """
-    idx = torch.searchsorted(times.contiguous(), query.contiguous(), right=not strict) - 1
-    return torch.minimum(idx, (lengths - 1).unsqueeze(1))
-
-
-def gather_times(x: Tensor, index: Tensor) -> Tensor:
-    """Gather along the time axis: ``x (B, L, D)``, ``index (B, M)`` -> ``(B, M, D)``."""
-    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 def distinct_times(times: Tensor) -> tuple[Tensor, Tensor]:
     """Per-row distinct values of non-decreasing times.
 
@@ -365,7 +345,7 @@ class Persistence(nn.Module):
 
 
 #: what ``persistence=`` accepts in every forecaster (``True`` = ``"gate"``, ``False`` = ``"none"``)
-PERSISTENCE_MODES = ("gate", "channel", "none")
+PERSISTENCE_MODES = ("gate", "channel", "history", "none")
 
 
 def persistence_mode(persistence: bool | str) -> str:
@@ -394,10 +374,16 @@ class ChannelReadout(nn.Module):
     Memory is ``O(B * M * C * hidden_dim)`` per forecast.
     """
 
-    def __init__(self, num_channels: int, feature_dim: int, hidden_dim: int = 32) -> None:
+    def __init__(
+        self, num_channels: int, feature_dim: int, hidden_dim: int = 32, history_scales: tuple[float, ...] = ()
+    ) -> None:
         super().__init__()
+        self.history_scales = tuple(float(s) for s in history_scales)
+        n_history = history_feature_count(self.history_scales) if self.history_scales else 0
+        #: per-channel features passed on to the std head: seen, log1p(age) and the history
+        self.carried_per_channel = 2 + n_history
         self.features = nn.Linear(feature_dim, hidden_dim)
-        self.carried = nn.Linear(3, hidden_dim, bias=False)
+        self.carried = nn.Linear(3 + n_history, hidden_dim, bias=False)
         self.embedding = nn.Parameter(0.1 * torch.randn(num_channels, hidden_dim))
         self.gate_weight = nn.Parameter(0.01 * torch.randn(num_channels, hidden_dim))
         self.gate_bias = nn.Parameter(torch.full((num_channels,), CLOSED_GATE_BIAS))
@@ -409,12 +395,16 @@ class ChannelReadout(nn.Module):
         values, age, seen = last_observation(part, times)
         log_age = torch.log1p(age)
         per_channel = torch.stack([values, seen.to(values.dtype), log_age], dim=-1)  # (B, M, C, 3)
+        if self.history_scales:
+            history = channel_history(part, times, self.history_scales)  # (B, M, C, S + 2)
+            per_channel = torch.cat([per_channel, history], dim=-1)
         hidden = torch.tanh(
             self.features(features).unsqueeze(-2) + self.carried(per_channel) + self.embedding
         )  # (B, M, C, D)
         gate = torch.sigmoid((hidden * self.gate_weight).sum(-1) + self.gate_bias)
         residual = (hidden * self.out_weight).sum(-1) + self.out_bias
-        carried = torch.cat([seen.to(values.dtype), log_age], dim=-1)
+        # channel-major blocks: [seen (C), log1p(age) (C), history feature 1 (C), ...]
+        carried = per_channel[..., 1:].transpose(-1, -2).flatten(-2)  # (B, M, C * carried_per_channel)
         return gate * values + residual, carried
 
 
@@ -476,9 +466,12 @@ def forecast_heads(
         carried = Persistence(num_channels, feature_dim)
     elif mode == "channel":
         carried = ChannelReadout(num_channels, feature_dim)
+    elif mode == "history":
+        carried = ChannelReadout(num_channels, feature_dim, history_scales=DEFAULT_HISTORY_SCALES)
     std_head = None
     if uncertainty == "gaussian":
-        std_head = GaussianHead(feature_dim + (2 * num_channels if carried is not None else 0), num_channels)
+        per_channel = 0 if carried is None else getattr(carried, "carried_per_channel", 2)
+        std_head = GaussianHead(feature_dim + per_channel * num_channels, num_channels)
     return carried, std_head
 
 
