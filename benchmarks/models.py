@@ -19,7 +19,8 @@ adjoint (``--ncde-solvers``).
 
 Grid modes for ODE-RNN and latent ODE: ``per_sample`` (each series integrated only over its own
 observation times) and ``union`` (the reference implementation's batching: every series stepped
-through the union of all time points of the batch). Both compute the same function.
+through the union of all time points of the batch; ``benchmarks/union_grid.py``). Both compute
+the same function.
 
 Each configuration runs in a fresh subprocess with one thread (``torch.set_num_threads(1)``).
 Reported: median wall time of a training step (forward + backward + Adam step) after one
@@ -157,9 +158,12 @@ def run_config(batch_file: str, name: str, grid: str, adjoint: bool, steps: int,
         kwargs["solver"] = chosen
     elif name == "ncde":
         kwargs["solver"] = chosen
-    if name in ("odernn", "latent_ode"):
-        kwargs["grid"] = grid
-    model = MODELS[name](num_channels=batches[0].context.num_channels, **kwargs)
+    cls = MODELS[name]
+    if grid == "union":  # the reference's batching: benchmarks/union_grid.py (next to this file)
+        from union_grid import UNION_MODELS
+
+        cls = UNION_MODELS[name]
+    model = cls(num_channels=batches[0].context.num_channels, **kwargs)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rss_before = current_rss_kib()

@@ -251,8 +251,8 @@ def test_no_arguments_prints_usage(capsys: pytest.CaptureFixture) -> None:
          "has no attribute 'Nope'"),
         (lambda r: r["data"]["init_args"]["task"].update(kind="forecastt"),
          "data.init_args.task.kind", "task.kind must be one of"),  # rejected by the task block
-        (lambda r: r["model"]["init_args"].update(grid="bad"), "model.init_args.grid",
-         "grid must be one of"),  # rejected by the model's constructor
+        (lambda r: r["model"]["init_args"].update(anchor="bad"), "model.init_args.anchor",
+         "anchor must be one of"),  # rejected by the model's constructor
         (lambda r: r["trainer"].update(accelerator="gpux"), "trainer.accelerator",
          "invalid accelerator"),  # rejected by the Trainer
     ],
@@ -388,3 +388,35 @@ def test_cli_tracking_callback_logs_the_forecaster_as_pyfunc_model() -> None:
     cli = TsodeCLI(args=["--config", str(QUICKSTART), *SMALL, "--trainer.logger", "false"], run=False)
     artifacts = [cb for cb in cli.trainer.callbacks if isinstance(cb, MLflowArtifacts)]
     assert artifacts and all(cb.forecaster_factory == Forecaster.from_trained for cb in artifacts)
+
+
+def test_find_rejected_key_passes_every_repo_recipe_and_names_a_bad_key(tmp_path: Path) -> None:
+    """The structural check behind the recipe errors: silent on every recipe of the repo, and
+    names the key (as written in the file) without reading jsonargparse's message."""
+    from tsode.recipe_errors import find_rejected_key
+    from tsode.recipes import recipe_files, recipe_names
+
+    for name in recipe_names():
+        assert find_rejected_key([str(p) for p in recipe_files(name)]) is None, name
+    recipe = yaml.safe_load(QUICKSTART.read_text())
+    recipe["model"]["init_args"]["optim"] = {"lr": -1.0}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert find_rejected_key([str(path)]) == ("model.init_args.optim.lr", "optim.lr must be > 0, got -1.0")
+
+
+def test_a_bad_command_line_override_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from tsode.recipe_errors import find_rejected_key
+
+    args = ["fit", "--config", str(QUICKSTART), "--model.init_args.latent_dim", "many",
+            "--trainer.max_epochs=1"]
+    assert find_rejected_key([str(QUICKSTART)], args) == (
+        "model.init_args.latent_dim", "wrong type: expected int, got 'many'")
+    assert find_rejected_key([str(QUICKSTART)], ["fit", "--trainer.max_epochs", "1"]) is None
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(args)
+    headline = capsys.readouterr().err.splitlines()[0]
+    assert "key 'model.init_args.latent_dim'" in headline and "wrong type" in headline

@@ -129,19 +129,29 @@ def test_old_flat_data_key_in_a_recipe_names_the_new_one(
     assert f"moved to {new}" in err
 
 
-def test_block_field_errors_are_read_from_nested_messages() -> None:
-    from tsode.recipe_errors import block_field_error
+def test_block_field_errors_name_their_field() -> None:
+    """A block's rejected field is named by the error itself (``ParameterError.param``), so
+    the ``tsode`` command maps it to the recipe key without reading the message."""
+    import pickle
 
-    message = (
-        "Does not validate against any of the Union subtypes\n  Errors:\n"
-        "    - task.cutoff must be a finite number of hours >= 0, got -1.0\n"
-        "    - Expected a <class 'str'>"
-    )
-    assert block_field_error(message) == (
-        "task.cutoff", "task.cutoff must be a finite number of hours >= 0, got -1.0"
-    )
-    assert block_field_error("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")[0] == "task.cutoff"
-    assert block_field_error("grid must be one of ('per_sample',)") is None
+    from tsode.config import OptimConfig, ParameterError
+    from tsode.data import TaskConfig
+
+    with pytest.raises(ParameterError) as info:
+        TaskConfig(cutoff=-1.0)
+    assert info.value.param == "task.cutoff"
+    assert str(info.value) == "task.cutoff must be a finite number of hours >= 0 (hours since each series' origin), got -1.0"
+    with pytest.raises(ParameterError) as info:
+        TaskConfig(cutoff=1.0, cutoff_fraction=0.5)
+    assert info.value.param == "task.cutoff"
+    with pytest.raises(ParameterError) as info:
+        LoaderConfig(batch_size=0)
+    assert info.value.param == "loader.batch_size"
+    with pytest.raises(ParameterError) as info:
+        OptimConfig(lr=-1.0)
+    assert info.value.param == "optim.lr" and isinstance(info.value, ValueError)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.param == "optim.lr" and str(again) == str(info.value)
 
 
 def test_flat_fields_on_a_mapping_block_keep_the_dataset_kind() -> None:

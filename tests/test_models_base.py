@@ -70,20 +70,6 @@ def test_last_before_strict_and_clamped_to_real_points():
     assert last_before(times, lengths, query, strict=False).tolist() == [[-1, 0, 1, 1, 2]]
 
 
-def test_solve_from_union_equals_per_sample():
-    torch.manual_seed(0)
-    f = ODEFunc(3, 8, 2, init_std=0.5)
-    solver = SolverConfig(method="dopri5", rtol=1e-8, atol=1e-9)
-    y0 = torch.randn(2, 3, dtype=torch.float64)
-    f = f.double()
-    t0 = torch.tensor([0.5, 2.0], dtype=torch.float64)
-    times = torch.tensor([[0.7, 1.5, 3.0], [2.0, 2.1, 2.1]], dtype=torch.float64)
-    a = solve_from(solver, f, y0, t0, times, "per_sample")
-    b = solve_from(solver, f, y0, t0, times, "union")
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(a[1, 0], y0[1])
-
-
 def test_distinct_times_compacts_repeated_times_per_row():
     times = torch.tensor([[0.0, 0.0, 1.0, 1.0, 2.0], [0.5] * 5, [0.0, 1.0, 2.0, 2.0, 2.0]])
     grid, index = distinct_times(times)

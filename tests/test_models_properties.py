@@ -182,20 +182,6 @@ def test_latent_ode_anchored_at_the_last_time_solves_both_ways(forecast_batch):
     assert torch.isfinite(out.mean).all()
 
 
-@pytest.mark.parametrize("name", ODE_MODELS)
-def test_union_grid_computes_the_same_function(name, forecast_batch):
-    extra = {"anchor": "first"} if name == "latent_ode" else {}  # union batching: reference model
-    model = build(name, **extra)
-    union = build(name, grid="union", **extra)
-    union.load_state_dict(model.state_dict())
-    if name == "latent_ode":
-        union.sample_eps = model.sample_eps
-    loss, pred = loss_and_pred(model, forecast_batch)
-    loss_u, pred_u = loss_and_pred(union, forecast_batch)
-    torch.testing.assert_close(loss_u, loss, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(pred_u, pred, rtol=1e-4, atol=1e-5)
-
-
 def test_predict_step_contract(forecast_batch):
     model = build("odernn", channel_means=[1.0, 2.0, 3.0], channel_stds=[2.0, 1.0, 0.5])
     model.eval()

@@ -67,6 +67,7 @@ from tsode.recipe_errors import (  # noqa: F401  (explain_parse_error, locate_ke
     _data_error,
     explain_instantiation_error,
     explain_parse_error,
+    find_rejected_key,
     locate_key,
     report_recipe_error,
 )
@@ -168,13 +169,19 @@ class TsodeArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with recipe-aware error messages (key, reason and file)."""
 
     recipe_files: list[str] = []
+    #: the command line (its ``--key value`` overrides are checked with the files)
+    recipe_args: list[str] = []
     #: the ``--recipe`` name the files came from (None: given as ``--config`` files)
     recipe_name: str | None = None
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
-        key, reason = explain_parse_error(message)
+        # the recipe checked against the classes it configures; jsonargparse's message only
+        # for what that check cannot place (a top-level key, a missing key, an override)
+        key, reason = (
+            find_rejected_key(self.recipe_files, self.recipe_args) or explain_parse_error(message)
+        )
         report_recipe_error(key, reason, message, self.recipe_files)
 
 
@@ -233,6 +240,7 @@ class TsodeCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args`` (a list, as on the command line; None: ``sys.argv``)."""
+        TsodeArgumentParser.recipe_args = list(sys.argv[1:] if args is None else args)
         self.config = parser.parse_args(args)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -288,6 +296,7 @@ class TsodeCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Build the recipe's objects; a constructor rejecting a value is a recipe error
         (key, reason and file), not a traceback."""
+        self._trainer_failed = False
         try:
             super().instantiate_classes()
         except (RecipeError, KeyboardInterrupt):
@@ -301,7 +310,7 @@ class TsodeCLI(LightningCLI):
                 sys.stderr.write(f"tsode: invalid data: {data_error}\n")
                 raise RecipeError(2) from error
             config = self.config[self.subcommand] if self.subcommand else self.config
-            key, reason = explain_instantiation_error(error, config)
+            key, reason = explain_instantiation_error(error, config, self._trainer_failed)
             report_recipe_error(key, reason, str(error), TsodeArgumentParser.recipe_files)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
@@ -314,7 +323,11 @@ class TsodeCLI(LightningCLI):
         if self.subcommand == "fit" and getattr(self, "resume_dir", None) is not None:
             # last.ckpt where the next `tsode fit ... --ckpt_path last` finds it; per-epoch seeds
             extra.extend([ResumeCheckpoint(self.resume_dir), EpochSeed()])
-        trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        try:
+            trainer = super()._instantiate_trainer(config, [*callbacks, *extra])
+        except Exception:
+            self._trainer_failed = True  # a Trainer option, not the model or data
+            raise
         from tsode.api import Forecaster
 
         for callback in trainer.callbacks:  # the pyfunc model MLflowArtifacts logs

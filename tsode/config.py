@@ -13,6 +13,10 @@ Before the groups, the optimizer arguments were flat constructor arguments (``lr
 ``scheduler=...``); :func:`resolve_optim` still maps them into the group (with a
 ``DeprecationWarning``), so Python calls and checkpoints saved before keep working. Recipes
 must use the ``optim:`` block (the ``tsode`` command names the new key for an old one).
+
+:class:`ParameterError` is how a constructor argument or a block's field rejects its value:
+the error names the parameter (``anchor``, ``task.cutoff``, ``optim.lr``), so the ``tsode``
+command reports the recipe key without reading the message (:mod:`tsode.recipe_errors`).
 """
 
 from __future__ import annotations
@@ -66,6 +70,23 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, OptimConfig, int | None],
 }
 
 
+class ParameterError(ValueError):
+    """A constructor argument, or a field of a configuration block, rejects its value.
+
+    ``param`` is the parameter's key below its owner's ``init_args``: ``"anchor"`` (an
+    argument), ``"task.cutoff"`` / ``"optim.lr"`` (a field of a block); the message says what
+    is wrong and starts with that key. A ``ValueError``, so ``except ValueError`` still
+    catches it.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with both arguments
+        return (type(self), (self.param, str(self)))
+
+
 @dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule of a model (a recipe's ``optim:`` block).
@@ -97,11 +118,11 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optim.optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ParameterError("optim.optimizer", f"optim.optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise ValueError(f"optim.scheduler must be one of {'/'.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise ParameterError("optim.scheduler", f"optim.scheduler must be one of {'/'.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr!r}")
+            raise ParameterError("optim.lr", f"optim.lr must be > 0, got {self.lr!r}")
 
     def given(self) -> dict[str, Any]:
         """The fields set (not None)."""

@@ -1,31 +1,39 @@
 """Recipe errors of the ``tsode`` command: which key of which file, and why.
 
-jsonargparse reports a rejected recipe as a message (no structured error); the functions here
-turn it into ``tsode: invalid configuration in <file>: key '<key>': <reason>``:
+A rejected recipe is reported as ``tsode: invalid configuration in <file>: key '<key>':
+<reason>``. The key comes from structure, not from jsonargparse's wording:
 
-* :func:`explain_parse_error`: the dotted key and reason of a parse error (unknown key,
-  wrong type, missing key, a class that cannot be imported);
-* :func:`explain_instantiation_error`: the key of a value a constructor rejected. A data
-  module's configuration block names its own field (``task.cutoff must be ...``,
-  :func:`block_field_error`), which is mapped straight to ``data.init_args.task.cutoff``;
-  other constructors' messages are matched against the class's arguments;
-* :func:`locate_key`: the key as written in the recipe files (plain mappings without
-  ``init_args``, list indices) and the file holding it;
-* :func:`report_recipe_error`: the one-line report (with the new spelling of a former flat
-  key: :func:`tsode.config.legacy_key_hint`, :func:`tsode.data.config.data_key_hint`).
+* a value a constructor rejects raises :class:`tsode.config.ParameterError`, which names its
+  parameter (``anchor``, ``task.cutoff``, ``optim.lr``); :func:`explain_instantiation_error`
+  finds it in the error's cause chain and the configured class that takes that parameter
+  (other errors: the parameter of that class the message names; the Trainer's errors are
+  told apart by where they were raised, see ``TsodeCLI._instantiate_trainer``);
+* a recipe jsonargparse cannot parse is checked again by :func:`find_rejected_key`: every key
+  of the recipe's ``model`` / ``data`` / ``trainer`` sections against the signature of the
+  class it configures (unknown key, a class that cannot be imported, a value of the wrong
+  type, a configuration block -- ``task``, ``loader``, ``optim`` -- rejecting a field).
+  Only what that check cannot place (a top-level key, a missing key) falls back to reading
+  jsonargparse's message, :func:`explain_parse_error`;
+* :func:`locate_key` spells the key as written in the recipe files (plain mappings without
+  ``init_args``, list indices) and finds the file holding it;
+* :func:`report_recipe_error` prints the one-line report (with the new spelling of a former
+  flat key: :func:`tsode.config.legacy_key_hint`, :func:`tsode.data.config.data_key_hint`).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-from tsode.config import legacy_key_hint
+from tsode.config import ParameterError, constructor_args, legacy_key_hint
 from tsode.data.config import data_key_hint
 
 
@@ -33,8 +41,236 @@ class RecipeError(SystemExit):
     """A recipe (or command-line override) was rejected; the message names key and file."""
 
 
+# ---------------------------------------------------------------- the recipe's own structure
+#: the class each top-level section of a recipe configures when it names none itself
+_IMPLICIT_CLASSES = {"trainer": "lightning.pytorch.Trainer"}
+_CHECKED_SECTIONS = ("model", "data", "trainer")
+
+
+def _import(path: str) -> Any:
+    """The object a dotted ``module.Name`` path names (``ImportError`` / ``AttributeError``)."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ImportError(f"{path!r} is not a dotted import path")
+    return getattr(importlib.import_module(module), name)
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the constructor arguments of ``cls`` (through ``**kwargs`` to
+    the base classes, as :func:`tsode.config.constructor_args`); a class whose annotations
+    cannot be resolved adds none (its values are not type-checked)."""
+    hints: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            found = typing.get_type_hints(init)
+        except Exception:  # noqa: BLE001 -- unresolvable annotations: those are not checked
+            break
+        hints = {**found, **hints}
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return hints
+
+
+def _block_class(annotation: Any) -> type | None:
+    """The configuration class in an annotation such as ``SolverConfig | None`` or
+    ``TaskConfig | str | None`` (a class with named fields), else None."""
+    for option in (*typing.get_args(annotation), annotation):
+        if inspect.isclass(option) and option.__module__ not in ("builtins", "typing", "collections.abc"):
+            if hasattr(option, "__dataclass_fields__"):
+                return option
+    return None
+
+
+def _wrong_type(annotation: Any, value: Any) -> bool:
+    """Whether jsonargparse rejects ``value`` for an argument typed ``annotation`` (checked
+    with a one-argument parser, so the failing key is the one asked about)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    try:
+        parser.add_argument("--value", type=annotation)
+    except Exception:  # noqa: BLE001 -- a type jsonargparse cannot take alone: not checked
+        return False
+    try:
+        parser.parse_object({"value": value})
+    except Exception:  # noqa: BLE001 -- any rejection is a wrong value
+        return True
+    return False
+
+
+def _check_class(
+    cls: type, init_args: Any, path: str, name: str | None = None
+) -> tuple[str, str] | None:
+    """The first key of ``init_args`` (a recipe mapping for ``cls``, named ``name`` in the
+    recipe) that ``cls`` rejects."""
+    if not isinstance(init_args, Mapping):
+        return None
+    name = name or f"{cls.__module__}.{cls.__qualname__}"
+    names = constructor_args(cls)
+    hints = _annotations(cls)
+    for arg, value in init_args.items():
+        key = f"{path}.{arg}"
+        if arg not in names:
+            return key, f"unknown key (not a parameter of {name})"
+        found = _check_value(hints.get(arg), value, key)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_value(annotation: Any, value: Any, key: str) -> tuple[str, str] | None:
+    """The rejected key under ``key`` for a recipe ``value`` of an argument typed
+    ``annotation`` (None: unknown type), else None."""
+    if isinstance(value, Mapping) and "class_path" in value:
+        return _check_class_node(value, key)
+    if isinstance(value, list) and all(isinstance(v, Mapping) and "class_path" in v for v in value):
+        for index, item in enumerate(value):
+            found = _check_class_node(item, f"{key}[{index}]")
+            if found is not None:
+                return found
+        return None
+    block = _block_class(annotation) if annotation is not None else None
+    if block is not None and isinstance(value, Mapping):
+        return _check_block(block, value, key)
+    if annotation is not None and _wrong_type(annotation, value):
+        return key, f"wrong type: expected {_type_name(annotation)}, got {value!r}"
+    return None
+
+
+def _check_class_node(node: Mapping[str, Any], key: str) -> tuple[str, str] | None:
+    """A ``{class_path, init_args}`` node: the class must import, its arguments fit."""
+    class_path = node["class_path"]
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None  # a short name jsonargparse resolves itself
+    try:
+        cls = _import(class_path)
+    except (ImportError, AttributeError) as error:
+        return f"{key}.class_path", f"class_path '{class_path}': {error}"
+    if not inspect.isclass(cls):
+        return None
+    return _check_class(cls, node.get("init_args") or {}, f"{key}.init_args", class_path)
+
+
+def _check_block(block: type, fields: Mapping[str, Any], key: str) -> tuple[str, str] | None:
+    """A configuration block given as a mapping (``solver:``, ``task:``, ``loader:``,
+    ``optim:``): known fields of the right type, then the block's own validation."""
+    found = _check_class(block, fields, key)
+    if found is not None:
+        return found
+    try:
+        block(**fields)
+    except ParameterError as error:  # names its field, relative to the block's owner
+        owner = key.rpartition(".")[0]
+        return f"{owner}.{error.param}", str(error)
+    except (TypeError, ValueError) as error:
+        field = _named_parameter(str(error), fields)
+        return (f"{key}.{field}" if field else key), str(error)
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def merged_recipe(files: Sequence[str]) -> dict[str, Any]:
+    """The recipe files merged in order (later files override, as ``--config`` does)."""
+
+    def merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+        for name, value in new.items():
+            if isinstance(value, Mapping) and isinstance(into.get(name), dict):
+                merge(into[name], value)
+            else:
+                into[name] = dict(value) if isinstance(value, Mapping) else value
+
+    out: dict[str, Any] = {}
+    for file in files:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, Mapping):
+            merge(out, loaded)
+    return out
+
+
+#: command-line options that are not recipe keys
+_NOT_RECIPE_KEYS = ("config", "c", "recipe", "print_config", "ckpt_path", "help", "h")
+
+
+def with_overrides(recipe: dict[str, Any], args: Sequence[str]) -> dict[str, Any]:
+    """``recipe`` with the command line's ``--a.b.c value`` overrides set (values read as
+    YAML, as jsonargparse does); a ``--model CLASS`` shorthand becomes its ``class_path``."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            i += 1
+            continue
+        if "=" in arg:
+            name, text = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            name, text = arg[2:], args[i + 1]
+            i += 2
+        else:
+            i += 1
+            continue
+        if name in _NOT_RECIPE_KEYS:
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        *parents, last = name.split(".")
+        node: Any = recipe
+        for part in parents:
+            child = node.get(part)
+            if isinstance(child, str):  # a class given by name: its class_path
+                child = {"class_path": child}
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        if not parents and isinstance(value, str) and isinstance(node.get(last), dict):
+            node[last] = {"class_path": value, "init_args": node[last].get("init_args") or {}}
+        else:
+            node[last] = value
+    return recipe
+
+
+def find_rejected_key(files: Sequence[str], args: Sequence[str] = ()) -> tuple[str, str] | None:
+    """``(dotted key, reason)`` of the first key in the recipe's ``model``, ``data`` and
+    ``trainer`` sections (the files, then the command line's ``args`` overrides) that the
+    configured classes reject, else None (the key is spelled as in the files:
+    ``model.init_args.solver.rtol``, ``trainer.callbacks[0].init_args...``)."""
+    try:
+        return _first_rejected(with_overrides(merged_recipe(files), args))
+    except Exception:  # noqa: BLE001 -- the check must never hide the error it explains
+        return None
+
+
+def _first_rejected(recipe: Mapping[str, Any]) -> tuple[str, str] | None:
+    for section in _CHECKED_SECTIONS:
+        node = recipe.get(section)
+        if section in _IMPLICIT_CLASSES and isinstance(node, Mapping) and "class_path" not in node:
+            node = {"class_path": _IMPLICIT_CLASSES[section], "init_args": node}
+        if isinstance(node, Mapping) and "class_path" in node:
+            found = _check_class_node(node, section)
+            if found is not None:
+                key, reason = found
+                # the implicit Trainer node has no init_args in the recipe
+                return key.replace("trainer.init_args.", "trainer.", 1), reason
+    return None
+
+
+# ------------------------------------------------------------ jsonargparse's message (fallback)
 def explain_parse_error(message: str) -> tuple[str | None, str]:
-    """Pull the offending dotted key and a one-line reason out of a jsonargparse message."""
+    """Pull the offending dotted key and a one-line reason out of a jsonargparse message: the
+    fallback for what :func:`find_rejected_key` cannot place (a top-level key, a missing
+    key, a command-line override)."""
     top = re.search(r"does not accept option '([^']+)'", message)
     if top:
         return top.group(1), "unknown key"
@@ -54,7 +290,6 @@ def explain_parse_error(message: str) -> tuple[str | None, str]:
             detail = message[match.end() :].lstrip(":").strip().splitlines()
             first = detail[0].strip() if detail else ""
             if first and not token.match(first) and not first.startswith("Does not validate"):
-                # the class itself is the problem (not importable, not a subclass, ...)
                 path.append("class_path")
                 reason = f"class_path '{owner}': {first}"
                 break
@@ -78,8 +313,9 @@ def explain_parse_error(message: str) -> tuple[str | None, str]:
     return key, reason
 
 
+# ------------------------------------------------------------------- where the key is written
 def locate_key(key: str, files: Sequence[str]) -> tuple[str, str | None]:
-    """Spell ``key`` (dotted, from :func:`explain_parse_error`) as it is written in a recipe.
+    """Spell ``key`` (dotted) as it is written in a recipe.
 
     jsonargparse names nested class arguments ``<section>.init_args.<name>`` even where the
     recipe gives them as a plain mapping (``solver: {rtol: ...}``) and does not say which
@@ -159,106 +395,80 @@ def report_recipe_error(
     raise RecipeError(2)
 
 
-def _class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, Any]]:
-    """class_path -> (dotted section, its init_args) for every class named in ``config``."""
-    found: dict[str, tuple[str, Any]] = {}
-    items: Any
-    if hasattr(config, "items") and callable(config.items):
-        items = config.items() if not hasattr(config, "__dict__") else vars(config).items()
-    elif isinstance(config, list):
-        items = ((f"[{i}]", v) for i, v in enumerate(config))
-    else:
-        return found
-    for name, value in items:
+# ------------------------------------------------------------- errors while building objects
+def _items(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, list):
+        yield from ((f"[{i}]", v) for i, v in enumerate(node))
+    elif isinstance(node, Mapping):
+        yield from node.items()
+    elif hasattr(node, "__dict__") and hasattr(node, "items"):  # a jsonargparse Namespace
+        yield from vars(node).items()
+
+
+def _get(node: Any, name: str) -> Any:
+    return node.get(name) if isinstance(node, Mapping) else getattr(node, name, None)
+
+
+def class_sections(config: Any, prefix: str = "") -> dict[str, tuple[str, list[str]]]:
+    """Dotted section -> (class_path, its argument names) for every class the resolved
+    ``config`` configures (``model``, ``data``, ``trainer.callbacks[0]``, ...), in order."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for name, value in _items(config):
         name = str(name)
         dotted = f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}"
-        class_path = getattr(value, "class_path", None) if not isinstance(value, dict) else (
-            value.get("class_path")
-        )
+        class_path = _get(value, "class_path") if not isinstance(value, (str, list)) else None
         if isinstance(class_path, str):
-            init_args = (
-                value.get("init_args") if isinstance(value, dict) else getattr(value, "init_args", None)
-            )
-            found.setdefault(class_path, (dotted, init_args))
-        found.update({k: v for k, v in _class_sections(value, dotted).items() if k not in found})
+            init_args = _get(value, "init_args")
+            found[dotted] = (class_path, [str(k) for k, _ in _items(init_args)])
+        for sub, entry in class_sections(value, dotted).items():
+            found.setdefault(sub, entry)
     return found
 
 
-#: A configuration block's own error names its field first: ``task.cutoff must be ...``
-#: (:class:`tsode.data.TaskConfig`, :class:`tsode.data.LoaderConfig`,
-#: :class:`tsode.config.OptimConfig`).
-_BLOCK_FIELD_ERROR = re.compile(
-    r"^\s*(?:- )?(?P<block>task|loader|optim)\.(?P<field>[a-z_]+):? (?P<text>.+)$", re.M
-)
+def _named_parameter(message: str, names: Any) -> str | None:
+    """The first word of ``message`` that is one of ``names`` (an error naming its argument)."""
+    return next((w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message) if w in names), None)
 
 
-def block_field_error(message: str) -> tuple[str, str] | None:
-    """``("task.cutoff", "task.cutoff must be ...")`` when ``message`` holds the error of a
-    configuration block (a data module's ``task`` / ``loader``, a model's ``optim``), else
-    None."""
-    found = _BLOCK_FIELD_ERROR.search(message)
-    if found is None:
-        return None
-    return f"{found['block']}.{found['field']}", found.group(0).strip().removeprefix("- ")
+def _root_cause(error: BaseException) -> BaseException:
+    """The exception a chain of wrappers (jsonargparse's included) started from."""
+    seen = {id(error)}
+    while True:
+        cause = error.__cause__ or error.__context__
+        if cause is None or id(cause) in seen:
+            return error
+        seen.add(id(cause))
+        error = cause
 
 
-def explain_instantiation_error(error: BaseException, config: Any) -> tuple[str | None, str]:
+def explain_instantiation_error(
+    error: BaseException, config: Any, trainer_failed: bool = False
+) -> tuple[str | None, str]:
     """Key and reason of an error raised while building the recipe's objects.
 
-    The class whose constructor failed is found from the message (``class_path 'X'``) or
-    the traceback; the argument it names (``grid must be one of ...``, or a block's field:
-    ``task.cutoff must be ...``) completes the key.
+    A :class:`~tsode.config.ParameterError` names its parameter: the key is that parameter
+    under the configured class that takes it (``model.init_args.anchor``,
+    ``data.init_args.task.cutoff``). Any other error is mapped to the first configured
+    class with an argument its message names; ``trainer_failed``: the Trainer's own options.
     """
-    message = str(error)
-    block = block_field_error(message)
-    bullets = re.findall(r"^\s*- (.+)$", message, flags=re.M)
-    reason = next((b for b in bullets if "NoneType" not in b), None) or message.splitlines()[0]
-    sections = _class_sections(config)
-    owner = None
-    named = re.search(r"class_path='([^']+)'|class_path '([^']+)'", message)
-    if named:
-        owner = named.group(1) or named.group(2)
-    if owner is None:  # walk the traceback for a constructor of a configured class
-        tb = error.__traceback__
-        while tb is not None:
-            local_self = tb.tb_frame.f_locals.get("self")
-            if tb.tb_frame.f_code.co_name == "__init__" and local_self is not None:
-                cls = type(local_self)
-                for path in (f"{cls.__module__}.{cls.__qualname__}",):
-                    if path in sections:
-                        owner = path
-                tb_owner = [c for c in sections if c.rsplit(".", 1)[-1] == cls.__name__]
-                if owner is None and tb_owner:
-                    owner = tb_owner[0]
-            tb = tb.tb_next
-    if owner is None or owner not in sections:
-        if any(name.startswith(("Trainer.", "_AcceleratorConnector.")) for name in traceback_names(error)):
-            trainer = config.get("trainer") if hasattr(config, "get") else None
-            options = list(vars(trainer)) if hasattr(trainer, "__dict__") else list(trainer or {})
-            words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
-            option = next((w for w in words if w in options), None)
-            return ("trainer." + option if option else "trainer"), f"rejected by the Trainer: {reason}"
-        return None, reason
-    section, init_args = sections[owner]
-    if block is not None:  # the block names its field
-        return f"{section}.init_args.{block[0]}", f"rejected by {owner}: {block[1]}"
-    names = list(vars(init_args)) if hasattr(init_args, "__dict__") else list(init_args or {})
-    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", reason)
-    param = next((w for w in words if w in names), None)
-    key = f"{section}.init_args.{param}" if param else section
-    return key, f"rejected by {owner}: {reason}"
-
-
-def traceback_names(error: BaseException) -> list[str]:
-    """Qualified names of the functions an exception passed through (outermost first)."""
-    names = []
-    tb = error.__traceback__
-    while tb is not None:
-        local_self = tb.tb_frame.f_locals.get("self")
-        prefix = type(local_self).__name__ + "." if local_self is not None else ""
-        names.append(prefix + tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return names
+    named = _caused_by(error, ParameterError)
+    root = named if named is not None else _root_cause(error)
+    reason = " ".join(str(root).split("\n", 1)[0].split()) or type(root).__name__
+    if trainer_failed:
+        trainer = _get(config, "trainer")
+        option = _named_parameter(reason, [name for name, _ in _items(trainer)])
+        return ("trainer." + option if option else "trainer"), f"rejected by the Trainer: {reason}"
+    sections = class_sections(config)
+    if isinstance(named, ParameterError):
+        head = named.param.split(".")[0]
+        for section, (class_path, names) in sections.items():
+            if head in names:
+                return f"{section}.init_args.{named.param}", f"rejected by {class_path}: {reason}"
+    for section, (class_path, names) in sections.items():
+        param = _named_parameter(reason, names)
+        if param is not None:
+            return f"{section}.init_args.{param}", f"rejected by {class_path}: {reason}"
+    return None, reason
 
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tsode.config import ParameterError
 from tsode.data.tasks import TaskConfig
 
 #: The former flat task arguments, now fields of the ``task:`` block (:class:`TaskConfig`).
@@ -58,9 +59,9 @@ class LoaderConfig:
         for name in ("batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"loader.{name} must be an integer >= 1 (series per batch), got {value!r}")
+                raise ParameterError(f"loader.{name}", f"loader.{name} must be an integer >= 1 (series per batch), got {value!r}")
         if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 0):
-            raise ValueError(f"loader.num_workers must be an integer >= 0, got {self.num_workers!r}")
+            raise ParameterError("loader.num_workers", f"loader.num_workers must be an integer >= 0, got {self.num_workers!r}")
 
     def given(self) -> dict[str, Any]:
         """The fields set (not None)."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from tsode.config import ParameterError
 from tsode.data.series import SeriesTable
 
 TASK_KINDS = ("forecast", "extrapolation", "interpolation", "classification", "none")
@@ -76,25 +77,27 @@ class TaskConfig:
         if self.train_cutoff_range is not None:
             self.train_cutoff_range = self._checked_range(self.train_cutoff_range)
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
+            raise ParameterError("task.kind", f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.context_boundary not in CONTEXT_BOUNDARIES:
-            raise ValueError(
+            raise ParameterError(
+                "task.context_boundary",
                 f"task.context_boundary must be one of {CONTEXT_BOUNDARIES} ('closed': context "
                 f"t <= cutoff; 'open': context t < cutoff), got {self.context_boundary!r}"
             )
         if self.cutoff is not None and self.cutoff_fraction is not None:
-            raise ValueError("task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")
+            raise ParameterError("task.cutoff", "task.cutoff: give either cutoff (hours) or cutoff_fraction, not both")
         if self.cutoff is not None and not (np.isfinite(self.cutoff) and self.cutoff >= 0.0):
-            raise ValueError(
+            raise ParameterError(
+                "task.cutoff",
                 f"task.cutoff must be a finite number of hours >= 0 (hours since each series' origin), "
                 f"got {self.cutoff}"
             )
         if self.cutoff_fraction is not None and not 0.0 < self.cutoff_fraction < 1.0:
-            raise ValueError(f"task.cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
+            raise ParameterError("task.cutoff_fraction", f"task.cutoff_fraction must be in (0, 1), got {self.cutoff_fraction}")
         if self.horizon is not None and not self.horizon > 0:
-            raise ValueError(f"task.horizon must be > 0 hours, got {self.horizon}")
+            raise ParameterError("task.horizon", f"task.horizon must be > 0 hours, got {self.horizon}")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"task.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ParameterError("task.holdout_fraction", f"task.holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
 
     @classmethod
     def of(cls, value: TaskConfig | str | Mapping[str, Any] | None, default: str = "forecast") -> TaskConfig:
@@ -117,23 +120,27 @@ class TaskConfig:
 
     def _checked_range(self, value: Any) -> tuple[float, float]:
         if self.kind != "forecast":
-            raise ValueError(
+            raise ParameterError(
+                "task.train_cutoff_range",
                 f"train_cutoff_range varies a forecast cutoff; task {self.kind!r} has none"
             )
         try:
             lo, hi = (float(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise ParameterError(
+                "task.train_cutoff_range",
                 f"train_cutoff_range must be two numbers (lo, hi), got {value!r}"
             ) from None
         if self.cutoff is None:  # fractions of each series' span, like cutoff_fraction
             if not 0.0 < lo < hi < 1.0:
-                raise ValueError(
+                raise ParameterError(
+                    "task.train_cutoff_range",
                     "train_cutoff_range is a range of fractions of each series' span here (the "
                     f"task sets no cutoff in hours): need 0 < lo < hi < 1, got ({lo}, {hi})"
                 )
         elif not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo < hi):
-            raise ValueError(
+            raise ParameterError(
+                "task.train_cutoff_range",
                 f"train_cutoff_range must be hours with 0 <= lo < hi, got ({lo}, {hi})"
             )
         return (lo, hi)

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from tsode.config import LEGACY_OPTIM_ARGS, OptimConfig, resolve_optim
+from tsode.config import LEGACY_OPTIM_ARGS, OptimConfig, ParameterError, resolve_optim
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.blocks import ClassifierHead, NFECounter, last_observation
 from tsode.models.forecast import Forecast
@@ -283,27 +283,36 @@ class IrregularModel(L.LightningModule):
         **legacy: Any,
     ) -> None:
         super().__init__()
+        # ``grid`` was an ODE-RNN / latent ODE argument until the reference batching moved to
+        # benchmarks/union_grid.py: checkpoints saved before carry grid="per_sample"
+        if legacy.pop("grid", "per_sample") != "per_sample":
+            raise ParameterError(
+                "grid",
+                "grid must be 'per_sample' (the models solve each series on its own times; the "
+                "reference implementation's union grid is benchmarks/union_grid.py)",
+            )
         self.optim = resolve_optim(optim, legacy, default_optim, type(self).__name__)
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+            raise ParameterError("loss_weighting", f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
         self.loss_weighting = loss_weighting
         if classifier_inputs not in CLASSIFIER_INPUTS:
-            raise ValueError(f"classifier_inputs must be one of {CLASSIFIER_INPUTS}, got {classifier_inputs!r}")
+            raise ParameterError("classifier_inputs", f"classifier_inputs must be one of {CLASSIFIER_INPUTS}, got {classifier_inputs!r}")
         self.classifier_inputs = classifier_inputs
         if loss_channel_weights is not None:
             w = [float(x) for x in loss_channel_weights]
             if len(w) != num_channels or not all(math.isfinite(x) and x >= 0 for x in w):
-                raise ValueError(
+                raise ParameterError(
+                    "loss_channel_weights",
                     f"loss_channel_weights must be {num_channels} finite values >= 0, got {loss_channel_weights}"
                 )
             self.register_buffer("loss_scale", torch.tensor(w), persistent=False)
         else:
             self.loss_scale = None
         if num_channels < 1:
-            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+            raise ParameterError("num_channels", f"num_channels must be >= 1, got {num_channels}")
         for name, stats in (("channel_means", channel_means), ("channel_stds", channel_stds)):
             if stats is not None and len(stats) != num_channels:
-                raise ValueError(f"{name} has {len(stats)} entries, expected num_channels={num_channels}")
+                raise ParameterError(name, f"{name} has {len(stats)} entries, expected num_channels={num_channels}")
         self.num_channels = num_channels
         self.channel_means = None if channel_means is None else [float(x) for x in channel_means]
         self.channel_stds = None if channel_stds is None else [float(x) for x in channel_stds]
@@ -363,7 +372,7 @@ class IrregularModel(L.LightningModule):
         Subclasses call it last in their constructor, so the other weights are initialised as
         without a head."""
         if num_classes < 0 or num_classes == 1:
-            raise ValueError(f"num_classes must be 0 (no classifier) or >= 2 (binary: 2), got {num_classes}")
+            raise ParameterError("num_classes", f"num_classes must be 0 (no classifier) or >= 2 (binary: 2), got {num_classes}")
         self.num_classes = int(num_classes)
         if num_classes == 0:
             return
@@ -588,7 +597,7 @@ class IrregularModel(L.LightningModule):
         frame = frame if frame is not None else inspect.currentframe().f_back
         super().save_hyperparameters(*args, frame=frame, **kwargs)
         if "optim" in self._hparams or any(k in self._hparams for k in LEGACY_OPTIM_ARGS):
-            for key in ("base", "legacy", *LEGACY_OPTIM_ARGS):
+            for key in ("base", "legacy", "grid", *LEGACY_OPTIM_ARGS):  # grid: a former argument
                 self._hparams.pop(key, None)
             self._hparams["optim"] = self.optim
 

@@ -22,9 +22,8 @@ from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
 from tsode.models.blocks import (
     MaskedGRUCell,
-    MLPDecoder,
     check_query_times,
-    forecast_heads,
+    forecast_decoder,
     forecast_readout,
     gather_times,
     initial_state,
@@ -38,8 +37,18 @@ class _ParameterFree(IrregularModel):
     """Base of the parameter-free baselines: no optimizer (``training_step`` returns None, so
     Lightning skips the optimization step), statistics and metrics only during ``fit``."""
 
-    def __init__(self, num_channels: int, channel_means=None, channel_stds=None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        num_channels: int,
+        channel_means: list[float] | None = None,
+        channel_stds: list[float] | None = None,
+    ) -> None:
         super().__init__(num_channels=num_channels, channel_means=channel_means, channel_stds=channel_stds)
+        self.save_hyperparameters()
+        self.init_statistics()
+
+    def init_statistics(self) -> None:
+        """Register the buffers of the statistics ``fit_batch`` accumulates (none here)."""
 
     def training_step(self, batch: IrregularBatch, batch_idx: int = 0) -> None:
         self.fit_batch(batch)
@@ -67,15 +76,6 @@ def last_observed(part: SeriesPart) -> tuple[Tensor, Tensor]:
 class LOCF(_ParameterFree):
     """Last observation carried forward (per channel, strictly before each requested time)."""
 
-    def __init__(
-        self,
-        num_channels: int,
-        channel_means: list[float] | None = None,
-        channel_stds: list[float] | None = None,
-    ) -> None:
-        super().__init__(num_channels, channel_means, channel_stds)
-        self.save_hyperparameters()
-
     def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         ctx = batch.context
         check_query_times(times, ctx.batch_size)
@@ -90,16 +90,9 @@ class LOCF(_ParameterFree):
 class ChannelMean(_ParameterFree):
     """Per-channel mean of the observed training values (context and target entries)."""
 
-    def __init__(
-        self,
-        num_channels: int,
-        channel_means: list[float] | None = None,
-        channel_stds: list[float] | None = None,
-    ) -> None:
-        super().__init__(num_channels, channel_means, channel_stds)
-        self.save_hyperparameters()
-        self.register_buffer("value_sum", torch.zeros(num_channels, dtype=torch.float64))
-        self.register_buffer("value_count", torch.zeros(num_channels, dtype=torch.float64))
+    def init_statistics(self) -> None:
+        self.register_buffer("value_sum", torch.zeros(self.num_channels, dtype=torch.float64))
+        self.register_buffer("value_count", torch.zeros(self.num_channels, dtype=torch.float64))
 
     def fit_batch(self, batch: IrregularBatch) -> None:
         if self.current_epoch > 0:  # one pass over the training data is enough
@@ -165,9 +158,8 @@ class GRUDelta(IrregularModel):
         self.hidden_dim = hidden_dim
         self.gru = MaskedGRUCell(num_channels, hidden_dim, extra_dim=1)
         self.static_encoder = static_encoder(num_static, hidden_dim)
-        self.decoder = MLPDecoder(hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers)
-        self.persistence, self.std_head = forecast_heads(
-            self.decoder, hidden_dim + 2, num_channels, persistence, uncertainty
+        self.decoder, self.persistence, self.std_head = forecast_decoder(
+            hidden_dim + 2, num_channels, decoder_hidden_dim, decoder_layers, persistence, uncertainty
         )
         self.init_classifier(num_classes, hidden_dim)
 

@@ -18,8 +18,9 @@
   channel decoded from the model's features with its own last value, seen flag, age and a
   channel embedding, as ``gate_c * x_last_c + r_c``.
 * :class:`StaticEncoder` / :func:`initial_state` -- static covariates into an initial state.
-* :func:`forecast_heads` / :func:`forecast_readout` -- the persistence term and the Gaussian
-  std head every forecaster builds and applies the same way.
+* :func:`forecast_heads` / :func:`forecast_decoder` / :func:`forecast_readout` -- the decoder,
+  the persistence term and the Gaussian std head every forecaster builds and applies the same
+  way.
 * :class:`ClassifierHead` -- the series-level classification head every encoder shares
   (series summary -> class logits, see :meth:`tsode.models.base.IrregularModel.classify`).
 
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from tsode.config import ParameterError
 from tsode.data.batch import SeriesPart
 from tsode.models.forecast import Forecast
 from tsode.models.history import DEFAULT_HISTORY_SCALES, channel_history, history_feature_count
@@ -41,8 +43,6 @@ from tsode.models.timeindex import gather_times, last_before
 
 if TYPE_CHECKING:  # the solver layer is only needed when a solve actually happens
     from tsode.solvers import SolverConfig
-
-GRID_MODES = ("per_sample", "union")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -257,42 +257,29 @@ def solve_from(
     y0: Tensor,
     t0: Tensor,
     times: Tensor,
-    grid: str = "per_sample",
 ) -> Tensor:
-    """Solve an **autonomous** ODE from ``y0`` at per-row start times to per-row output times.
+    """Solve an ODE from ``y0`` at per-row start times to per-row output times: one solve on
+    the per-row grids ``[t0, times]``, so each row pays only for its own span.
 
     Args:
         solver: the model's ``SolverConfig``.
-        func: vector field ``func(t, y)`` (autonomous: ``t`` must not change the result, so that
-            the ``"union"`` mode can shift every row to start at 0).
+        func: vector field ``func(t, y)``.
         y0: ``(B, D)`` states at ``t0``.
         t0: ``(B,)`` start times.
         times: ``(B, M)`` output times, each row non-decreasing and ``>= t0``.
-        grid: ``"per_sample"`` -- one solve on the per-row grids ``[t0, times]`` (each row pays
-            only for its own span); ``"union"`` -- every row evaluated on the union over the batch
-            of the elapsed times ``times - t0`` (the reference implementation's batching; same
-            result, slower for ragged batches).
 
     Returns:
         ``(B, M, D)`` states at ``times``.
     """
-    if grid not in GRID_MODES:
-        raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
     if times.shape[1] == 0:
         return y0.new_zeros(y0.shape[0], 0, y0.shape[1])
-    if grid == "per_sample":
-        t = torch.cat([t0.unsqueeze(1), times], dim=1)
-        grid_t, index = distinct_times(t)
-        if grid_t.shape[1] == t.shape[1]:
-            return solver.solve(func, y0, t)[:, 1:]
-        # repeated times (e.g. a target observed at a context time) share one output point:
-        # the same values, but fewer output intervals (each costs >= 1 backward adjoint step)
-        return gather_times(solver.solve(func, y0, grid_t), index[:, 1:])
-    rel = times - t0.unsqueeze(1)
-    union = torch.unique(torch.cat([rel.new_zeros(1), rel.flatten()]))  # sorted, starts at 0
-    ys = solver.solve(func, y0, union)  # (B, U, D)
-    index = torch.searchsorted(union, rel.contiguous())
-    return gather_times(ys, index)
+    t = torch.cat([t0.unsqueeze(1), times], dim=1)
+    grid_t, index = distinct_times(t)
+    if grid_t.shape[1] == t.shape[1]:
+        return solver.solve(func, y0, t)[:, 1:]
+    # repeated times (e.g. a target observed at a context time) share one output point:
+    # the same values, but fewer output intervals (each costs >= 1 backward adjoint step)
+    return gather_times(solver.solve(func, y0, grid_t), index[:, 1:])
 
 
 def last_observation(part: SeriesPart, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -368,7 +355,7 @@ def persistence_mode(persistence: bool | str) -> str:
     if persistence is False:
         return "none"
     if persistence not in PERSISTENCE_MODES:
-        raise ValueError(f"persistence must be True, False or one of {PERSISTENCE_MODES}, got {persistence!r}")
+        raise ParameterError("persistence", f"persistence must be True, False or one of {PERSISTENCE_MODES}, got {persistence!r}")
     return persistence
 
 
@@ -439,7 +426,7 @@ class StaticEncoder(nn.Module):
 def static_encoder(num_static: int, hidden_dim: int) -> StaticEncoder | None:
     """A :class:`StaticEncoder` when there are static covariates, else None."""
     if num_static < 0:
-        raise ValueError(f"num_static must be >= 0, got {num_static}")
+        raise ParameterError("num_static", f"num_static must be >= 0, got {num_static}")
     return StaticEncoder(num_static, hidden_dim) if num_static > 0 else None
 
 
@@ -472,7 +459,7 @@ def forecast_heads(
     from tsode.models.predictive import GaussianHead
 
     if uncertainty not in UNCERTAINTY_MODES:
-        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
+        raise ParameterError("uncertainty", f"uncertainty must be one of {UNCERTAINTY_MODES}, got {uncertainty!r}")
     mode = persistence_mode(persistence)
     carried: Persistence | ChannelReadout | None = None
     if mode == "gate":
@@ -486,6 +473,20 @@ def forecast_heads(
         per_channel = 0 if carried is None else getattr(carried, "carried_per_channel", 2)
         std_head = GaussianHead(feature_dim + per_channel * num_channels, num_channels)
     return carried, std_head
+
+
+def forecast_decoder(
+    feature_dim: int,
+    num_channels: int,
+    hidden_dim: int,
+    num_layers: int,
+    persistence: bool | str,
+    uncertainty: str,
+) -> tuple[MLPDecoder, Persistence | ChannelReadout | None, nn.Module | None]:
+    """A forecaster's readout: the :class:`MLPDecoder` ``feature_dim -> num_channels`` and its
+    :func:`forecast_heads` (``decoder, persistence, std_head``), built in that order."""
+    decoder = MLPDecoder(feature_dim, num_channels, hidden_dim, num_layers)
+    return (decoder, *forecast_heads(decoder, feature_dim, num_channels, persistence, uncertainty))
 
 
 def forecast_readout(

@@ -29,23 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsode.config import DECAYED_OPTIM, OptimConfig
+from tsode.config import DECAYED_OPTIM, OptimConfig, ParameterError
 from tsode.data.batch import IrregularBatch, SeriesPart
-from tsode.models.base import IrregularModel, StepResult, channel_weights, has_target
+from tsode.models.base import StepResult, channel_weights, has_target
 from tsode.models.blocks import (
-    GRID_MODES,
-    MLPDecoder,
     NFECounter,
     ODEFunc,
     check_query_times,
-    forecast_heads,
-    initial_state,
+    forecast_decoder,
     mlp,
-    solve_from,
-    static_encoder,
 )
 from tsode.models.forecast import Forecast
-from tsode.models.odernn import ODERNNEncoder, default_solver
+from tsode.models.odernn import ODERNNEncodedModel, default_solver
 from tsode.solvers import SolverConfig
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -123,7 +118,7 @@ def mixture_nll(means: Tensor, std: Tensor, target: Tensor, mask: Tensor) -> Ten
     return -torch.where(mask, mix, torch.zeros_like(mix)).sum() / mask.sum().clamp_min(1)
 
 
-class LatentODE(IrregularModel):
+class LatentODE(ODERNNEncodedModel):
     """Latent ODE VAE forecaster (Lightning module).
 
     Args:
@@ -167,7 +162,6 @@ class LatentODE(IrregularModel):
         solver: solver for the latent ODE (and the recognition ODE unless ``encoder_solver``).
         encoder_solver: solver for the recognition ODE-RNN (e.g. fixed-step Euler, as in the
             reference implementation); None uses ``solver``.
-        grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         num_static: S static covariates per series; they set the recognition ODE-RNN's
             initial state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
         num_classes: K > 0 adds a series-level classification head on the posterior mean of
@@ -219,7 +213,6 @@ class LatentODE(IrregularModel):
         uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
         encoder_solver: SolverConfig | None = None,
-        grid: str = "per_sample",
         num_static: int = 0,
         num_classes: int = 0,
         classification_weight: float = 100.0,
@@ -228,21 +221,19 @@ class LatentODE(IrregularModel):
     ) -> None:
         super().__init__(num_channels, optim, default_optim=DECAYED_OPTIM, **base)
         self.save_hyperparameters()
-        if grid not in GRID_MODES:
-            raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
         if num_samples < 1 or num_predict_samples < 1:
-            raise ValueError("num_samples and num_predict_samples must be >= 1")
+            raise ParameterError(
+                "num_samples" if num_samples < 1 else "num_predict_samples",
+                "num_samples and num_predict_samples must be >= 1",
+            )
         if obs_std <= 0:
-            raise ValueError(f"obs_std must be > 0, got {obs_std}")
+            raise ParameterError("obs_std", f"obs_std must be > 0, got {obs_std}")
         if anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-        if anchor == "last" and grid == "union":
-            raise ValueError("grid='union' (reference batching) needs anchor='first'")
+            raise ParameterError("anchor", f"anchor must be one of {ANCHORS}, got {anchor!r}")
         levels = [0.05, 0.5, 0.95] if quantile_levels is None else list(quantile_levels)
         if any(not 0.0 <= q <= 1.0 for q in levels):
-            raise ValueError(f"quantile_levels must lie in [0, 1], got {levels}")
+            raise ParameterError("quantile_levels", f"quantile_levels must lie in [0, 1], got {levels}")
         self.quantile_levels = levels
-        self.grid = grid
         self.latent_dim = latent_dim
         self.num_samples = num_samples
         self.num_predict_samples = num_predict_samples
@@ -253,15 +244,11 @@ class LatentODE(IrregularModel):
         self.anchor = anchor
         self.solver = solver if solver is not None else default_solver()
         self.encoder_solver = encoder_solver if encoder_solver is not None else self.solver
-        self.encoder = ODERNNEncoder(
-            num_channels, rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.encoder_solver
-        )
-        self.static_encoder = static_encoder(num_static, rec_dim)
+        self.init_encoder(rec_dim, rec_ode_hidden_dim, rec_ode_layers, gru_units, self.encoder_solver, num_static)
         self.to_posterior = mlp(rec_dim, 2 * latent_dim, 50, 1, "tanh")
         self.latent_func = ODEFunc(latent_dim, ode_hidden_dim, ode_layers)
-        self.decoder = MLPDecoder(latent_dim, num_channels, decoder_hidden_dim, decoder_layers)
-        self.persistence, self.std_head = forecast_heads(
-            self.decoder, latent_dim, num_channels, persistence, uncertainty
+        self.decoder, self.persistence, self.std_head = forecast_decoder(
+            latent_dim, num_channels, decoder_hidden_dim, decoder_layers, persistence, uncertainty
         )
         log_std = torch.full((num_channels,), math.log(obs_std))
         if learn_obs_std:
@@ -276,7 +263,7 @@ class LatentODE(IrregularModel):
         else:
             self.augmented_func = None
         if classification_weight < 0:
-            raise ValueError(f"classification_weight must be >= 0, got {classification_weight}")
+            raise ParameterError("classification_weight", f"classification_weight must be >= 0, got {classification_weight}")
         self.classification_weight = float(classification_weight)
         self.init_classifier(num_classes, latent_dim)
 
@@ -295,10 +282,7 @@ class LatentODE(IrregularModel):
         time ``(B,)`` (each series' first or last context time, see ``anchor``)."""
         ctx = batch.context
         backwards = self.anchor == "first"
-        h0 = initial_state(
-            self.static_encoder, batch.static, ctx.batch_size, self.encoder.hidden_dim, ctx.times
-        )
-        h, _ = self.encoder(ctx, backwards=backwards, return_states=False, grid=self.grid, h0=h0)
+        h = self.encode_context(batch, backwards=backwards).h
         mu, pre_std = self.to_posterior(h).chunk(2, dim=-1)
         std = F.softplus(pre_std) + 1e-4
         if ctx.times.shape[1] == 0:
@@ -321,7 +305,7 @@ class LatentODE(IrregularModel):
         if self.augmented_func is not None:
             y0 = torch.cat([y0, y0.new_zeros(k * bsz, self.num_channels)], dim=-1)
             func = self.augmented_func
-        ys = solve_from(self.solver, func, y0, t0.repeat(k), times.repeat(k, 1), self.grid)
+        ys = self.solve_states(self.solver, func, y0, t0.repeat(k), times.repeat(k, 1))
         ys = ys.reshape(k, bsz, m, -1)
         if self.augmented_func is None:
             return ys, None

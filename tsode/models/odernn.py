@@ -23,12 +23,10 @@ from tsode.config import DECAYED_OPTIM, OptimConfig
 from tsode.data.batch import IrregularBatch, SeriesPart
 from tsode.models.base import IrregularModel
 from tsode.models.blocks import (
-    GRID_MODES,
     MaskedGRUCell,
-    MLPDecoder,
     ODEFunc,
     check_query_times,
-    forecast_heads,
+    forecast_decoder,
     forecast_readout,
     gather_times,
     initial_state,
@@ -125,7 +123,6 @@ class ODERNNEncoder(nn.Module):
         part: SeriesPart,
         backwards: bool = False,
         return_states: bool = False,
-        grid: str = "per_sample",
         h0: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Run over the observations of ``part``.
@@ -134,9 +131,6 @@ class ODERNNEncoder(nn.Module):
             part: context observations (times (B, L), values/mask (B, L, C), lengths (B,)).
             backwards: run from the last observation to the first (latent ODE recognition).
             return_states: also return the hidden state after the update at every time point.
-            grid: ``"per_sample"`` (each row solved between its own consecutive times) or
-                ``"union"`` (reference batching: all rows stepped through the union of the
-                batch's times; same function, slower).
             h0: ``(B, H)`` initial state (default zeros), e.g. from static covariates.
 
         Returns:
@@ -145,18 +139,12 @@ class ODERNNEncoder(nn.Module):
             ``states`` ``(B, L, H)`` indexed like ``part.times`` (or None). Rows without any
             observation return the initial state.
         """
-        out = self.encode(part, backwards=backwards, grid=grid, h0=h0)
+        out = self.encode(part, backwards=backwards, h0=h0)
         return out.h, (out.states if return_states else None)
 
-    def encode(
-        self, part: SeriesPart, backwards: bool = False, grid: str = "per_sample", h0: Tensor | None = None
-    ) -> EncoderOutput:
+    def encode(self, part: SeriesPart, backwards: bool = False, h0: Tensor | None = None) -> EncoderOutput:
         """Like :meth:`forward`, returning the final state and the states after and before the
         update at every time point (see :class:`EncoderOutput`)."""
-        if grid not in GRID_MODES:
-            raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
-        if grid == "union":
-            return self._encode_union(part, backwards, h0)
         times, values, mask = part.times, part.values, part.mask
         bsz, length = times.shape
         update = part.time_mask & mask.any(dim=-1)
@@ -179,60 +167,46 @@ class ODERNNEncoder(nn.Module):
             return EncoderOutput(h, empty, empty)
         return EncoderOutput(h, torch.stack(states, dim=1), torch.stack(priors, dim=1))
 
-    def _encode_union(self, part: SeriesPart, backwards: bool, h0: Tensor | None) -> EncoderOutput:
-        times, values, mask = part.times, part.values, part.mask
-        bsz, length = times.shape
-        real = part.time_mask
-        update = real & mask.any(dim=-1)
-        h = times.new_zeros(bsz, self.hidden_dim) if h0 is None else h0
-        states = times.new_zeros(bsz, length, self.hidden_dim)
-        priors = times.new_zeros(bsz, length, self.hidden_dim)
-        if length == 0 or not bool(real.any()):
-            return EncoderOutput(h, states, priors)
-        union = torch.unique(times[real])
-        if backwards:
-            union = union.flip(0)
-        last_idx = (part.lengths - 1).clamp_min(0)
-        t_first = times[:, 0]
-        t_last = times.gather(1, last_idx.unsqueeze(1)).squeeze(1)
-        # position of the next observation to consume, per row, in the direction of travel
-        ptr = last_idx.clone() if backwards else torch.zeros(bsz, dtype=torch.long, device=times.device)
-        has_obs = part.lengths > 0
-        started = torch.zeros(bsz, dtype=torch.bool, device=times.device)
-        rows = torch.arange(bsz, device=times.device)
-        prev_u: Tensor | None = None
-        step_hint: Tensor | None = None
-        for u in union:
-            if prev_u is not None and bool(started.any()):
-                inside = (u >= t_first) if backwards else (u <= t_last)
-                active = started & inside
-                if bool(active.any()):
-                    sol = self.solver.solve(
-                        self.func, h, torch.stack([prev_u, u]), return_solution=True, first_step=step_hint
-                    )
-                    if sol.stats.next_step is not None:  # same step chaining as per-sample mode
-                        step_hint = sol.stats.next_step.detach()
-                    h = torch.where(active.unsqueeze(-1), sol.ys[:, -1], h)
-            while True:  # consume every observation of every row at time u (handles duplicates)
-                idx = ptr.clamp(0, max(length - 1, 0))
-                in_range = (ptr >= 0) & (ptr < part.lengths) & has_obs
-                match = in_range & (times[rows, idx] == u)
-                if not bool(match.any()):
-                    break
-                priors = priors.index_put((rows[match], idx[match]), h[match])
-                h = self.gru(h, values[rows, idx], mask[rows, idx], match & update[rows, idx])
-                states = states.index_put((rows[match], idx[match]), h[match])
-                started = started | match
-                ptr = ptr + (match.long() * (-1 if backwards else 1))
-            prev_u = u
-        if not backwards:  # padded entries hold the final state, as in the per-sample mode
-            pad = (~real).unsqueeze(-1)
-            states = torch.where(pad, h.unsqueeze(1).expand_as(states), states)
-            priors = torch.where(pad, h.unsqueeze(1).expand_as(priors), priors)
-        return EncoderOutput(h, states, priors)
+class ODERNNEncodedModel(IrregularModel):
+    """Base of the models that read their context with an :class:`ODERNNEncoder` (the ODE-RNN
+    forecaster, the latent ODE's recognition network): the encoder and its optional
+    :class:`~tsode.models.blocks.StaticEncoder`, the encoding of a batch's context, and the
+    solve of states from per-row start times to later output times."""
+
+    #: ``solve_states(solver, func, y0, t0, times)``: states at ``times (B, M)`` from ``y0`` at
+    #: ``t0 (B,)``, each row on its own grid (:func:`~tsode.models.blocks.solve_from`;
+    #: ``benchmarks/union_grid.py`` swaps in the reference implementation's union-grid batching)
+    solve_states = staticmethod(solve_from)
+
+    def init_encoder(
+        self,
+        hidden_dim: int,
+        ode_hidden_dim: int,
+        ode_layers: int,
+        gru_input_dim: int,
+        solver: SolverConfig,
+        num_static: int,
+    ) -> None:
+        """Build ``self.encoder`` (an :class:`ODERNNEncoder` over the model's channels) and
+        ``self.static_encoder`` (None without static covariates)."""
+        self.encoder = ODERNNEncoder(
+            self.num_channels, hidden_dim, ode_hidden_dim, ode_layers, gru_input_dim, solver
+        )
+        self.static_encoder = static_encoder(num_static, hidden_dim)
+
+    def initial_hidden(self, batch: IrregularBatch, like: Tensor) -> Tensor:
+        """The encoder's initial state ``(B, H)``: from the batch's static covariates, else zeros
+        (dtype/device of ``like``)."""
+        bsz = batch.context.batch_size
+        return initial_state(self.static_encoder, batch.static, bsz, self.encoder.hidden_dim, like)
+
+    def encode_context(self, batch: IrregularBatch, backwards: bool = False) -> EncoderOutput:
+        """:meth:`ODERNNEncoder.encode` of the batch's context from :meth:`initial_hidden`."""
+        ctx = batch.context
+        return self.encoder.encode(ctx, backwards=backwards, h0=self.initial_hidden(batch, ctx.times))
 
 
-class ODERNN(IrregularModel):
+class ODERNN(ODERNNEncodedModel):
     """ODE-RNN forecaster (Lightning module).
 
     Args:
@@ -250,7 +224,6 @@ class ODERNN(IrregularModel):
         uncertainty: ``"gaussian"`` (a std head trained by the Gaussian NLL of the detached
             mean: forecasts carry ``std`` and quantiles) or ``"none"``.
         solver: ODE solver configuration (method, tolerances, adjoint).
-        grid: ``"per_sample"`` (default) or ``"union"`` (reference batching, for benchmarks).
         num_static: S static covariates per series (``batch.static``); they set the initial
             hidden state through a :class:`~tsode.models.blocks.StaticEncoder` (0 = none).
         num_classes: K > 0 adds a series-level classification head (on the final hidden state after the context); 0 (default)
@@ -277,7 +250,6 @@ class ODERNN(IrregularModel):
         persistence: bool | str = "channel",
         uncertainty: str = "gaussian",
         solver: SolverConfig | None = None,
-        grid: str = "per_sample",
         num_static: int = 0,
         num_classes: int = 0,
         optim: OptimConfig | None = None,
@@ -285,25 +257,16 @@ class ODERNN(IrregularModel):
     ) -> None:
         super().__init__(num_channels, optim, default_optim=DECAYED_OPTIM, **base)
         self.save_hyperparameters()
-        if grid not in GRID_MODES:
-            raise ValueError(f"grid must be one of {GRID_MODES}, got {grid!r}")
-        self.grid = grid
         self.solver = solver if solver is not None else default_solver()
-        self.encoder = ODERNNEncoder(
-            num_channels, hidden_dim, ode_hidden_dim, ode_layers, gru_input_dim, self.solver
-        )
-        self.static_encoder = static_encoder(num_static, hidden_dim)
-        self.decoder = MLPDecoder(hidden_dim, num_channels, decoder_hidden_dim, decoder_layers)
-        self.persistence, self.std_head = forecast_heads(
-            self.decoder, hidden_dim, num_channels, persistence, uncertainty
+        self.init_encoder(hidden_dim, ode_hidden_dim, ode_layers, gru_input_dim, self.solver, num_static)
+        self.decoder, self.persistence, self.std_head = forecast_decoder(
+            hidden_dim, num_channels, decoder_hidden_dim, decoder_layers, persistence, uncertainty
         )
         self.init_classifier(num_classes, hidden_dim)
 
     def series_summary(self, batch: IrregularBatch) -> Tensor:
         """The hidden state ``(B, H)`` after the last context observation."""
-        ctx = batch.context
-        h0 = initial_state(self.static_encoder, batch.static, ctx.batch_size, self.encoder.hidden_dim, ctx.times)
-        return self.encoder.encode(ctx, backwards=False, grid=self.grid, h0=h0).h
+        return self.encode_context(batch).h
 
     def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:
         """Predict at ``times (B, M)``: ``mean (B, M, C)`` and, with ``uncertainty="gaussian"``,
@@ -328,14 +291,14 @@ class ODERNN(IrregularModel):
         """Hidden states ``(B, M, H)`` at ``times (B, M)`` given the context (see ``forecast``)."""
         ctx = batch.context
         bsz, m = times.shape
-        h0 = initial_state(self.static_encoder, batch.static, bsz, self.encoder.hidden_dim, times)
-        enc = self.encoder.encode(ctx, backwards=False, grid=self.grid, h0=h0)
+        h0 = self.initial_hidden(batch, times)
+        enc = self.encoder.encode(ctx, backwards=False, h0=h0)
         length = ctx.times.shape[1]
         t_last = ctx.times[:, -1] if length else times.new_zeros(bsz)
         if m == 0:
             return times.new_zeros(bsz, 0, self.encoder.hidden_dim)
         if length == 0 or bool((times > t_last.unsqueeze(1)).all()):
-            return solve_from(self.solver, self.encoder.func, enc.h, t_last, times, self.grid)
+            return self.solve_states(self.solver, self.encoder.func, enc.h, t_last, times)
         # a query at a context time t_j: the state just before the update at j (the first
         # index with that time) is exactly "evolved from the last observation before t_j"
         first_at = torch.searchsorted(ctx.times.contiguous(), times.contiguous(), right=False)
@@ -356,6 +319,5 @@ class ODERNN(IrregularModel):
             h_start.reshape(bsz * m, -1),
             t_start.reshape(-1),
             times.reshape(bsz * m, 1),
-            "per_sample",
         ).reshape(bsz, m, -1)
         return torch.where(matched.unsqueeze(-1), h_matched, h)
