@@ -50,7 +50,7 @@ from tsode.models.interpolation import (
     path_coefficients,
     path_num_channels,
 )
-from tsode.solvers import ADAPTIVE_METHODS, SolverConfig
+from tsode.solvers import SolverConfig
 from tsode.solvers.controller import steps_per_interval
 
 
@@ -311,21 +311,18 @@ class NeuralCDE(IrregularModel):
         ``h(t0) = initial(X(t0))`` plus the static encoding of ``static (B, S)`` if given.
 
         Returns the hidden states ``(B, N, H)`` at the grid times, in one solve: the solver
-        advances each row on its own (a row's steps cost only the steps it needs). Fixed-step
-        methods end a step on every grid time (every knot is a grid time). Adaptive methods
-        take the path's knots as jump times: they step to each knot exactly (where the path's
-        higher derivatives jump) instead of across it, the step ending on a knot evaluates the
-        path's derivative on the interval it came from (no evaluation reads past the knot), and
-        grid times between knots are served by dense output.
+        advances each row on its own (a row's steps cost only the steps it needs). The path's
+        knots are the solve's jump times: every method steps to each knot exactly (where the
+        path's higher derivatives jump) instead of across it, and a step ending on a knot
+        evaluates the path's derivative on the interval it came from (no evaluation reads past
+        the knot; the next step starts on the knot's own interval). Adaptive methods serve grid
+        times between knots by dense output; fixed-step methods end a step on every grid time.
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
         if self.static_encoder is not None and static is not None:
             h0 = h0 + initial_state(self.static_encoder, static, h0.shape[0], self.hidden_dim, h0)
-        func = self.cde_func.bind(path)
-        if self.solver.method not in ADAPTIVE_METHODS:
-            return self.solver.solve(func, h0, grid)
-        return self.solver.solve(func, h0, grid, jump_times=path.grid_points)
+        return self.solver.solve(self.cde_func.bind(path), h0, grid, jump_times=path.grid_points)
 
     def decode(self, h_end: Tensor, grid: Tensor) -> Tensor:
         """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``,

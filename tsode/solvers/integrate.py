@@ -254,7 +254,11 @@ def integrate(
             new_next_output = torch.where(accept, reached, next_output)
             num_new_outputs = new_next_output - next_output
             landed = accept & clipped
-            jumped = landed & jump_first if jumps is not None else torch.zeros_like(landed)
+            # Landed on a jump (also where a jump coincides with the end or an output time).
+            if jumps is not None:
+                jumped = landed & (jump_position <= (stop - t0) * direction)
+            else:
+                jumped = torch.zeros_like(landed)
 
             if adaptive:
                 factor = controller.factor(
