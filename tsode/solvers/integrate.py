@@ -71,7 +71,8 @@ class _Field:
 class _Jumps:
     """Per-row jump times as sorted positions along each row's direction, with a pointer."""
 
-    def __init__(self, jump_times: Tensor, start: Tensor, direction: Tensor, state_dtype) -> None:
+    def __init__(self, jump_times: Tensor, start: Tensor, shift: Tensor, direction: Tensor,
+                 state_dtype) -> None:
         batch = start.shape[0]
         jumps = torch.as_tensor(jump_times).to(device=start.device, dtype=start.dtype).detach()
         if jumps.dim() == 1:
@@ -89,6 +90,8 @@ class _Jumps:
         inf = torch.full_like(position[:, :1], float("inf"))
         self.position = position  # (B, K) positions along the row's direction
         self.next_position = torch.cat([position, inf], dim=1)  # + "no more jumps"
+        # The jumps in the loop's time coordinate (times minus ``shift``), to land on exactly.
+        self.coordinate = torch.cat([jumps - shift.unsqueeze(1), inf], dim=1)
         far = (direction.unsqueeze(1) * inf).to(state_dtype)
         # Absolute times, with a sentinel before the first and after the last jump.
         self.times = torch.cat([-far, jumps.to(state_dtype), far], dim=1)
@@ -138,7 +141,9 @@ def integrate(
     # fixed-step methods) and through the start time added back where the vector field is
     # evaluated. That makes backpropagation through the solver differentiate correctly with
     # respect to every entry of t.
-    start = t_eval[:, 0]
+    # Fixed-step methods step in absolute times (their step counts and sizes come from the
+    # differences of the given times, as a user would compute them).
+    start = t_eval[:, 0] if adaptive else torch.zeros_like(t_eval[:, 0])
     offsets = t_eval - start.unsqueeze(1)
     field = _Field(func, start, y0.dtype)
     t_eval = offsets.detach()
@@ -150,7 +155,8 @@ def integrate(
 
     jumps = None
     if controller.jump_times is not None:
-        jumps = _Jumps(controller.jump_times, start.detach(), direction, y0.dtype)
+        jumps = _Jumps(controller.jump_times, t0 + start.detach(), start.detach(), direction,
+                       y0.dtype)
         jump_pointer = jumps.reached(torch.zeros_like(t0))
         field.lo, field.hi = jumps.segment(jump_pointer)
 
@@ -213,7 +219,8 @@ def integrate(
             jump_position = jumps.next_position.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
             stop_position = (stop - t0) * direction
             jump_first = jump_position < stop_position
-            stop = torch.where(jump_first, t0 + direction * jump_position, stop)
+            jump_time = jumps.coordinate.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
+            stop = torch.where(jump_first, jump_time, stop)
         if adaptive:
             remaining = (stop - t) * direction
             clipped = h_abs >= remaining
