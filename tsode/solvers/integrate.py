@@ -214,7 +214,8 @@ def integrate(
         if adaptive:
             stop = t_end
         else:
-            stop = t_eval.gather(1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
+            next_time = offsets.gather(1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
+            stop = next_time.detach()
         if jumps is not None:
             jump_position = jumps.next_position.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
             stop_position = (stop - t0) * direction
@@ -229,11 +230,7 @@ def integrate(
             h_signed = direction * h_try
             t_step = t
         else:
-            if jumps is not None:
-                stop_graph = torch.where(jump_first, stop, offsets.gather(
-                    1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1))
-            else:
-                stop_graph = offsets.gather(1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
+            stop_graph = next_time if jumps is None else torch.where(jump_first, stop, next_time)
             delta = stop_graph - segment_start
             count = steps_per_interval(delta.detach(), controller.dt_max).clamp(min=1)
             h_signed = delta / count
