@@ -126,13 +126,6 @@ class Controller:
             h = h.clamp(min=self.dt_min)
         return h
 
-    def initial_step(
-        self, func: VectorField, t0: Tensor, y0: Tensor, f0: Tensor, direction: Tensor,
-        span: Tensor, order: int,
-    ) -> Tensor:
-        """Hairer-Norsett-Wanner starting step per row (one extra evaluation). (B,) >= 0."""
-        return initial_step_size(func, t0, y0, f0, direction, span, order, self.rtol, self.atol)
-
 
 def initial_step_size(
     func: VectorField,
