@@ -21,6 +21,7 @@ Shapes: ``B`` series, ``L`` context points, ``C`` channels, ``D`` path channels,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ from tsode.models.interpolation import (
     path_coefficients,
     path_num_channels,
 )
-from tsode.solvers import SolverConfig
+from tsode.solvers import ADAPTIVE_METHODS, SolverConfig
 from tsode.solvers.controller import steps_per_interval
 
 
@@ -316,18 +317,35 @@ class NeuralCDE(IrregularModel):
         path's higher derivatives jump) instead of across it, and a step ending on a knot
         evaluates the path's derivative on the interval it came from (no evaluation reads past
         the knot; the next step starts on the knot's own interval). Adaptive methods serve grid
-        times between knots by dense output; fixed-step methods end a step on every grid time.
+        times between knots by dense output. Fixed-step methods solve on the packed step grid
+        (:func:`packed_step_grid`: every step an output time, each row's steps packed to the
+        left): the forward solve advances each row on its own either way, but the adjoint's
+        backward pass runs output interval by output interval with a batch-shared step, so on
+        the unpacked grid it would take, per interval, the steps of the row with the longest
+        one (measured: 912 instead of 360 backward evaluations on 12 random series).
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
         if self.static_encoder is not None and static is not None:
             h0 = h0 + initial_state(self.static_encoder, static, h0.shape[0], self.hidden_dim, h0)
-        return self.solver.solve(self.cde_func.bind(path), h0, grid, jump_times=path.grid_points)
+        func, knots = self.cde_func.bind(path), path.grid_points
+        if self.solver.method in ADAPTIVE_METHODS:
+            return self.solver.solve(func, h0, grid, jump_times=knots)
+        packed, position = packed_step_grid(grid, self.solver.step_size)
+        one_step = dataclasses.replace(self.solver, step_size=None)
+        return gather_times(one_step.solve(func, h0, packed, jump_times=knots), position)
 
     def decode(self, h_end: Tensor, grid: Tensor) -> Tensor:
-        """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``,
-        each row advanced on its own in one solve."""
-        return self.solver.solve(self.decoder_func, h_end, grid)
+        """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``.
+
+        Fixed-step methods solve on the packed grid (:func:`packed_step_grid`), as the encoder;
+        adaptive ones serve the grid by dense output in one solve.
+        """
+        if self.solver.method in ADAPTIVE_METHODS:
+            return self.solver.solve(self.decoder_func, h_end, grid)
+        packed, position = packed_step_grid(grid, self.solver.step_size)
+        one_step = dataclasses.replace(self.solver, step_size=None)
+        return gather_times(one_step.solve(self.decoder_func, h_end, packed), position)
 
     # ------------------------------------------------------------------ model interface
     def forecast(self, batch: IrregularBatch, times: Tensor) -> Forecast:

@@ -196,9 +196,14 @@ def integrate(
         segment_start = offsets[:, 0]
         step_in_segment = torch.zeros_like(num_steps)
         h_abs = None
-    eps = torch.finfo(time_dtype).eps
-    magnitude = torch.maximum(torch.maximum(t0.abs(), t_end.abs()), span)
-    min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
+        if jumps is None:  # the stops are the output times: step counts and sizes known now
+            lengths = offsets[:, 1:] - offsets[:, :-1]
+            interval_count = steps_per_interval(lengths.detach(), controller.dt_max).clamp(min=1)
+            interval_step = lengths / interval_count
+    if adaptive:
+        eps = torch.finfo(time_dtype).eps
+        magnitude = torch.maximum(torch.maximum(t0.abs(), t_end.abs()), span)
+        min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
     # Without a graph to build (e.g. the adjoint's forward pass), outputs go straight into one
     # buffer, so memory does not grow with the number of steps; with a graph they are kept per
     # step and scattered once at the end (in-place writes would break autograd).
@@ -230,10 +235,16 @@ def integrate(
             h_signed = direction * h_try
             t_step = t
         else:
-            stop_graph = next_time if jumps is None else torch.where(jump_first, stop, next_time)
-            delta = stop_graph - segment_start
-            count = steps_per_interval(delta.detach(), controller.dt_max).clamp(min=1)
-            h_signed = delta / count
+            if jumps is None:
+                stop_graph = next_time
+                interval = (next_output - 1).clamp(min=0, max=n - 2).unsqueeze(1)
+                count = interval_count.gather(1, interval).squeeze(1)
+                h_signed = interval_step.gather(1, interval).squeeze(1)
+            else:
+                stop_graph = torch.where(jump_first, stop, next_time)
+                delta = stop_graph - segment_start
+                count = steps_per_interval(delta.detach(), controller.dt_max).clamp(min=1)
+                h_signed = delta / count
             h_signed = torch.where(done, torch.zeros_like(h_signed), h_signed)
             clipped = step_in_segment + 1 >= count
             t_step = segment_start + step_in_segment * h_signed
