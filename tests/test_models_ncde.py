@@ -426,3 +426,23 @@ def test_input_clip_bounds_the_path_values_and_leaves_small_values(forecast_batc
         build(input_clip=0.0)
     with pytest.raises(ValueError, match="include_counts"):
         build(include_counts="sqrt")
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "hermite"])
+def test_fixed_steps_ending_on_a_knot_use_the_interval_they_came_from(interpolation: str) -> None:
+    """The knots are jump times of the solve: rk4 with steps ending on each knot integrates a
+    linear path's piecewise-constant derivative as a tight adaptive solve does (read from the
+    next interval, the last stage of every step would be off by the slope change)."""
+    batch = make_batch(
+        [[0.0, 0.7, 1.9, 2.2, 4.0], [0.3, 1.0, 1.5]],
+        [[1.0, 4.5, 5.0], [0.5, 1.2, 2.0]],
+        dtype=torch.float64,
+    )
+    preds = {}
+    for name, solver in (
+        ("rk4", SolverConfig(method="rk4", step_size=0.05)),
+        ("tight", SolverConfig(method="dopri5", rtol=1e-10, atol=1e-12)),
+    ):
+        model = build(solver=solver, interpolation=interpolation).double()
+        preds[name] = loss_and_pred(model, batch)[1]
+    torch.testing.assert_close(preds["rk4"], preds["tight"], rtol=0, atol=1e-4)

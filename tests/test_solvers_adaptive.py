@@ -426,24 +426,3 @@ def test_throw_false_marks_failed_rows_and_keeps_the_others() -> None:
         torch.testing.assert_close(sol.ys[row], exact[row][:, None], rtol=1e-6, atol=0)
     torch.testing.assert_close(sol.ys[1, 1], exact[1, 1:2], rtol=1e-6, atol=0)
 
-
-def test_scalar_step_size_factor_matches_the_batched_controller() -> None:
-    """The adjoint's float controller and the batched one are the same PI law."""
-    from tsode.solvers.adaptive import scalar_step_size_factor, step_size_factor
-
-    gen = torch.Generator().manual_seed(0)
-    ratios = torch.exp(torch.randn(200, generator=gen, dtype=torch.float64) * 3)
-    previous = torch.exp(torch.randn(200, generator=gen, dtype=torch.float64)).clamp(min=1e-4)
-    for accepted in (True, False):
-        for finite in (True, False):
-            batched = step_size_factor(
-                ratios, previous, torch.full((200,), accepted), torch.full((200,), finite), 4
-            )
-            scalar = torch.tensor(
-                [
-                    scalar_step_size_factor(float(r), float(p), accepted, finite, 4)
-                    for r, p in zip(ratios, previous)
-                ],
-                dtype=torch.float64,
-            )
-            torch.testing.assert_close(scalar, batched, rtol=1e-12, atol=0)

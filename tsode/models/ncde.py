@@ -52,6 +52,7 @@ from tsode.models.interpolation import (
     path_num_channels,
 )
 from tsode.solvers import ADAPTIVE_METHODS, SolverConfig
+from tsode.solvers.controller import steps_per_interval
 
 
 class _FieldTimesPath(torch.autograd.Function):
@@ -165,11 +166,7 @@ def packed_step_grid(grid: Tensor, step_size: float | None) -> tuple[Tensor, Ten
     ``packed.gather(1, position) == grid``.
     """
     delta = grid[:, 1:] - grid[:, :-1]  # (B, N - 1)
-    moving = delta != 0
-    if step_size is None:
-        count = moving.long()
-    else:
-        count = torch.ceil(delta.abs() / step_size * (1 - 1e-12)).long().clamp(min=1) * moving
+    count = steps_per_interval(delta, step_size)
     position = torch.cat([torch.zeros_like(count[:, :1]), count.cumsum(dim=1)], dim=1)  # (B, N)
     width = int(position[:, -1].max()) + 1
     columns = torch.arange(width, device=grid.device).expand(grid.shape[0], width)
@@ -185,7 +182,7 @@ def default_solver() -> SolverConfig:
     """RK4 with one step per interval between grid times, at most 1 h long.
 
     The knots are grid times, so every step ends on one; on PhysioNet-size batches this is
-    about 4x faster per training step than dopri5 (rtol 1e-3) restarted at every knot.
+    several times faster per training step than dopri5 (rtol 1e-3) stepping to every knot.
     """
     return SolverConfig(method="rk4", step_size=1.0)
 
@@ -314,54 +311,35 @@ class NeuralCDE(IrregularModel):
         """Solve the CDE on a per-sample grid ``(B, N)`` starting at each row's first knot, from
         ``h(t0) = initial(X(t0))`` plus the static encoding of ``static (B, S)`` if given.
 
-        Returns the hidden states ``(B, N, H)`` at the grid times. Each row's steps are packed to
-        the left first (:func:`packed_step_grid`): the solvers step all rows through one shared
-        column index, so on the raw grid a column costs as many steps as its longest row needs
-        (and a repeated time costs a column); packed, the solve costs the steps of the row
-        needing the most. Fixed-step methods then take one step per packed interval (the same
-        equal steps of at most ``step_size`` the solver would take) in one solve. Adaptive
-        methods serve output times by dense output and would step across the knots, where the
-        path's higher derivatives jump (many rejected steps, and a slightly non-causal
-        solution), so they are restarted at every packed grid time (every distinct knot or
-        query time of a row) instead, each solve starting from the previous one's proposed
-        step size.
+        Returns the hidden states ``(B, N, H)`` at the grid times, in one solve: the solver
+        advances each row on its own (a row's steps cost only the steps it needs). The path's
+        knots are the solve's jump times: every method steps to each knot exactly (where the
+        path's higher derivatives jump) instead of across it, and a step ending on a knot
+        evaluates the path's derivative on the interval it came from (no evaluation reads past
+        the knot; the next step starts on the knot's own interval). Adaptive methods serve grid
+        times between knots by dense output. Fixed-step methods solve on the packed step grid
+        (:func:`packed_step_grid`: every step an output time, each row's steps packed to the
+        left): the forward solve advances each row on its own either way, but the adjoint's
+        backward pass runs output interval by output interval with a batch-shared step, so on
+        the unpacked grid it would take, per interval, the steps of the row with the longest
+        one (measured: 912 instead of 360 backward evaluations on 12 random series).
         """
         start = path.interval[:, 0]
         h0 = self.initial(path.evaluate(start))
         if self.static_encoder is not None and static is not None:
             h0 = h0 + initial_state(self.static_encoder, static, h0.shape[0], self.hidden_dim, h0)
-        adaptive = self.solver.method in ADAPTIVE_METHODS
-        packed, position = packed_step_grid(grid, None if adaptive else self.solver.step_size)
-        if not adaptive:
-            one_step = dataclasses.replace(self.solver, step_size=None)
-            states = one_step.solve(self.cde_func.bind(path), h0, packed)
-            return gather_times(states, position)
-        moving = packed[:, 1:] > packed[:, :-1]  # (B, S); zero-length intervals cost nothing
-        active = moving.any(dim=0).tolist()
-        h = h0
-        states = [h0]
-        step: Tensor | None = None
-        for k, is_active in enumerate(active):
-            if is_active:
-                # No knot lies inside a packed interval: pin the path polynomial to it, so the
-                # stage at its end (a knot) takes the left derivative and nothing the solver
-                # evaluates (error estimate, initial-step probe) reads past the knot.
-                func = self.cde_func.bind(path, path.locate(packed[:, k]))
-                solution = self.solver.solve(
-                    func, h, packed[:, k : k + 2], return_solution=True, first_step=step
-                )
-                h = torch.where(moving[:, k : k + 1], solution.ys[:, -1], h)
-                proposed = solution.stats.next_step
-                if proposed is not None:
-                    step = proposed if step is None else torch.where(moving[:, k], proposed, step)
-            states.append(h)
-        return gather_times(torch.stack(states, dim=1), position)
+        func, knots = self.cde_func.bind(path), path.grid_points
+        if self.solver.method in ADAPTIVE_METHODS:
+            return self.solver.solve(func, h0, grid, jump_times=knots)
+        packed, position = packed_step_grid(grid, self.solver.step_size)
+        one_step = dataclasses.replace(self.solver, step_size=None)
+        return gather_times(one_step.solve(func, h0, packed, jump_times=knots), position)
 
     def decode(self, h_end: Tensor, grid: Tensor) -> Tensor:
         """Carry ``h_end (B, H)`` with the ODE decoder over ``grid (B, N)`` -> ``(B, N, H)``.
 
-        Fixed-step methods solve on the packed grid (:func:`packed_step_grid`: the same steps,
-        each row's packed to the left); adaptive ones serve the grid by dense output in one solve.
+        Fixed-step methods solve on the packed grid (:func:`packed_step_grid`), as the encoder;
+        adaptive ones serve the grid by dense output in one solve.
         """
         if self.solver.method in ADAPTIVE_METHODS:
             return self.solver.solve(self.decoder_func, h_end, grid)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tsode.solvers.adaptive import initial_step_size, scalar_step_size_factor
-from tsode.solvers.fixed import uniform_step_count
+from tsode.solvers.controller import Controller, steps_per_interval
+from tsode.solvers.integrate import StepInfo, integrate
 from tsode.solvers.solution import Solution, SolverError, Status
-from tsode.solvers.stepping import VectorField, error_ratio, rk_step
+from tsode.solvers.stepping import VectorField
 from tsode.solvers.tableaus import ButcherTableau
 
 
@@ -45,6 +45,7 @@ class AdjointOptions:
     step_size: float | None
     max_steps: int
     num_params: int
+    segment_ends: bool = False  # output times are jump times (see _AugmentedField)
     stats: list = field(default_factory=list)  # receives the forward SolverStats
     first_backward_step: float | None = None  # set from the forward solve (adaptive methods)
 
@@ -261,14 +262,23 @@ class _AugmentedField:
     (delta * a)^T df/dtheta of each call in ``param_terms``.
     """
 
-    def __init__(self, func, params, t_j: Tensor, delta: Tensor, dim: int):
+    def __init__(self, func, params, t_j: Tensor, delta: Tensor, dim: int,
+                 segment_ends: bool = False):
         self.func, self.params, self.t_j, self.delta, self.dim = func, params, t_j, delta, dim
         self.param_terms: list[list[Tensor]] = []
+        self.segment_ends = segment_ends
 
     def __call__(self, s: Tensor, z: Tensor) -> Tensor:
         y, a = z[:, : self.dim], z[:, self.dim :]
         delta = self.delta.to(z.dtype)
         t = self.t_j.to(z.dtype) - s * delta
+        if self.segment_ends:
+            # The forward solve had jump times: evaluate within [t_{j-1}, t_j), so the end of
+            # the interval is seen as the limit from inside it (as in the forward solve).
+            ends = torch.stack([self.t_j, self.t_j - self.delta]).to(z.dtype)
+            hi = ends.amax(0)
+            t = torch.minimum(torch.maximum(t, ends.amin(0)),
+                              torch.nextafter(hi, torch.full_like(hi, -float("inf"))))
         with torch.enable_grad():
             y_var = y.detach().requires_grad_(True)
             f = self.func(t, y_var)
@@ -287,102 +297,96 @@ def _solve_interval(
 ):
     """Integrate [y, a] back across one interval and accumulate the parameter gradient.
 
+    Runs :func:`~tsode.solvers.integrate.integrate` in the shared variable s in [0, 1] (empty
+    intervals: [0, 0], frozen) with a batch-shared step (``error_norm="batch"``).
     ``hints.step`` holds the last accepted step in time units (None before the first interval,
     which then uses the initial-step heuristic); it is updated in place.
     """
     tableau = options.tableau
     dim = y_j.shape[-1]
-    field = _AugmentedField(options.func, params, t_j, delta, dim)
+    field = _AugmentedField(options.func, params, t_j, delta, dim, options.segment_ends)
     z = torch.cat([y_j, adjoint], dim=-1)
-    increments = [torch.zeros_like(p) for p in params]
-    s = torch.zeros_like(t_j)
-    nfe = 0
-
-    def accumulate(h: float, terms_of_step: list[list[Tensor]]) -> None:
-        for weight, terms in zip(tableau.b, terms_of_step):
-            if weight != 0.0:
-                for acc, term in zip(increments, terms):
-                    acc.add_(term, alpha=h * weight)
-
-    if not tableau.adaptive:
-        count = uniform_step_count(float(delta.abs().max()), options.step_size)
-        h = 1.0 / count
-        for k in range(count):
-            field.param_terms.clear()
-            z, _, _, evaluations = rk_step(field, tableau, s + k * h, torch.full_like(s, h), z)
-            nfe += evaluations
-            accumulate(h, field.param_terms)
-        return z[:, :dim], z[:, dim:], increments, nfe
-
-    # Adaptive, with a batch-shared step in s (see module docstring).
-    k1 = field(s.to(z.dtype), z)
-    first_terms = field.param_terms.pop()
-    nfe += 1
+    moving = delta != 0
+    s_grid = torch.stack([torch.zeros_like(t_j), moving.to(t_j.dtype)], dim=1)  # (B, 2)
     span = float(delta.abs().max())
-    if hints.step is not None:
-        h = hints.step / span
+    max_steps = options.max_steps
+    first_step = None
+    if tableau.adaptive:
+        controller = Controller(rtol=options.rtol, atol=options.atol, error_norm="batch")
+        if hints.step is not None:
+            first_step = min(max(hints.step / span, 1e-6), 1.0)
     else:
-        ones = torch.ones_like(s)
-        proposals = initial_step_size(
-            field, s, z, k1, ones, ones, tableau.order, options.rtol, options.atol
-        )
-        # Rows with an empty interval have no dynamics (and a meaningless tiny proposal).
-        h = float(torch.where(delta != 0, proposals, torch.ones_like(proposals)).min())
-        field.param_terms.clear()
-        nfe += 1
-    h = min(max(h, 1e-6), 1.0)
-    num_moving = (delta != 0).sum().clamp(min=1)  # RMS over the rows that move
-    position = 0.0
-    previous_ratio = 1.0
-    steps = 0
-    while position < 1.0:
-        last = h >= 1.0 - position
-        h_try = 1.0 - position if last else h
-        field.param_terms.clear()
-        field.param_terms.append(first_terms)
-        z_new, error, stages, evaluations = rk_step(
-            field, tableau, s + position, torch.full_like(s, h_try), z, k1
-        )
-        nfe += evaluations
-        steps += 1
-        # RMS over the batch: the parameter gradient sums the rows' contributions.
-        row_ratio = error_ratio(error, z, z_new, options.rtol, options.atol)
-        ratio = float((row_ratio.pow(2).sum() / num_moving).sqrt())
-        finite = math.isfinite(ratio) and bool(torch.isfinite(z_new).all())
-        accepted = finite and ratio <= 1.0
-        if steps >= options.max_steps and not (accepted and last):
-            raise SolverError(
+        # The same number of equal steps in s for every row, set by the longest interval.
+        count = int(steps_per_interval(delta.abs().max(), options.step_size))
+        controller = Controller(error_norm="batch", dt_max=1.0 / count)
+        max_steps = max(max_steps, count + 1)
+    integral = _ParameterIntegral(tableau, field, params)
+    solution = integrate(
+        field, z, s_grid, tableau, controller, max_steps=max_steps, first_step=first_step,
+        throw=False, on_step=integral,
+    )
+    nfe = solution.stats.nfe
+    status = solution.stats.status
+    if bool((status != Status.SUCCESS).any()):
+        reason = Status(int(status[status != Status.SUCCESS][0]))
+        last = integral.last
+        ratio = last.ratio if last.ratio is not None else torch.zeros_like(t_j)
+        hardest = _hardest_rows(ratio, last.y_new, t_j, delta)
+        if reason == Status.MAX_STEPS_REACHED:
+            message = (
                 f"adjoint backward solve ({tableau.name}) reached max_steps={options.max_steps} "
-                f"in the interval ending at t={float(t_j.max()):.6g}; hardest rows: "
-                f"{_hardest_rows(row_ratio, z_new, t_j, delta)}",
-                reason=Status.MAX_STEPS_REACHED,
-                evaluations=nfe,
+                f"in the interval ending at t={float(t_j.max()):.6g}; hardest rows: {hardest}"
             )
-        if accepted:
-            accumulate(h_try, field.param_terms)
-            z = z_new
-            k1 = stages[-1]
-            first_terms = field.param_terms[-1]
-            position = 1.0 if last else position + h_try
-        factor = scalar_step_size_factor(
-            ratio, previous_ratio, accepted, finite, tableau.error_order
-        )
-        if accepted:
-            previous_ratio = max(ratio, 1e-4)
-        h = h_try * factor
-        if accepted:
-            hints.step = h * span
-        if not last or not accepted:
-            if h < 4 * torch.finfo(s.dtype).eps:
-                reason = "non-finite adjoint state" if not finite else "step size underflow"
-                raise SolverError(
-                    f"adjoint backward solve ({tableau.name}) failed: {reason} in the interval "
-                    f"ending at t={float(t_j.max()):.6g} (fraction {position:.3g} done); "
-                    f"hardest rows: {_hardest_rows(row_ratio, z_new, t_j, delta)}",
-                    reason=Status.NON_FINITE_STATE if not finite else Status.STEP_SIZE_UNDERFLOW,
-                    evaluations=nfe,
-                )
-    return z[:, :dim], z[:, dim:], increments, nfe
+        else:
+            what = "non-finite adjoint state" if reason == Status.NON_FINITE_STATE else (
+                "step size underflow")
+            message = (
+                f"adjoint backward solve ({tableau.name}) failed: {what} in the interval "
+                f"ending at t={float(t_j.max()):.6g} (fraction {float(last.t_new.max()):.3g} "
+                f"done); hardest rows: {hardest}"
+            )
+        raise SolverError(message, reason=reason, evaluations=nfe)
+    if tableau.adaptive and bool(moving.any()):
+        hints.step = float(solution.stats.next_step[moving].max()) * span
+    z_end = solution.ys[:, -1]
+    return z_end[:, :dim], z_end[:, dim:], integral.increments, nfe
+
+
+class _ParameterIntegral:
+    """``on_step`` hook of the backward solve: adds each accepted step's share of the
+    parameter-gradient integral, sum_i b_i h (delta a)^T df/dtheta at the stages, recorded by
+    the augmented field at each evaluation (the first stage's record is carried over from the
+    previous step when the solver reuses it)."""
+
+    def __init__(self, tableau: ButcherTableau, field: _AugmentedField, params) -> None:
+        self.tableau = tableau
+        self.field = field
+        self.increments = [torch.zeros_like(p) for p in params]
+        self.first_terms: list[Tensor] | None = None
+        self.last: StepInfo | None = None
+
+    def __call__(self, info: StepInfo) -> None:
+        self.last = info
+        calls = self.field.param_terms
+        stages = self.tableau.num_stages
+        if self.first_terms is None:
+            self.first_terms = calls[0]  # the solve's first evaluation, at its start
+        if info.evaluations == stages:
+            terms = calls[-stages:]
+        else:
+            terms = [self.first_terms, *calls[len(calls) - info.evaluations:]]
+        if info.any_accepted:
+            h = info.h.abs().max()
+            for index, acc in enumerate(self.increments):
+                total = None
+                for weight, stage_terms in zip(self.tableau.b, terms):
+                    if weight != 0.0:
+                        term = stage_terms[index]
+                        total = term * weight if total is None else total.add_(term, alpha=weight)
+                if total is not None:
+                    acc.add_(total.mul_(h.to(total.dtype)))
+            self.first_terms = terms[-1]
+        calls.clear()
 
 
 def _hardest_rows(row_ratio: Tensor, z_new: Tensor, t_j: Tensor, delta: Tensor, count: int = 4):

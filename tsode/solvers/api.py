@@ -7,11 +7,11 @@ from functools import partial
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from tsode.solvers.adaptive import solve_adaptive
-from tsode.solvers.adjoint import AdjointOptions, adjoint_solve
-from tsode.solvers.fixed import solve_fixed
+from tsode.solvers.controller import ERROR_NORMS, Controller, ErrorNorm
+from tsode.solvers.gradients import Adjoint, Backprop
+from tsode.solvers.integrate import integrate
 from tsode.solvers.solution import Solution
 from tsode.solvers.stepping import VectorField
 from tsode.solvers.tableaus import get_tableau
@@ -36,6 +36,10 @@ def odeint(
     adjoint_params: tuple[Tensor, ...] | list[Tensor] | None = None,
     return_solution: bool = False,
     throw: bool = True,
+    error_norm: ErrorNorm = "row",
+    jump_times: Tensor | None = None,
+    dt_min: float | None = None,
+    dt_max: float | None = None,
 ) -> Tensor | Solution:
     """Solve dy/dt = func(t, y) for a batch, each row on its own time grid.
 
@@ -63,6 +67,21 @@ def odeint(
         return_solution: return a :class:`Solution` (ys, ts, stats) instead of ``ys``.
         throw: raise ``SolverError`` on failure (default); otherwise failed rows get NaN outputs
             past the failure and a non-zero ``stats.status``.
+        error_norm: adaptive methods: ``"row"`` (default), each row's error its own RMS norm and
+            its own steps; ``"batch"``, one RMS norm over the batch, so all rows take the same
+            steps.
+        jump_times: (B, K) or (K,) times the solver must step to exactly (e.g. the knots of an
+            interpolated path, where the vector field is not smooth); a step ending on one
+            evaluates the field as the limit from the interval it came from. See
+            :class:`~tsode.solvers.controller.Controller`.
+        dt_min, dt_max: adaptive methods: bounds on the step size (a row whose error control
+            asks for less than ``dt_min`` fails with ``STEP_SIZE_UNDERFLOW``).
+
+    The solve is composed of a :class:`~tsode.solvers.tableaus.ButcherTableau` (the step
+    method), a :class:`~tsode.solvers.controller.Controller` (step sizes, tolerances, jump
+    times, error norm) and a gradient strategy (:class:`~tsode.solvers.gradients.Backprop` or
+    :class:`~tsode.solvers.gradients.Adjoint`), all run by the one loop
+    :func:`~tsode.solvers.integrate.integrate`.
 
     Returns:
         ``ys`` (B, n, D) with ``ys[:, 0] == y0``, or a :class:`Solution`.
@@ -70,39 +89,27 @@ def odeint(
     tableau = get_tableau(method)
     t_eval = _validate(y0, t, tableau.adaptive, step_size, first_step)
     _validate_options(rtol, atol, max_steps, adjoint_rtol, adjoint_atol)
-
-    if tableau.adaptive:
-        forward = partial(
-            solve_adaptive, func, tableau=tableau, rtol=rtol, atol=atol,
-            max_steps=max_steps, first_step=first_step, throw=throw,
-        )
-    else:
-        forward = partial(
-            solve_fixed, func, tableau=tableau, step_size=step_size, max_steps=max_steps,
-            throw=throw,
-        )
-
-    if not adjoint:
-        solution = forward(y0, t_eval)
-        return solution if return_solution else solution.ys
-
-    if adjoint_params is None:
-        adjoint_params = tuple(func.parameters()) if isinstance(func, nn.Module) else ()
-    params = tuple(p for p in adjoint_params if p.requires_grad)
-    options = AdjointOptions(
-        func=func,
-        tableau=tableau,
-        forward_solve=forward,
-        rtol=rtol if adjoint_rtol is None else adjoint_rtol,
-        atol=atol if adjoint_atol is None else adjoint_atol,
-        step_size=step_size,
-        max_steps=max_steps,
-        num_params=len(params),
+    if error_norm not in ERROR_NORMS:
+        raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {error_norm!r}")
+    if not tableau.adaptive and (dt_min is not None or dt_max is not None):
+        raise ValueError("dt_min and dt_max apply to adaptive methods; use step_size for "
+                         "fixed-step ones")
+    controller = Controller(
+        rtol=rtol, atol=atol, error_norm=error_norm, jump_times=jump_times, dt_min=dt_min,
+        dt_max=dt_max if tableau.adaptive else step_size,
     )
-    ys = adjoint_solve(func, y0, t_eval, params, options)
-    if not return_solution:
-        return ys
-    return Solution(ys=ys, ts=t_eval.detach(), stats=options.stats[-1])
+    forward = partial(
+        integrate, func, tableau=tableau, controller=controller, max_steps=max_steps,
+        first_step=first_step, throw=throw,
+    )
+    gradient = (
+        Adjoint(rtol=adjoint_rtol, atol=adjoint_atol, params=adjoint_params)
+        if adjoint else Backprop()
+    )
+    solution = gradient.solve(
+        func, y0, t_eval, forward, tableau=tableau, controller=controller, max_steps=max_steps
+    )
+    return solution if return_solution else solution.ys
 
 
 def _validate(
@@ -181,6 +188,8 @@ class SolverConfig:
         max_steps: per-row bound on attempted steps.
         adjoint: continuous adjoint gradients (O(1) memory) instead of backprop through steps.
         adjoint_rtol, adjoint_atol: tolerances of the backward adjoint solve.
+        error_norm: ``"row"`` (per-row step sizes) or ``"batch"`` (one error norm over the
+            batch, the same steps for all rows); adaptive methods.
     """
 
     method: Method = "dopri5"
@@ -191,9 +200,12 @@ class SolverConfig:
     adjoint: bool = False
     adjoint_rtol: float | None = None
     adjoint_atol: float | None = None
+    error_norm: ErrorNorm = "row"
 
     def __post_init__(self) -> None:
         get_tableau(self.method)  # fail early on an unknown method
+        if self.error_norm not in ERROR_NORMS:
+            raise ValueError(f"error_norm must be one of {ERROR_NORMS}, got {self.error_norm!r}")
 
     def solve(
         self,
@@ -204,6 +216,7 @@ class SolverConfig:
         return_solution: bool = False,
         adjoint_params: tuple[Tensor, ...] | list[Tensor] | None = None,
         first_step: float | Tensor | None = None,
+        jump_times: Tensor | None = None,
     ) -> Tensor | Solution:
         """``odeint`` with these options; see :func:`odeint` for shapes."""
         return odeint(
@@ -211,4 +224,5 @@ class SolverConfig:
             adjoint_params=adjoint_params,
             return_solution=return_solution,
             first_step=first_step if get_tableau(self.method).adaptive else None,
+            jump_times=jump_times,
         )

@@ -1,6 +1,6 @@
 """One explicit Runge-Kutta step on a batch, error norms and dense-output evaluation.
 
-Shared by the fixed-step, adaptive and adjoint integrators. Step sizes are per row:
+Used by the one integration loop (:mod:`tsode.solvers.integrate`). Step sizes are per row:
 ``h`` has shape (B,) (signed: negative when integrating backwards in time).
 """
 
@@ -70,12 +70,6 @@ def _combine(weights, stages: list[Tensor]) -> Tensor | None:
             continue
         total = k * w if total is None else total.add(k, alpha=w)  # fused multiply-add
     return total
-
-
-def error_ratio(error: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
-    """Per-row RMS of error / (atol + rtol * max(|y0|, |y1|)); (B, D) -> (B,). <= 1 accepts."""
-    scale = atol + rtol * torch.maximum(y0.abs(), y1.abs())
-    return (error / scale).pow(2).mean(dim=-1).sqrt()
 
 
 def dense_evaluate(
