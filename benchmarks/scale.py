@@ -22,8 +22,8 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
   with Lightning's ``Trainer`` on CPU, ``--train-steps`` optimizer steps of ``--batch-size``
   series per process, with 1 process and then 2 DDP processes (``strategy="ddp"``; each
   setting is its own ``python`` process, which Lightning re-runs once per extra rank), one
-  thread per process: series/s over all ranks (after a warm-up step), and per rank the padding
-  fraction, CPU seconds and peak RSS. Each rank also lists the series its training sampler
+  thread per process: series/s over all ranks (after a warm-up step), series per CPU second
+  of a rank, and per rank the padding fraction, CPU seconds and peak RSS. Each rank also lists the series its training sampler
   yields over a whole epoch (through the sampler Lightning injected) and the series its
   batches actually read: the report checks that the ranks' epoch shares are disjoint except
   for the padding repeats (as ``DistributedSampler``: the split padded to a multiple of the
@@ -264,6 +264,9 @@ def train_report(ranks: list[dict]) -> dict:
         "sampler": ranks[0]["sampler"],
         "steps_per_rank": ranks[0]["steps"],
         "series_per_s": sum(r["timed_series"] for r in ranks) / seconds,
+        # per CPU second of one rank (whatever else runs on the machine)
+        "series_per_cpu_s_per_rank": sum(r["timed_series"] for r in ranks)
+        / sum(r["cpu_seconds"] for r in ranks),
         "seconds": seconds,
         "per_rank": [{k: r[k] for k in ("rank", "padding_fraction", "peak_rss_mib",
                                         "cpu_seconds", "total_cpu_seconds", "seconds")}
