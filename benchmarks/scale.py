@@ -23,12 +23,13 @@ about ``--rows-per-file`` rows per file in a temporary directory (deleted at the
   series per process, with 1 process and then 2 DDP processes (``strategy="ddp"``; each
   setting is its own ``python`` process, which Lightning re-runs once per extra rank), one
   thread per process: series/s over all ranks (after a warm-up step), series per CPU second
-  of a rank, and per rank the padding fraction, CPU seconds and peak RSS. Each rank also lists the series its training sampler
-  yields over a whole epoch (through the sampler Lightning injected) and the series its
-  batches actually read: the report checks that the ranks' epoch shares are disjoint except
-  for the padding repeats (as ``DistributedSampler``: the split padded to a multiple of the
-  number of ranks), that together they cover the training split, and that every series a rank
-  read is in its own share.
+  of a rank, and per rank the padding fraction, CPU seconds and peak RSS. Each rank also
+  lists the series its training sampler yields over a whole epoch (through the sampler
+  Lightning injected) and the series its batches actually read from the cache (its read
+  log): the report checks that the ranks' epoch shares are disjoint except for the padding
+  repeats (as ``DistributedSampler``: the split padded to a multiple of the number of
+  ranks), that together they cover the training split, and that every series a rank read is
+  in its own share.
 
 Usage (the issue's size is the default; a quick run)::
 
@@ -210,6 +211,7 @@ def train_rank(args) -> None:
                                      for i in items]
             record["split"] = [int(x) for x in dataset.series_ids]
             record["sampler"] = type(loader.batch_sampler.sampler).__name__
+            dataset.cache.read_log = []  # the series the batches read from the cache
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if record["steps"] == 1:  # after one warm-up step
@@ -217,13 +219,14 @@ def train_rank(args) -> None:
                 record["series_t0"] = record["series"]
             record["steps"] += 1
             record["series"] += len(batch.series_ids)
-            record["read"].extend(int(x) for x in batch.series_ids)
             for part in (batch.context, batch.target):
                 record["real"] += int(part.lengths.sum())
                 record["padded"] += part.times.numel()
 
         def on_train_end(self, trainer, pl_module):
             record["t1"], record["cpu_t1"] = time.perf_counter(), time.process_time()
+            cache = trainer.train_dataloader.dataset.cache
+            record["read"] = [int(cache.series_ids[i]) for part in cache.read_log for i in part]
 
     ddp = args.devices > 1
     trainer = pl.Trainer(
