@@ -600,3 +600,36 @@ def test_a_truncated_cache_file_is_an_error_naming_the_series(tmp_path):
                        rf"{cache.series_ids[last]!r} reads \d+ bytes of \d+: the cache files "
                        r"are truncated"):
         cache.read([last])
+
+
+def test_max_resident_mb_sets_the_bucket_count(tmp_path):
+    from tsode.data.streaming import BASE_RESIDENT_MIB, BYTES_PER_BUCKET_ROW, buckets_for_budget
+
+    # the estimate: fixed cost + bytes per row of the bucket(s) held at one time
+    rows = 10 * 2**20 // BYTES_PER_BUCKET_ROW  # the rows of one bucket in 10 MiB
+    assert buckets_for_budget(rows, BASE_RESIDENT_MIB + 10) == 1
+    assert buckets_for_budget(rows + 1, BASE_RESIDENT_MIB + 10) == 2
+    assert buckets_for_budget(50_000_000, 1024) == 33  # the example of docs/scale.md
+    assert buckets_for_budget(rows - 1, BASE_RESIDENT_MIB + 10, workers=2) == 2  # half each
+    with pytest.raises(ValueError, match="max_resident_mb=400 is below"):
+        buckets_for_budget(1000, 400)
+
+    df = long_frame(60)
+    data = write_partitioned(df, tmp_path / "data")
+    budget = BASE_RESIDENT_MIB + BYTES_PER_BUCKET_ROW / 2**20 * 500  # about 500 rows a bucket
+    dm = StreamingTableDataModule(data, cache_dir=tmp_path / "cache", max_resident_mb=budget,
+                                  task=TASK, loader={"batch_size": 8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup()
+    assert dm.cache.meta["num_buckets"] == buckets_for_budget(len(df), budget) > 1
+    # the same batches as with that bucket count given directly
+    same = StreamingTableDataModule(data, cache_dir=tmp_path / "cache2",
+                                    num_buckets=dm.cache.meta["num_buckets"], task=TASK,
+                                    loader={"batch_size": 8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same.setup()
+    assert_same_batches(dm.train_dataloader(), same.train_dataloader())
+    with pytest.raises(ValueError, match="not both"):
+        StreamingTableDataModule(data, num_buckets=2, max_resident_mb=2048)

@@ -185,6 +185,10 @@ class StreamingTableDataModule(TableDataModule):
         num_buckets: cache buckets (default from the row count, see
             :func:`tsode.data.streaming.default_num_buckets`).
         batch_rows: rows per record batch of the index pass.
+        max_resident_mb: peak memory of the index pass aimed at, in MiB (instead of
+            ``num_buckets``: the bucket count from
+            :func:`tsode.data.streaming.buckets_for_budget`, an estimate from measured bytes
+            per source row, docs/scale.md). Batches are bounded by ``loader.batch_size``.
         table: every argument of :class:`~tsode.data.table_module.TableDataModule` (columns,
             policies, ``channels``, ``split_col``) and of
             :class:`~tsode.data.module.IrregularDataModule` (``task``, ``loader``,
@@ -197,12 +201,16 @@ class StreamingTableDataModule(TableDataModule):
         cache_dir: str | os.PathLike = ".tsode-cache",
         num_buckets: int | None = None,
         batch_rows: int = 262_144,
+        max_resident_mb: float | None = None,
         **table: Any,
     ):
+        if num_buckets is not None and max_resident_mb is not None:
+            raise ValueError("give num_buckets or max_resident_mb, not both")
         super().__init__(data, **table)
         self.cache_dir = cache_dir
         self.num_buckets = num_buckets
         self.batch_rows = batch_rows
+        self.max_resident_mb = max_resident_mb
         self.cache: SeriesCache | None = None
         self.cache_report: CacheReport | None = None
 
@@ -226,6 +234,7 @@ class StreamingTableDataModule(TableDataModule):
         return build_cache(
             self.data, self.spec, self.cache_dir, channels=channels,
             num_buckets=self.num_buckets, batch_rows=self.batch_rows,
+            max_resident_mb=self.max_resident_mb,
         )
 
     def prepare_data(self) -> None:

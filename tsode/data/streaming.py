@@ -70,6 +70,11 @@ ROWS_PER_BUCKET = 2_000_000
 #: buckets pass 2 builds at the same time by default (threads; 2 did not build faster on
 #: the shared 2-core development machine, docs/scale.md)
 INDEX_WORKERS = 1
+#: measured peak of the index pass (docs/scale.md, memory knobs): about this many MiB of
+#: imports and fixed costs, plus about ``BYTES_PER_BUCKET_ROW`` per source row of the
+#: buckets held at one time (long tables, 8 channels; an estimate, not a guarantee)
+BASE_RESIDENT_MIB = 512
+BYTES_PER_BUCKET_ROW = 350
 
 _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
@@ -156,6 +161,20 @@ def count_rows(files: Sequence[Path]) -> int:
 def default_num_buckets(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
     """Buckets so that one holds about ``rows_per_bucket`` source rows (at least 1)."""
     return max(1, math.ceil(rows / max(1, rows_per_bucket)))
+
+
+def buckets_for_budget(rows: int, max_resident_mb: float, workers: int = 1) -> int:
+    """Buckets so that the index pass's estimated peak stays under ``max_resident_mb`` MiB:
+    ``BASE_RESIDENT_MIB`` plus ``BYTES_PER_BUCKET_ROW`` per source row of the ``workers``
+    buckets built at one time (the estimate of docs/scale.md, measured on long tables)."""
+    room = (float(max_resident_mb) - BASE_RESIDENT_MIB) * 2**20
+    if room <= 0:
+        raise ValueError(
+            f"max_resident_mb={max_resident_mb} is below the index pass's fixed cost "
+            f"(about {BASE_RESIDENT_MIB} MiB of imports); give more, or num_buckets"
+        )
+    rows_per_bucket = max(1, int(room // (BYTES_PER_BUCKET_ROW * max(1, workers))))
+    return default_num_buckets(rows, rows_per_bucket)
 
 
 def _batches(path: Path, columns: list[str], batch_rows: int, spec: TableSpec):
@@ -321,6 +340,7 @@ def build_cache(
     batch_rows: int = 262_144,
     rows_per_bucket: int | None = None,
     workers: int = INDEX_WORKERS,
+    max_resident_mb: float | None = None,
 ) -> tuple[SeriesCache, CacheReport]:
     """Index ``source`` into a series cache under ``cache_dir`` (or reuse the one there).
 
@@ -337,14 +357,21 @@ def build_cache(
             (default :data:`ROWS_PER_BUCKET` shared by the ``workers``: the buckets built at
             one time hold about as many rows whatever ``workers``).
         workers: buckets built at the same time in pass 2 (threads).
+        max_resident_mb: the index pass's peak memory aimed at, in MiB, when ``num_buckets``
+            is None: the buckets from :func:`buckets_for_budget` (an estimate of the pass's
+            peak from measured bytes per row, not a hard limit). Not with ``num_buckets``.
 
     Returns the opened cache and a :class:`CacheReport`.
     """
     spec = spec or TableSpec()
     files = source_files(source)
     total_rows = count_rows(files)
+    if max_resident_mb is not None and num_buckets is not None:
+        raise ValueError("give num_buckets or max_resident_mb, not both")
     if rows_per_bucket is None:
         rows_per_bucket = ROWS_PER_BUCKET // max(1, workers)
+    if num_buckets is None and max_resident_mb is not None:
+        num_buckets = buckets_for_budget(total_rows, max_resident_mb, workers)
     k = num_buckets or default_num_buckets(total_rows, rows_per_bucket)
     extra = {"channels": None if channels is None else [str(c) for c in channels],
              "num_buckets": k}
