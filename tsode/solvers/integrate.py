@@ -8,6 +8,12 @@ length) are frozen by masked merges (``torch.where``), not Python branches. Adap
 output times by dense output, so they never force extra steps; fixed-step methods end a step on
 every output time. One host synchronisation per step (a single small ``tolist``) decides loop
 termination and how many outputs fall in the step.
+
+Fixed-step solves without jump times follow a schedule built once per solve
+(:class:`_FixedSchedule`): every row's steps are known in advance, so the same loop takes them
+with no step control, stop search, accept/reject masking or per-step synchronisation (many
+tiny solves, e.g. an ODE-RNN's 1-3 Euler steps per observation interval, are dominated by
+that bookkeeping otherwise).
 """
 
 from __future__ import annotations
@@ -112,6 +118,113 @@ class _Jumps:
         return lo, hi
 
 
+class _FixedSchedule:
+    """The whole step schedule of a fixed-step solve without jump times, built once per solve.
+
+    Every stop is an output time, so each row's steps are known before the first one: the
+    interval between two output times is split into ``steps_per_interval`` equal steps (empty,
+    padded intervals take none), and a row's k-th step is the same whatever the other rows do.
+    The loop then takes step k of every row with no step control, no stop search and no host
+    synchronisation; rows with fewer steps are frozen by a masked merge (skipped while every
+    row still steps). Only the states the outputs need are kept (output j of a row is its state
+    after ``columns[:, j]`` of its steps; with one interval, the start and final states).
+
+    A non-finite state stays non-finite through later steps (it enters every later state
+    additively), so one check of the final states after the last step finds every failure;
+    the per-step flags (a cheap ``(y * 0).sum(-1)``, NaN exactly where a state is not finite)
+    then locate it.
+    """
+
+    def __init__(self, t_eval: Tensor, step_size: float | None, need_step_ends: bool) -> None:
+        batch, n = t_eval.shape
+        self.n = n
+        self.columns: Tensor | None = None
+        self.kept_steps: set[int] = set()
+        self.kept: Tensor | None = None
+        self.num_steps = 0
+        if n < 2:
+            self.total = torch.zeros(batch, dtype=torch.long, device=t_eval.device)
+            return
+        lengths = t_eval.diff(dim=1)  # (B, n - 1), with the graph to the times
+        counts = steps_per_interval(lengths.detach(), step_size)
+        h_interval = lengths / counts.clamp(min=1)
+        # The one host synchronisation before stepping: the most and fewest steps of a row
+        # and (several intervals) the step counts after which outputs are read.
+        if n == 2:
+            self.total = counts[:, 0]
+            self.num_steps, self.fewest = torch.stack(
+                [self.total.max(), self.total.min()]).tolist()
+        else:
+            ends = counts.cumsum(dim=1)
+            self.total = ends[:, -1]
+            self.columns = torch.cat([torch.zeros_like(ends[:, :1]), ends], dim=1)  # (B, n)
+            self.kept = torch.unique(self.columns)  # sorted
+            kept_list = torch.cat([self.kept, self.total.min().view(1)]).tolist()
+            self.fewest = kept_list.pop()
+            self.num_steps = kept_list[-1]
+            self.kept_steps = set(kept_list)
+        if self.num_steps == 0:
+            return
+        k = torch.arange(self.num_steps, device=t_eval.device).unsqueeze(0)  # (1, K)
+        if n == 2:
+            count, index_in_interval = counts, k
+            h, t_start, t_stop = h_interval, t_eval[:, :1], t_eval[:, 1:]
+        else:  # the interval of every row's k-th step, and the step's place in it
+            interval = torch.searchsorted(ends, k.expand(batch, -1).contiguous(), right=True)
+            interval = interval.clamp(max=n - 2)
+            count = counts.gather(1, interval)
+            index_in_interval = k - (ends.gather(1, interval) - count)
+            h = h_interval.gather(1, interval)
+            t_start = t_eval[:, :-1].gather(1, interval)
+            t_stop = t_eval[:, 1:].gather(1, interval) if need_step_ends else None
+        stepping = k < self.total.unsqueeze(1)  # (B, K)
+        h = torch.where(stepping, h, torch.zeros_like(h))
+        t = t_start + index_in_interval * h  # (B, K)
+        self.t = t.unbind(1)
+        self.h = h.unbind(1)
+        self.stepping = stepping.t().unsqueeze(-1)  # (K, B, 1)
+        self.t_new = None
+        if need_step_ends:  # the exact end of each step (the output time for an interval's last)
+            last = index_in_interval + 1 >= count
+            self.t_new = torch.where(last, t_stop, t + h).detach().t()
+
+    def outputs(self, y0: Tensor, y: Tensor, kept_states: list[Tensor]) -> Tensor:
+        """The outputs (B, n, D): from the start and final states ``y0``, ``y`` (one interval)
+        or from the kept states (after ``self.kept`` steps, each (B, D))."""
+        if self.columns is None:
+            return torch.stack([y0, y], dim=1)[:, : self.n]
+        states = torch.stack(kept_states, dim=1)
+        index = torch.searchsorted(self.kept, self.columns)
+        return states.gather(1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
+    def failures(self, finite_steps: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """After a failure: per row (B,), whether it failed and the steps it took before.
+        ``finite_steps``: per step (B,), NaN where the row's new state was not finite."""
+        stepping = self.stepping.squeeze(-1)  # (K, B)
+        bad = stepping & torch.isnan(torch.stack(finite_steps))
+        failed = bad.any(dim=0)
+        first_bad = torch.where(failed, bad.long().argmax(dim=0), self.total)
+        return failed, first_bad
+
+    def columns_reached(self, steps: Tensor) -> Tensor:
+        """Number of outputs (B,) a row has reached after ``steps`` (B,) of its steps."""
+        if self.columns is None:
+            return 1 + (steps >= self.total).long()
+        return (self.columns <= steps.unsqueeze(1)).sum(dim=1)
+
+    def time_after(self, steps: Tensor) -> Tensor:
+        """Each row's time (B,) after ``steps`` (B,) of its steps (detached)."""
+        starts = torch.stack(self.t, dim=1).detach()
+        return starts.gather(1, steps.clamp(max=self.num_steps - 1).unsqueeze(1)).squeeze(1)
+
+    @staticmethod
+    def build(t_eval: Tensor, step_size: float | None, max_steps: int, need_step_ends: bool):
+        """The schedule, or None when a row needs more than ``max_steps`` steps (the general
+        loop then stops it there with ``MAX_STEPS_REACHED``)."""
+        schedule = _FixedSchedule(t_eval, step_size, need_step_ends)
+        return schedule if schedule.num_steps <= max_steps else None
+
+
 def integrate(
     func: VectorField,
     y0: Tensor,
@@ -143,113 +256,149 @@ def integrate(
     # respect to every entry of t.
     # Fixed-step methods step in absolute times (their step counts and sizes come from the
     # differences of the given times, as a user would compute them).
-    start = t_eval[:, 0] if adaptive else torch.zeros_like(t_eval[:, 0])
-    offsets = t_eval - start.unsqueeze(1)
-    field = _Field(func, start, y0.dtype)
-    t_eval = offsets.detach()
-    t0 = t_eval[:, 0]
-    t_end = t_eval[:, -1]
-    direction = torch.where(t_end < t0, -1.0, 1.0).to(time_dtype)
-    span = (t_end - t0) * direction
-    signed_eval = (t_eval - t0.unsqueeze(1)) * direction.unsqueeze(1)  # >= 0, non-decreasing
-
-    jumps = None
-    if controller.jump_times is not None:
-        jumps = _Jumps(controller.jump_times, t0 + start.detach(), start.detach(), direction,
-                       y0.dtype)
-        jump_pointer = jumps.reached(torch.zeros_like(t0))
-        field.lo, field.hi = jumps.segment(jump_pointer)
-
-    # Outputs at the start time are y0 itself.
-    num_initial = (signed_eval <= 0).sum(dim=1)
-    next_output = num_initial.clone()
-    done = next_output >= n
-
-    t = t0.clone()
-    y = y0
-    nfe = 0
-    num_steps = torch.zeros(batch, dtype=torch.long, device=y0.device)
-    num_accepted = torch.zeros_like(num_steps)
-    status = torch.zeros_like(num_steps)
-    if adaptive:
-        f0 = check_field_output(field(t, y0), y0)
-        nfe = 1
-        if first_step is not None:
-            h_abs = torch.as_tensor(first_step, dtype=time_dtype, device=t0.device)
-            h_abs = h_abs.detach().abs().expand_as(t0).clone()
-        else:
-            h_abs = initial_step_size(
-                field, t0, y0.detach(), f0.detach(), direction, span, tableau.order,
-                controller.rtol, controller.atol,
-            )
-            nfe += 1
-        h_abs = controller.clamp(h_abs)
-        if batch_norm:  # one step size for the batch: the smallest proposal of a moving row
-            h_abs = torch.where(span > 0, h_abs, torch.full_like(h_abs, float("inf"))).min()
-            h_abs = torch.where(torch.isfinite(h_abs), h_abs, 1.0).expand_as(t0).clone()
-        h_abs = torch.where(span > 0, h_abs, torch.ones_like(h_abs))
-        previous_ratio = torch.ones_like(t0)
+    # Fixed-step methods without jump times know every row's steps in advance: the loop then
+    # follows a precomputed schedule (no step control, no stop search, no per-step host
+    # synchronisation). Otherwise (adaptive methods, jump times, or more than max_steps steps)
+    # the loop decides each step as it goes.
+    schedule = None
+    if not adaptive and controller.jump_times is None:
+        schedule = _FixedSchedule.build(t_eval, controller.dt_max, max_steps, on_step is not None)
+    if schedule is not None:
+        step_field = func
+        y = y0
+        nfe = 0
+        f0 = h_abs = None
+        step_index = 0
+        finite_steps: list[Tensor] = []
+        kept_states = [y0] if 0 in schedule.kept_steps else []
+        finished = schedule.num_steps == 0
     else:
-        f0 = None
-        # Fixed steps: the interval between the last stop and the next is split into equal
-        # steps; ``segment_start`` and the step sizes keep the graph to the output times.
-        segment_start = offsets[:, 0]
-        step_in_segment = torch.zeros_like(num_steps)
-        h_abs = None
-        if jumps is None:  # the stops are the output times: step counts and sizes known now
-            lengths = offsets[:, 1:] - offsets[:, :-1]
-            interval_count = steps_per_interval(lengths.detach(), controller.dt_max).clamp(min=1)
-            interval_step = lengths / interval_count
-    if adaptive:
-        eps = torch.finfo(time_dtype).eps
-        magnitude = torch.maximum(torch.maximum(t0.abs(), t_end.abs()), span)
-        min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
-    # Without a graph to build (e.g. the adjoint's forward pass), outputs go straight into one
-    # buffer, so memory does not grow with the number of steps; with a graph they are kept per
-    # step and scattered once at the end (in-place writes would break autograd).
-    direct = not torch.is_grad_enabled()
-    output_buffer = y0.new_zeros(batch, n + 1, y0.shape[-1]) if direct else None
-    output_values: list[Tensor] = []
-    output_columns: list[Tensor] = []
+        start = t_eval[:, 0] if adaptive else torch.zeros_like(t_eval[:, 0])
+        offsets = t_eval - start.unsqueeze(1)
+        field = _Field(func, start, y0.dtype)
+        t_eval = offsets.detach()
+        t0 = t_eval[:, 0]
+        t_end = t_eval[:, -1]
+        direction = torch.where(t_end < t0, -1.0, 1.0).to(time_dtype)
+        span = (t_end - t0) * direction
+        signed_eval = (t_eval - t0.unsqueeze(1)) * direction.unsqueeze(1)  # >= 0, non-decreasing
 
-    finished = bool(done.all())
-    while not finished:
-        active = ~done
-        # The next stop: the end, the next jump and (fixed steps) the next output time.
+        jumps = None
+        if controller.jump_times is not None:
+            jumps = _Jumps(controller.jump_times, t0 + start.detach(), start.detach(), direction,
+                           y0.dtype)
+            jump_pointer = jumps.reached(torch.zeros_like(t0))
+            field.lo, field.hi = jumps.segment(jump_pointer)
+
+        # Outputs at the start time are y0 itself.
+        num_initial = (signed_eval <= 0).sum(dim=1)
+        next_output = num_initial.clone()
+        done = next_output >= n
+
+        t = t0.clone()
+        y = y0
+        nfe = 0
+        num_steps = torch.zeros(batch, dtype=torch.long, device=y0.device)
+        num_accepted = torch.zeros_like(num_steps)
+        status = torch.zeros_like(num_steps)
         if adaptive:
-            stop = t_end
-        else:
-            next_time = offsets.gather(1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
-            stop = next_time.detach()
-        if jumps is not None:
-            jump_position = jumps.next_position.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
-            stop_position = (stop - t0) * direction
-            jump_first = jump_position < stop_position
-            jump_time = jumps.coordinate.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
-            stop = torch.where(jump_first, jump_time, stop)
-        if adaptive:
-            remaining = (stop - t) * direction
-            clipped = h_abs >= remaining
-            h_try = torch.where(clipped, remaining, h_abs)
-            h_try = torch.where(done, torch.zeros_like(h_try), h_try)
-            h_signed = direction * h_try
-            t_step = t
-        else:
-            if jumps is None:
-                stop_graph = next_time
-                interval = (next_output - 1).clamp(min=0, max=n - 2).unsqueeze(1)
-                count = interval_count.gather(1, interval).squeeze(1)
-                h_signed = interval_step.gather(1, interval).squeeze(1)
+            f0 = check_field_output(field(t, y0), y0)
+            nfe = 1
+            if first_step is not None:
+                h_abs = torch.as_tensor(first_step, dtype=time_dtype, device=t0.device)
+                h_abs = h_abs.detach().abs().expand_as(t0).clone()
             else:
-                stop_graph = torch.where(jump_first, stop, next_time)
-                delta = stop_graph - segment_start
-                count = steps_per_interval(delta.detach(), controller.dt_max).clamp(min=1)
-                h_signed = delta / count
-            h_signed = torch.where(done, torch.zeros_like(h_signed), h_signed)
-            clipped = step_in_segment + 1 >= count
-            t_step = segment_start + step_in_segment * h_signed
-        y_new, error, stages, evaluations = rk_step(field, tableau, t_step, h_signed, y, f0)
+                h_abs = initial_step_size(
+                    field, t0, y0.detach(), f0.detach(), direction, span, tableau.order,
+                    controller.rtol, controller.atol,
+                )
+                nfe += 1
+            h_abs = controller.clamp(h_abs)
+            if batch_norm:  # one step size for the batch: the smallest proposal of a moving row
+                h_abs = torch.where(span > 0, h_abs, torch.full_like(h_abs, float("inf"))).min()
+                h_abs = torch.where(torch.isfinite(h_abs), h_abs, 1.0).expand_as(t0).clone()
+            h_abs = torch.where(span > 0, h_abs, torch.ones_like(h_abs))
+            previous_ratio = torch.ones_like(t0)
+        else:
+            f0 = None
+            # Fixed steps: the interval between the last stop and the next is split into equal
+            # steps; ``segment_start`` and the step sizes keep the graph to the output times.
+            segment_start = offsets[:, 0]
+            step_in_segment = torch.zeros_like(num_steps)
+            h_abs = None
+            if jumps is None:  # the stops are the output times: step counts and sizes known now
+                lengths = offsets[:, 1:] - offsets[:, :-1]
+                interval_count = steps_per_interval(lengths.detach(), controller.dt_max).clamp(min=1)
+                interval_step = lengths / interval_count
+        if adaptive:
+            eps = torch.finfo(time_dtype).eps
+            magnitude = torch.maximum(torch.maximum(t0.abs(), t_end.abs()), span)
+            min_step = (4 * eps * magnitude).clamp(min=torch.finfo(time_dtype).tiny)
+        # Without a graph to build (e.g. the adjoint's forward pass), outputs go straight into one
+        # buffer, so memory does not grow with the number of steps; with a graph they are kept per
+        # step and scattered once at the end (in-place writes would break autograd).
+        direct = not torch.is_grad_enabled()
+        output_buffer = y0.new_zeros(batch, n + 1, y0.shape[-1]) if direct else None
+        output_values: list[Tensor] = []
+        output_columns: list[Tensor] = []
+        step_field = field
+        finished = bool(done.all())
+
+    while not finished:
+        if schedule is not None:
+            t_step, h_signed = schedule.t[step_index], schedule.h[step_index]
+        else:
+            active = ~done
+            # The next stop: the end, the next jump and (fixed steps) the next output time.
+            if adaptive:
+                stop = t_end
+            else:
+                next_time = offsets.gather(1, next_output.clamp(max=n - 1).unsqueeze(1)).squeeze(1)
+                stop = next_time.detach()
+            if jumps is not None:
+                jump_position = jumps.next_position.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
+                stop_position = (stop - t0) * direction
+                jump_first = jump_position < stop_position
+                jump_time = jumps.coordinate.gather(1, jump_pointer.unsqueeze(1)).squeeze(1)
+                stop = torch.where(jump_first, jump_time, stop)
+            if adaptive:
+                remaining = (stop - t) * direction
+                clipped = h_abs >= remaining
+                h_try = torch.where(clipped, remaining, h_abs)
+                h_try = torch.where(done, torch.zeros_like(h_try), h_try)
+                h_signed = direction * h_try
+                t_step = t
+            else:
+                if jumps is None:
+                    stop_graph = next_time
+                    interval = (next_output - 1).clamp(min=0, max=n - 2).unsqueeze(1)
+                    count = interval_count.gather(1, interval).squeeze(1)
+                    h_signed = interval_step.gather(1, interval).squeeze(1)
+                else:
+                    stop_graph = torch.where(jump_first, stop, next_time)
+                    delta = stop_graph - segment_start
+                    count = steps_per_interval(delta.detach(), controller.dt_max).clamp(min=1)
+                    h_signed = delta / count
+                h_signed = torch.where(done, torch.zeros_like(h_signed), h_signed)
+                clipped = step_in_segment + 1 >= count
+                t_step = segment_start + step_in_segment * h_signed
+        y_new, error, stages, evaluations = rk_step(step_field, tableau, t_step, h_signed, y, f0)
         nfe += evaluations
+        if schedule is not None:
+            with torch.no_grad():  # NaN exactly where a row's new state is not finite
+                finite_steps.append((y_new * 0).sum(dim=-1))
+            stepping = schedule.stepping[step_index]
+            y = y_new if step_index < schedule.fewest else torch.where(stepping, y_new, y)
+            if on_step is not None:
+                accept = stepping.squeeze(-1) & ~torch.isnan(finite_steps[-1])
+                t_new = torch.where(accept, schedule.t_new[step_index], t_step.detach())
+                on_step(StepInfo(accept, bool(accept.any()), h_signed, evaluations, None, y_new,
+                                 t_new))
+            step_index += 1
+            if step_index in schedule.kept_steps:
+                kept_states.append(y)
+            finished = step_index >= schedule.num_steps
+            continue
 
         with torch.no_grad():
             if adaptive:
@@ -359,8 +508,29 @@ def integrate(
                 status,
             )
 
-    ys = _assemble_outputs(y0, n, num_initial, output_values, output_columns, output_buffer)
-    if bool((status != Status.SUCCESS).any()):
+    if schedule is not None:
+        ys = schedule.outputs(y0, y, kept_states)
+        ts = t_eval
+        num_steps = num_accepted = schedule.total
+        any_failed = bool((y * 0).sum().isnan())  # a non-finite final state (see above)
+        if any_failed:
+            failed, num_accepted = schedule.failures(finite_steps)
+            status = torch.where(failed, Status.NON_FINITE_STATE, Status.SUCCESS)
+            next_output = schedule.columns_reached(num_accepted)
+            num_steps = num_accepted + failed.long()  # the failed attempt counts
+            if throw:
+                raise SolverError(
+                    failure_message(status, schedule.time_after(num_accepted),
+                                    t_eval[:, -1].detach(), tableau.name),
+                    status,
+                )
+        else:
+            status = torch.zeros_like(num_steps)
+    else:
+        ys = _assemble_outputs(y0, n, num_initial, output_values, output_columns, output_buffer)
+        ts = offsets + start.unsqueeze(1)
+        any_failed = bool((status != Status.SUCCESS).any())
+    if any_failed:
         unreached = torch.arange(n, device=y0.device).unsqueeze(0) >= next_output.unsqueeze(1)
         ys = torch.where(unreached.unsqueeze(-1), torch.full_like(ys, float("nan")), ys)
     stats = SolverStats(
@@ -371,7 +541,7 @@ def integrate(
         status=status,
         next_step=h_abs,
     )
-    return Solution(ys=ys, ts=offsets + start.unsqueeze(1), stats=stats)
+    return Solution(ys=ys, ts=ts, stats=stats)
 
 
 def bool_all(mask: Tensor) -> Tensor:
