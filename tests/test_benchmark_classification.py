@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tsode.models import MODELS
+from tsode.models.base import IrregularModel
 from tsode.solvers import SolverConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +37,11 @@ def test_recipe_settings_are_accepted_by_the_model(model):
     assert all(path.is_file() for path in recipe_files(settings["recipe"]))
     assert settings["warmup_steps"] == 200
     kwargs = bench.build_model_kwargs(settings, {})
-    accepted = inspect.signature(MODELS[model].__init__).parameters
-    assert set(kwargs) <= set(accepted)
+    # the model's own parameters and those it passes on to IrregularModel through **base
+    accepted = set(inspect.signature(MODELS[model].__init__).parameters) | set(
+        inspect.signature(IrregularModel.__init__).parameters
+    )
+    assert set(kwargs) <= accepted
     if "solver" in kwargs:
         assert isinstance(kwargs["solver"], SolverConfig)
 
