@@ -84,18 +84,17 @@ def channel_summary(context: SeriesPart) -> Tensor:
     seen flag, ``log1p`` age (hours), its :func:`~tsode.models.history.channel_history` and its
     lowest and highest value in the context (the "worst values" of severity scores;
     ``F = 3 + (S + 2) + 2``); zeros for a channel never observed."""
-    bsz = context.batch_size
-    if context.times.shape[1] == 0:
-        end = context.times.new_zeros(bsz, 1)
-    else:
-        last = context.times.gather(1, (context.lengths - 1).clamp_min(0).unsqueeze(1))
-        end = torch.nextafter(last, torch.full_like(last, float("inf")))  # strictly after the context
+    bsz, length, channels = context.values.shape
+    if length == 0:
+        return context.values.new_zeros(bsz, channels * CHANNEL_SUMMARY_FEATURES)
+    last = context.times.gather(1, (context.lengths - 1).clamp_min(0).unsqueeze(1))
+    end = torch.nextafter(last, torch.full_like(last, float("inf")))  # strictly after the context
     values, age, seen = last_observation(context, end)
     history = channel_history(context, end, DEFAULT_HISTORY_SCALES)  # (B, 1, C, S + 2)
     observed = context.mask & context.time_mask.unsqueeze(-1)  # (B, L, C)
     inf = torch.full_like(context.values, float("inf"))
-    lowest = torch.where(observed, context.values, inf).amin(dim=1) if context.times.shape[1] else values[:, 0]
-    highest = torch.where(observed, context.values, -inf).amax(dim=1) if context.times.shape[1] else values[:, 0]
+    lowest = torch.where(observed, context.values, inf).amin(dim=1)
+    highest = torch.where(observed, context.values, -inf).amax(dim=1)
     extremes = torch.stack([lowest, highest], dim=-1).unsqueeze(1)  # (B, 1, C, 2)
     extremes = torch.where(seen.unsqueeze(-1), extremes, torch.zeros_like(extremes))
     per_channel = torch.cat(
@@ -390,8 +389,6 @@ class IrregularModel(L.LightningModule):
     def classify(self, batch: IrregularBatch) -> Tensor:
         """Class logits ``(B, K)`` from ``batch.context`` (binary: ``K = 2``; probabilities are
         their softmax, class 1's is ``softmax(logits)[:, 1]``)."""
-        if self.classifier is None:
-            raise RuntimeError(f"{type(self).__name__} was built with num_classes=0: no classifier")
         return self.head_logits(batch, self.series_summary(batch))
 
     def head_logits(self, batch: IrregularBatch, summary: Tensor) -> Tensor:

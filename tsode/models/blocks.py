@@ -329,6 +329,9 @@ class Persistence(nn.Module):
     their decoder output; the gate starts nearly closed (:data:`CLOSED_GATE_BIAS`).
     """
 
+    #: per-channel features passed on to the std head: seen, log1p(age)
+    carried_per_channel = 2
+
     def __init__(self, num_channels: int, feature_dim: int) -> None:
         super().__init__()
         self.gate = nn.Linear(feature_dim + 2 * num_channels, num_channels)
@@ -470,7 +473,7 @@ def forecast_heads(
         carried = ChannelReadout(num_channels, feature_dim, history_scales=DEFAULT_HISTORY_SCALES)
     std_head = None
     if uncertainty == "gaussian":
-        per_channel = 0 if carried is None else getattr(carried, "carried_per_channel", 2)
+        per_channel = 0 if carried is None else carried.carried_per_channel
         std_head = GaussianHead(feature_dim + per_channel * num_channels, num_channels)
     return carried, std_head
 
